@@ -1,0 +1,80 @@
+//! The `apikeyd` command: parse, load settings, dispatch.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::authority::mint_root_key;
+use crate::config::{Cli, Command, RootKeyCommand, Settings};
+use crate::domain::{ScopeSet, key_settings};
+use crate::secrets::SecretHasher;
+use crate::startup::Application;
+use crate::{shutdown, store, telemetry};
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.settings) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("apikeyd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    match run(cli.command, settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("apikeyd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown::terminate_or_interrupt())
+                .await
+        }
+        Command::Migrate => {
+            let db = connect(&settings).await?;
+            store::prepare(&db, None)
+                .await
+                .context("migration failed")?;
+            tracing::info!("database schema is up to date");
+            Ok(())
+        }
+        Command::RootKey(RootKeyCommand::Create { name, permissions }) => {
+            let name = key_settings::parse_name(&name)?;
+            let permissions = ScopeSet::new(key_settings::parse_scopes(
+                "--permission",
+                &permissions,
+                true,
+            )?);
+            let db = connect(&settings).await?;
+            store::prepare(&db, None)
+                .await
+                .context("migration failed")?;
+            let hasher = Arc::new(SecretHasher::new(settings.argon2_cost(), 1)?);
+            let (key, row) = mint_root_key(&hasher, name, permissions).await?;
+            let id = row.id.clone();
+            store::insert_root_key(&db, row).await?;
+            eprintln!("created root key {id}; it is shown once, below:");
+            println!("{key}");
+            Ok(())
+        }
+    }
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    store::connect(
+        settings.database_url.as_ref().map(|u| u.expose()),
+        &settings.data_dir,
+    )
+    .await
+    .context("cannot connect to the database")
+}

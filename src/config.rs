@@ -1,0 +1,279 @@
+//! Settings: built-in defaults, then an optional TOML file, then `APIKEYD_*`
+//! environment variables, then flags (each overriding the one before).
+//!
+//! clap reads flags and environment variables together (so `--help` names
+//! both); figment lays them over the file and the defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::Argon2Cost;
+
+/// Every setting the service reads. In a TOML file the keys are these field
+/// names, e.g. `grpc_addr = "0.0.0.0:50051"`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub grpc_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<DatabaseUrl>,
+    pub max_active_keys_per_owner: u32,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub last_used_flush_secs: u64,
+    pub shutdown_grace_secs: u64,
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let argon2 = Argon2Cost::default();
+        Settings {
+            grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            max_active_keys_per_owner: 10,
+            argon2_memory_kib: argon2.memory_kib,
+            argon2_iterations: argon2.iterations,
+            argon2_parallelism: argon2.parallelism,
+            last_used_flush_secs: 5,
+            shutdown_grace_secs: 10,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Settings {
+    pub fn argon2_cost(&self) -> Argon2Cost {
+        Argon2Cost {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// Lays `flags` (flags and environment, as clap read them) over the
+    /// TOML file they name, over the defaults.
+    pub fn load(flags: &SettingsArgs) -> Result<Settings, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &flags.config {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(Box::new)
+    }
+}
+
+/// A database URL whose password never reaches a log line: `Display` and
+/// `Debug` print `postgres://user:***@host/db`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(url: &str) -> Self {
+        DatabaseUrl(url.to_owned())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://user:***@host/…`.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apikeyd",
+    version,
+    about = "A key authority: issues API keys, keeps them hashed, and validates them over gRPC."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (migrating the database first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage root keys, the credentials of the management API.
+    #[command(subcommand)]
+    RootKey(RootKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootKeyCommand {
+    /// Create a root key directly in the database and print it, alone, on
+    /// the last line of stdout.
+    Create {
+        /// A label for the key, e.g. "billing-service".
+        #[arg(long)]
+        name: String,
+        /// Permissions to grant (repeatable): keys:read, keys:write, keys:*, or *.
+        #[arg(long = "permission", default_value = "*")]
+        permissions: Vec<String>,
+    },
+}
+
+/// Settings as flags; each is also an `APIKEYD_*` environment variable. An
+/// unset flag falls back to the TOML file, then to the default shown.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct SettingsArgs {
+    /// TOML file with settings (keys as below, with underscores).
+    #[arg(long, env = "APIKEYD_CONFIG", global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address the gRPC server listens on [default: 127.0.0.1:50051].
+    #[arg(long, env = "APIKEYD_GRPC_ADDR", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// Directory for the embedded SQLite database and the bootstrap root key [default: ./data].
+    #[arg(long, env = "APIKEYD_DATA_DIR", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// postgres://user:password@host/db for PostgreSQL, or sqlite://path; unset for SQLite in the data directory.
+    #[arg(
+        long,
+        env = "APIKEYD_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+
+    /// Unrevoked keys one owner may hold at once [default: 10].
+    #[arg(long, env = "APIKEYD_MAX_ACTIVE_KEYS_PER_OWNER", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_active_keys_per_owner: Option<u32>,
+
+    /// argon2id memory per hash, in KiB [default: 19456].
+    #[arg(long, env = "APIKEYD_ARGON2_MEMORY_KIB", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_memory_kib: Option<u32>,
+
+    /// argon2id passes [default: 2].
+    #[arg(long, env = "APIKEYD_ARGON2_ITERATIONS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_iterations: Option<u32>,
+
+    /// argon2id lanes [default: 1].
+    #[arg(long, env = "APIKEYD_ARGON2_PARALLELISM", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_parallelism: Option<u32>,
+
+    /// Seconds between batched writes of last_used_at [default: 5].
+    #[arg(long, env = "APIKEYD_LAST_USED_FLUSH_SECS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_flush_secs: Option<u64>,
+
+    /// Seconds in-flight calls get to finish after SIGTERM [default: 10].
+    #[arg(long, env = "APIKEYD_SHUTDOWN_GRACE_SECS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_secs: Option<u64>,
+
+    /// Log line format [default: text]. The level comes from APIKEYD_LOG or RUST_LOG.
+    #[arg(long, env = "APIKEYD_LOG_FORMAT", global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apikeyd.toml");
+        std::fs::write(
+            &file,
+            "grpc_addr = \"0.0.0.0:6000\"\nmax_active_keys_per_owner = 3\n",
+        )
+        .unwrap();
+        let flags = SettingsArgs {
+            config: Some(file),
+            max_active_keys_per_owner: Some(7),
+            ..Default::default()
+        };
+        let settings = Settings::load(&flags).unwrap();
+        assert_eq!(settings.grpc_addr, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(settings.max_active_keys_per_owner, 7);
+        assert_eq!(settings.last_used_flush_secs, 5);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apikeyd.toml");
+        std::fs::write(&file, "grpc_adr = \"0.0.0.0:6000\"\n").unwrap();
+        let flags = SettingsArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let error = Settings::load(&flags).unwrap_err().to_string();
+        assert!(error.contains("grpc_adr"), "{error}");
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_when_printed() {
+        let url = DatabaseUrl::from("postgres://app:hunter2@db:5432/keys");
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/keys");
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,355 @@
+//! The wire format of a key, and the only code that makes or reads one.
+//!
+//! ```text
+//! sk_live_0123456789abcdef_<43 base62 secret chars><6 base62 checksum chars>
+//! └─kind─┘└──── key id ───┘ └──────────────── 256-bit secret ─┘└─ CRC32 ──┘
+//! ```
+//!
+//! The key id is public: it is how Validate finds the row with one indexed
+//! lookup. The secret carries 43 × log2(62) ≈ 256 bits from the operating
+//! system's CSPRNG and is stored only as an argon2id hash. The checksum (CRC32
+//! of everything before it, as GitHub's tokens carry) lets Validate reject a
+//! mistyped or made-up key with no storage I/O, and lets a secret scanner
+//! recognise our keys with [`KEY_PATTERN`].
+
+use std::fmt;
+
+use rand_core::{OsRng, RngCore};
+
+/// Characters of the key id.
+pub const KEY_ID_LEN: usize = 16;
+/// Characters of the secret: 43 base62 characters hold 256.03 bits.
+pub const SECRET_LEN: usize = 43;
+/// Characters of the checksum: 62^6 > 2^32, so any CRC32 fits.
+pub const CHECKSUM_LEN: usize = 6;
+/// The longest key any caller may present (longer input is rejected unread).
+pub const MAX_PRESENTED_KEY_LEN: usize = 512;
+
+/// A regular expression that matches every key apikeyd issues and little else.
+pub const KEY_PATTERN: &str = r"\b(?:sk_live|sk_test|rk)_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b";
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// What a key is for; it decides the key's leading characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// An API key for production traffic.
+    Live,
+    /// An API key for test traffic.
+    Test,
+    /// A root key: authorises calls to the management API.
+    Root,
+}
+
+impl KeyKind {
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            KeyKind::Live => "sk_live_",
+            KeyKind::Test => "sk_test_",
+            KeyKind::Root => "rk_",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<(KeyKind, &str)> {
+        [KeyKind::Live, KeyKind::Test, KeyKind::Root]
+            .into_iter()
+            .find_map(|kind| key.strip_prefix(kind.prefix()).map(|rest| (kind, rest)))
+    }
+}
+
+/// The public identifier of a key, embedded in the key and used as its row id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    fn generate() -> Self {
+        KeyId(random_base62(KEY_ID_LEN))
+    }
+
+    /// Accepts exactly what [`KeyId::generate`] makes, so that an id taken from
+    /// a request can never smuggle anything else into a query or a log line.
+    pub fn parse(raw: &str) -> Option<KeyId> {
+        (raw.len() == KEY_ID_LEN && raw.bytes().all(is_base62)).then(|| KeyId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The secret part of a key. It has no `Display`, and its `Debug` prints
+/// nothing of it, so it cannot reach a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A newly minted key. `full` is handed to the caller once and then dropped.
+pub struct GeneratedKey {
+    pub kind: KeyKind,
+    pub id: KeyId,
+    pub secret: Secret,
+    full: String,
+}
+
+impl GeneratedKey {
+    pub fn generate(kind: KeyKind) -> Self {
+        let id = KeyId::generate();
+        let secret = Secret(random_base62(SECRET_LEN));
+        let mut full = format!("{}{}_{}", kind.prefix(), id.0, secret.0);
+        let checksum = checksum(&full);
+        full.push_str(&checksum);
+        GeneratedKey {
+            kind,
+            id,
+            secret,
+            full,
+        }
+    }
+
+    /// The whole key, for the one response that shows it.
+    pub fn into_full_key(self) -> String {
+        self.full
+    }
+
+    pub fn display_prefix(&self) -> String {
+        display_prefix(self.kind, &self.id)
+    }
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The non-secret start of a key, shown in listings.
+pub fn display_prefix(kind: KeyKind, id: &KeyId) -> String {
+    format!("{}{}", kind.prefix(), id.0)
+}
+
+/// Why a presented string is not a key apikeyd could have issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedKey {
+    #[error("the key is empty")]
+    Empty,
+    #[error("the key is longer than {MAX_PRESENTED_KEY_LEN} characters")]
+    TooLong,
+    #[error("the key does not start with sk_live_, sk_test_ or rk_")]
+    UnknownPrefix,
+    #[error("the key has the wrong length or characters")]
+    BadShape,
+    #[error("the key's checksum does not match: it was mistyped or made up")]
+    BadChecksum,
+}
+
+/// A key as a client presented it, after its format and checksum were checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresentedKey {
+    pub kind: KeyKind,
+    pub id: KeyId,
+    pub secret: Secret,
+}
+
+impl PresentedKey {
+    /// Checks shape and checksum only: no I/O, so junk costs next to nothing.
+    pub fn parse(raw: &str) -> Result<PresentedKey, MalformedKey> {
+        if raw.is_empty() {
+            return Err(MalformedKey::Empty);
+        }
+        if raw.len() > MAX_PRESENTED_KEY_LEN {
+            return Err(MalformedKey::TooLong);
+        }
+        let (kind, rest) = KeyKind::from_key(raw).ok_or(MalformedKey::UnknownPrefix)?;
+        let body_len = KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+        if rest.len() != body_len
+            || rest.as_bytes()[KEY_ID_LEN] != b'_'
+            || !rest
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| i == KEY_ID_LEN || is_base62(b))
+        {
+            return Err(MalformedKey::BadShape);
+        }
+        let (signed, presented_checksum) = raw.split_at(raw.len() - CHECKSUM_LEN);
+        if checksum(signed) != presented_checksum {
+            return Err(MalformedKey::BadChecksum);
+        }
+        let id = KeyId(rest[..KEY_ID_LEN].to_owned());
+        let secret = Secret(rest[KEY_ID_LEN + 1..KEY_ID_LEN + 1 + SECRET_LEN].to_owned());
+        Ok(PresentedKey { kind, id, secret })
+    }
+}
+
+impl fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedKey")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_base62(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+/// CRC32 of `signed`, as six base62 digits, most significant first.
+fn checksum(signed: &str) -> String {
+    let mut value = u64::from(crc32fast::hash(signed.as_bytes()));
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    String::from_utf8(digits.to_vec()).expect("base62 digits are ASCII")
+}
+
+/// Uniform base62 characters from the OS CSPRNG. Bytes of 248 and above are
+/// rejected (248 = 4 × 62), so that every character is equally likely.
+fn random_base62(len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        OsRng.fill_bytes(&mut buf);
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if out.len() == len {
+                break;
+            }
+            out.push(BASE62[usize::from(b % 62)] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_back_to_their_parts() {
+        for kind in [KeyKind::Live, KeyKind::Test, KeyKind::Root] {
+            let generated = GeneratedKey::generate(kind);
+            let (id, secret) = (generated.id.clone(), generated.secret.clone());
+            let parsed = PresentedKey::parse(&generated.into_full_key()).unwrap();
+            assert_eq!(parsed.kind, kind);
+            assert_eq!(parsed.id, id);
+            assert_eq!(parsed.secret, secret);
+        }
+    }
+
+    #[test]
+    fn live_and_test_keys_carry_their_environment_prefix() {
+        assert!(
+            GeneratedKey::generate(KeyKind::Live)
+                .into_full_key()
+                .starts_with("sk_live_")
+        );
+        assert!(
+            GeneratedKey::generate(KeyKind::Test)
+                .into_full_key()
+                .starts_with("sk_test_")
+        );
+        assert!(
+            GeneratedKey::generate(KeyKind::Root)
+                .into_full_key()
+                .starts_with("rk_")
+        );
+    }
+
+    #[test]
+    fn a_single_mistyped_character_fails_the_checksum() {
+        let key = GeneratedKey::generate(KeyKind::Live).into_full_key();
+        let position = "sk_live_".len() + KEY_ID_LEN + 5;
+        let mut typo = key.clone().into_bytes();
+        typo[position] = if typo[position] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8(typo).unwrap();
+        assert_eq!(PresentedKey::parse(&typo), Err(MalformedKey::BadChecksum));
+    }
+
+    #[test]
+    fn junk_is_rejected_by_shape_before_any_lookup() {
+        assert_eq!(PresentedKey::parse(""), Err(MalformedKey::Empty));
+        assert_eq!(
+            PresentedKey::parse("hello"),
+            Err(MalformedKey::UnknownPrefix)
+        );
+        assert_eq!(
+            PresentedKey::parse("sk_live_short"),
+            Err(MalformedKey::BadShape)
+        );
+        let long = "x".repeat(MAX_PRESENTED_KEY_LEN + 1);
+        assert_eq!(PresentedKey::parse(&long), Err(MalformedKey::TooLong));
+        let key = GeneratedKey::generate(KeyKind::Live).into_full_key();
+        let no_separator = format!("{}x{}", &key[..24], &key[25..]);
+        assert_eq!(
+            PresentedKey::parse(&no_separator),
+            Err(MalformedKey::BadShape)
+        );
+    }
+
+    #[test]
+    fn the_documented_pattern_describes_the_format() {
+        let key = GeneratedKey::generate(KeyKind::Test).into_full_key();
+        let body = key.strip_prefix("sk_test_").unwrap();
+        assert_eq!(body.len(), 16 + 1 + 49);
+        assert!(KEY_PATTERN.contains("{16}_[0-9A-Za-z]{49}"));
+        assert_eq!(SECRET_LEN + CHECKSUM_LEN, 49);
+    }
+
+    #[test]
+    fn secrets_carry_at_least_256_bits() {
+        assert!(SECRET_LEN as f64 * 62f64.log2() >= 256.0);
+    }
+
+    #[test]
+    fn checksum_is_fixed_width() {
+        assert_eq!(checksum(""), "000000");
+        assert_eq!(checksum("sk_live_x").len(), CHECKSUM_LEN);
+        // u32::MAX needs all six digits.
+        let mut value = u64::from(u32::MAX);
+        let mut digits = 0;
+        while value > 0 {
+            value /= 62;
+            digits += 1;
+        }
+        assert_eq!(digits, CHECKSUM_LEN);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let generated = GeneratedKey::generate(KeyKind::Live);
+        let secret = String::from_utf8(generated.secret.expose().to_vec()).unwrap();
+        let full = generated.full.clone();
+        let parsed = PresentedKey::parse(&full).unwrap();
+        for printed in [format!("{generated:?}"), format!("{parsed:?}")] {
+            assert!(!printed.contains(&secret), "{printed}");
+        }
+    }
+
+    #[test]
+    fn key_ids_accept_only_base62_of_the_right_length() {
+        assert!(KeyId::parse("0123456789abcdef").is_some());
+        assert!(KeyId::parse("0123456789abcde").is_none());
+        assert!(KeyId::parse("0123456789abcde'").is_none());
+    }
+}

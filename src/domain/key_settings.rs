@@ -1,0 +1,176 @@
+//! The settings a caller gives a key, parsed once at the edge so that the
+//! rest of the code only ever sees values that are within bounds.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::scope::{Scope, ScopeSet};
+use crate::error::{Error, Result};
+
+pub const MAX_NAME_LEN: usize = 100;
+pub const MAX_OWNER_ID_LEN: usize = 128;
+pub const MAX_SCOPES: usize = 50;
+pub const MAX_METADATA_ENTRIES: usize = 50;
+pub const MAX_METADATA_BYTES: usize = 4096;
+pub const MAX_EXPIRY_DAYS: u32 = 365;
+
+/// Length in characters, not bytes: limits are stated to people.
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+pub fn parse_owner_id(raw: &str) -> Result<String> {
+    let len = chars(raw);
+    if len == 0 || len > MAX_OWNER_ID_LEN {
+        return Err(Error::invalid(
+            "owner_id",
+            format!("must be 1 to {MAX_OWNER_ID_LEN} characters (got {len})"),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+pub fn parse_name(raw: &str) -> Result<String> {
+    let len = chars(raw.trim());
+    if len == 0 || chars(raw) > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME_LEN} characters and not blank (got {len})"),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Parses a list of scopes, naming the field (`scopes`, `required_scopes`) in
+/// the error. `at_least_one` is false where an empty list means "nothing".
+pub fn parse_scopes(field: &'static str, raw: &[String], at_least_one: bool) -> Result<Vec<Scope>> {
+    if raw.len() > MAX_SCOPES {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_SCOPES} scopes (got {})", raw.len()),
+        ));
+    }
+    if at_least_one && raw.is_empty() {
+        return Err(Error::invalid(
+            field,
+            "at least one scope is needed, e.g. \"posts:read\" (or \"*\" for everything)",
+        ));
+    }
+    let mut parsed: Vec<Scope> = Vec::with_capacity(raw.len());
+    for s in raw {
+        let scope = Scope::parse(s).map_err(|e| Error::invalid(field, e.to_string()))?;
+        if !parsed.contains(&scope) {
+            parsed.push(scope);
+        }
+    }
+    Ok(parsed)
+}
+
+pub fn parse_granted_scopes(raw: &[String]) -> Result<ScopeSet> {
+    parse_scopes("scopes", raw, true).map(ScopeSet::new)
+}
+
+pub fn parse_metadata(
+    field: &'static str,
+    raw: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>> {
+    let metadata: BTreeMap<String, String> = raw.into_iter().collect();
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "at most {MAX_METADATA_ENTRIES} entries (got {})",
+                metadata.len()
+            ),
+        ));
+    }
+    if metadata.keys().any(|k| k.is_empty()) {
+        return Err(Error::invalid(field, "keys must not be empty"));
+    }
+    let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "keys and values may hold at most {MAX_METADATA_BYTES} bytes in all (got {bytes})"
+            ),
+        ));
+    }
+    Ok(metadata)
+}
+
+/// The expiry instant of a key that lives `days` days from `now`.
+pub fn parse_expiry(field: &'static str, days: u32, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if days == 0 || days > MAX_EXPIRY_DAYS {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be 1 to {MAX_EXPIRY_DAYS} days (got {days}); leave it unset for a key that never expires"
+            ),
+        ));
+    }
+    Ok(now + Duration::days(i64::from(days)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_present_and_short() {
+        assert!(parse_name("Production").is_ok());
+        assert!(parse_name("").is_err());
+        assert!(parse_name("   ").is_err());
+        assert!(parse_name(&"é".repeat(100)).is_ok());
+        assert!(parse_name(&"n".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn owner_ids_are_bounded() {
+        assert!(parse_owner_id("user_1").is_ok());
+        assert!(parse_owner_id("").is_err());
+        assert!(parse_owner_id(&"o".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn scopes_are_required_bounded_and_deduplicated() {
+        let raw = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_granted_scopes(&raw(&[])).is_err());
+        assert_eq!(
+            parse_granted_scopes(&raw(&["a:b", "a:b"]))
+                .unwrap()
+                .iter()
+                .count(),
+            1
+        );
+        let many: Vec<String> = (0..51).map(|i| format!("r{i}:read")).collect();
+        let err = parse_granted_scopes(&many).unwrap_err().to_string();
+        assert!(err.starts_with("scopes:"), "{err}");
+        let err = parse_granted_scopes(&raw(&["read"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"read\""), "{err}");
+    }
+
+    #[test]
+    fn metadata_is_bounded_in_entries_and_bytes() {
+        let entries =
+            |n: usize, size: usize| (0..n).map(move |i| (format!("k{i}"), "v".repeat(size)));
+        assert!(parse_metadata("metadata", entries(50, 10)).is_ok());
+        assert!(parse_metadata("metadata", entries(51, 1)).is_err());
+        assert!(parse_metadata("metadata", entries(2, 3000)).is_err());
+        assert!(parse_metadata("metadata", [(String::new(), "v".to_owned())]).is_err());
+    }
+
+    #[test]
+    fn expiry_is_one_to_365_days() {
+        let now = Utc::now();
+        assert_eq!(
+            parse_expiry("expires_in_days", 30, now).unwrap(),
+            now + Duration::days(30)
+        );
+        assert!(parse_expiry("expires_in_days", 0, now).is_err());
+        assert!(parse_expiry("expires_in_days", 366, now).is_err());
+    }
+}

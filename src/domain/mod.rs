@@ -1,0 +1,20 @@
+//! The rules of the product, in plain Rust with no I/O: the key format, scopes,
+//! key settings and the validation verdict. Everything here is unit-tested
+//! beside its type.
+
+pub mod api_key;
+pub mod key_format;
+pub mod key_settings;
+pub mod scope;
+
+pub use api_key::{ApiKey, Environment, ValidationCode};
+pub use key_format::{GeneratedKey, KeyId, KeyKind, MalformedKey, PresentedKey, Secret};
+pub use scope::{Scope, ScopeSet};
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+/// The current time at microsecond precision, the precision PostgreSQL keeps,
+/// so that a timestamp read back equals the one written (page tokens rely on it).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,107 @@
+//! The one error type of the service, and how each case reaches a gRPC caller.
+//!
+//! Messages are written for the person reading them in grpcurl: they say what
+//! was wrong and what to do. Internal causes (database errors) are logged
+//! here and never sent to the client.
+
+use tonic::{Code, Status};
+
+use crate::access::Permission;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// INVALID_ARGUMENT: a request field is out of bounds or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+
+    /// NOT_FOUND: no key with this id (or not this owner's; the two are not told apart).
+    #[error("no API key with id {id:?}")]
+    KeyNotFound { id: String },
+
+    /// FAILED_PRECONDITION: the key is revoked (or being rotated) and cannot change.
+    #[error(
+        "API key {id} is revoked (or scheduled for revocation by a rotation) and cannot be {action}"
+    )]
+    KeyRevoked { id: String, action: &'static str },
+
+    /// RESOURCE_EXHAUSTED: the owner already has as many active keys as allowed.
+    #[error(
+        "owner {owner_id:?} already has {limit} active keys, the most allowed; revoke one before creating another"
+    )]
+    KeyLimitReached { owner_id: String, limit: u32 },
+
+    /// UNAUTHENTICATED: no usable root key in the `authorization` metadata.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+
+    /// PERMISSION_DENIED: the root key is good but lacks the permission.
+    #[error("root key {root_key_id} lacks the {permission} permission needed for this call")]
+    PermissionDenied {
+        root_key_id: String,
+        permission: Permission,
+    },
+
+    /// UNAVAILABLE (connection trouble) or INTERNAL (anything else): logged, not shown.
+    #[error("database error: {0}")]
+    Database(#[from] sea_orm::DbErr),
+
+    /// INTERNAL: a bug or an environment failure; logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match &error {
+            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Error::KeyNotFound { .. } => Status::not_found(error.to_string()),
+            Error::KeyRevoked { .. } => Status::failed_precondition(error.to_string()),
+            Error::KeyLimitReached { .. } => Status::resource_exhausted(error.to_string()),
+            Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+            Error::PermissionDenied { .. } => Status::permission_denied(error.to_string()),
+            Error::Database(db) if is_connection_error(db) => {
+                tracing::warn!(error = %db, "database unreachable");
+                Status::new(
+                    Code::Unavailable,
+                    "the key store is unreachable right now; retry with backoff",
+                )
+            }
+            Error::Database(db) => {
+                tracing::error!(error = %db, "database error");
+                Status::internal("internal error; the server log has the cause")
+            }
+            Error::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Status::internal("internal error; the server log has the cause")
+            }
+        }
+    }
+}
+
+/// Whether a database error means "cannot reach the database" (worth a retry)
+/// rather than a bad statement.
+pub fn is_connection_error(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
+            e,
+            sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
+    }
+}

@@ -1,0 +1,186 @@
+//! `apikeyd.v1.KeyService`: authorise, parse, delegate to the authority, convert.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb::{self, key_service_server::KeyService};
+use crate::access::{Permission, RootKeyGate};
+use crate::authority::{KeyAuthority, NewKey};
+use crate::domain::{self, key_settings};
+use crate::error::Error;
+use crate::store::{KeyChanges, ListQuery};
+
+const DEFAULT_PAGE_SIZE: i32 = 50;
+const MAX_PAGE_SIZE: i32 = 100;
+
+pub struct KeyApi {
+    pub authority: Arc<KeyAuthority>,
+    pub gate: RootKeyGate,
+}
+
+#[tonic::async_trait]
+impl KeyService for KeyApi {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysWrite)
+            .await?;
+        let req = request.into_inner();
+        let new = NewKey {
+            owner_id: key_settings::parse_owner_id(&req.owner_id)?,
+            name: key_settings::parse_name(&req.name)?,
+            scopes: key_settings::parse_granted_scopes(&req.scopes)?,
+            environment: convert::parse_environment(req.environment)?,
+            metadata: key_settings::parse_metadata("metadata", req.metadata)?,
+            expires_at: req
+                .expires_in_days
+                .map(|days| key_settings::parse_expiry("expires_in_days", days, domain::now()))
+                .transpose()?,
+        };
+        let issued = self.authority.create_key(new).await?;
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: issued.full_key,
+            api_key: Some(convert::api_key(issued.api_key)),
+        }))
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysRead)
+            .await?;
+        let id = convert::parse_key_id("id", &request.get_ref().id)?;
+        let key = self.authority.get_key(&id).await?;
+        Ok(Response::new(pb::GetKeyResponse {
+            api_key: Some(convert::api_key(key)),
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysRead)
+            .await?;
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            n => {
+                return Err(Error::invalid(
+                    "page_size",
+                    format!("must be 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE} (got {n})"),
+                )
+                .into());
+            }
+        };
+        let owner_id = match req.owner_id.as_str() {
+            "" => None,
+            raw => Some(key_settings::parse_owner_id(raw)?),
+        };
+        let query = ListQuery {
+            owner_id,
+            include_revoked: req.include_revoked,
+            after: convert::parse_page_token(&req.page_token)?,
+            page_size: page_size as u64,
+        };
+        let (keys, next) = self.authority.list_keys(query).await?;
+        Ok(Response::new(pb::ListKeysResponse {
+            api_keys: keys.into_iter().map(convert::api_key).collect(),
+            next_page_token: next.as_ref().map(convert::page_token).unwrap_or_default(),
+        }))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::UpdateKeyResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysWrite)
+            .await?;
+        let req = request.into_inner();
+        let id = convert::parse_key_id("id", &req.id)?;
+        let changes = KeyChanges {
+            name: req
+                .name
+                .as_deref()
+                .map(key_settings::parse_name)
+                .transpose()?,
+            enabled: req.enabled,
+            scopes: req
+                .scopes
+                .map(|list| key_settings::parse_granted_scopes(&list.scopes))
+                .transpose()?,
+            metadata: req
+                .metadata
+                .map(|map| key_settings::parse_metadata("metadata.entries", map.entries))
+                .transpose()?,
+            expires_at: match req.expiry {
+                None => None,
+                Some(pb::update_key_request::Expiry::ExpiresInDays(days)) => Some(Some(
+                    key_settings::parse_expiry("expires_in_days", days, domain::now())?,
+                )),
+                Some(pb::update_key_request::Expiry::NeverExpires(true)) => Some(None),
+                Some(pb::update_key_request::Expiry::NeverExpires(false)) => {
+                    return Err(Error::invalid(
+                        "never_expires",
+                        "only true is meaningful; to set an expiry use expires_in_days",
+                    )
+                    .into());
+                }
+            },
+        };
+        let key = self.authority.update_key(&id, changes).await?;
+        Ok(Response::new(pb::UpdateKeyResponse {
+            api_key: Some(convert::api_key(key)),
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysWrite)
+            .await?;
+        let req = request.into_inner();
+        let id = convert::parse_key_id("id", &req.id)?;
+        let owner_id = (!req.owner_id.is_empty()).then_some(req.owner_id.as_str());
+        let key = self.authority.revoke_key(&id, owner_id).await?;
+        Ok(Response::new(pb::RevokeKeyResponse {
+            api_key: Some(convert::api_key(key)),
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysWrite)
+            .await?;
+        let req = request.into_inner();
+        let id = convert::parse_key_id("id", &req.id)?;
+        let grace = match req.grace_period {
+            None => Duration::zero(),
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                return Err(Error::invalid("grace_period", "must not be negative").into());
+            }
+            Some(d) => Duration::seconds(d.seconds) + Duration::nanoseconds(i64::from(d.nanos)),
+        };
+        let (issued, previous) = self.authority.rotate_key(&id, grace).await?;
+        Ok(Response::new(pb::RotateKeyResponse {
+            key: issued.full_key,
+            api_key: Some(convert::api_key(issued.api_key)),
+            previous_api_key: Some(convert::api_key(previous)),
+        }))
+    }
+}

@@ -1,0 +1,46 @@
+//! `apikeyd.v1.ValidationService`: the hot path. A bad key is an answer
+//! (OK, `valid = false`, a code); only a bad request is a gRPC error.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb::{self, validation_service_server::ValidationService};
+use crate::authority::KeyAuthority;
+use crate::domain::key_format::MAX_PRESENTED_KEY_LEN;
+use crate::domain::{ValidationCode, key_settings};
+use crate::error::Error;
+
+pub struct ValidationApi {
+    pub authority: Arc<KeyAuthority>,
+}
+
+#[tonic::async_trait]
+impl ValidationService for ValidationApi {
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let req = request.into_inner();
+        if req.key.len() > MAX_PRESENTED_KEY_LEN {
+            return Err(Error::invalid(
+                "key",
+                format!("at most {MAX_PRESENTED_KEY_LEN} characters; no apikeyd key is that long"),
+            )
+            .into());
+        }
+        let required = key_settings::parse_scopes("required_scopes", &req.required_scopes, false)?;
+        let verdict = self.authority.validate(&req.key, &required).await?;
+        let message = match verdict.code {
+            ValidationCode::Malformed if req.key.is_empty() => "Missing API key",
+            code => code.message(),
+        };
+        Ok(Response::new(pb::ValidateResponse {
+            valid: verdict.code == ValidationCode::Valid,
+            code: convert::validation_code(verdict.code) as i32,
+            message: message.to_owned(),
+            api_key: verdict.api_key.map(convert::api_key),
+        }))
+    }
+}

@@ -1,0 +1,35 @@
+//! apikeyd, a key authority: it issues API keys, keeps them hashed, and
+//! answers for every request other services receive whether a key is good
+//! and may do what is asked.
+//!
+//! Map of the crate:
+//! - [`domain`]: the rules, with no I/O: key format and checksum
+//!   ([`domain::key_format`]), scopes ([`domain::scope`]), bounds on key
+//!   settings ([`domain::key_settings`]), and the validation verdict
+//!   ([`domain::api_key`]).
+//! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
+//!   validate) over the store and the hasher.
+//! - [`secrets`]: argon2id hashing on a bounded pool, and the memo of
+//!   verified secrets.
+//! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
+//!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
+//! - [`access`]: root keys and the permission each management call needs.
+//! - [`last_used`]: `last_used_at`, batched off the hot path.
+//! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`startup`]: wiring, serving, health, draining.
+//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
+//!   signals and the command line.
+
+pub mod access;
+pub mod authority;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod last_used;
+pub mod secrets;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,247 @@
+//! Wiring: `Application::build` connects, migrates, bootstraps and binds
+//! (port 0 allowed, for tests); `run_until_stopped` serves until the given
+//! future resolves, then drains within the grace period.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::access::RootKeyGate;
+use crate::authority::{KeyAuthority, mint_root_key};
+use crate::config::Settings;
+use crate::domain::{Scope, ScopeSet};
+use crate::grpc::pb::key_service_server::KeyServiceServer;
+use crate::grpc::pb::validation_service_server::ValidationServiceServer;
+use crate::grpc::{KeyApi, ValidationApi, pb};
+use crate::last_used::LastUsedTracker;
+use crate::secrets::SecretHasher;
+use crate::store::{self, KeyStore};
+
+/// Verified secrets remembered by digest; about 100 bytes each.
+const VERIFIED_SECRET_MEMO: u64 = 200_000;
+/// How often the database is pinged for the health service.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Services whose health follows the database's.
+const SERVICES: [&str; 2] = ["apikeyd.v1.KeyService", "apikeyd.v1.ValidationService"];
+
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    db: DatabaseConnection,
+    store: KeyStore,
+    authority: Arc<KeyAuthority>,
+    gate: RootKeyGate,
+    last_used: Arc<LastUsedTracker>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let db = store::connect(
+            settings.database_url.as_ref().map(|u| u.expose()),
+            &settings.data_dir,
+        )
+        .await
+        .context("cannot connect to the database")?;
+        let hasher = Arc::new(SecretHasher::new(
+            settings.argon2_cost(),
+            VERIFIED_SECRET_MEMO,
+        )?);
+        let (bootstrap_key, bootstrap_row) =
+            mint_root_key(&hasher, "bootstrap".to_owned(), everything()).await?;
+        if store::prepare(&db, Some(bootstrap_row))
+            .await
+            .context("cannot migrate the database")?
+        {
+            let path = write_bootstrap_key(&settings.data_dir, &bootstrap_key)?;
+            tracing::warn!(
+                path = %path.display(),
+                "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
+                 keep it somewhere safe and delete the file"
+            );
+        }
+        let listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
+        let store = KeyStore::new(db.clone());
+        let last_used = Arc::new(LastUsedTracker::default());
+        let authority = Arc::new(KeyAuthority::new(
+            store.clone(),
+            hasher.clone(),
+            last_used.clone(),
+            settings.max_active_keys_per_owner,
+        ));
+        let gate = RootKeyGate::new(db.clone(), hasher);
+        Ok(Application {
+            settings,
+            listener,
+            db,
+            store,
+            authority,
+            gate,
+            last_used,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let grpc_addr = self.grpc_addr();
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&health_reporter, ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let background = vec![
+            tokio::spawn(watch_database(self.db.clone(), health_reporter.clone())),
+            tokio::spawn(flush_last_used_periodically(
+                self.last_used.clone(),
+                self.store.clone(),
+                Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
+            )),
+        ];
+
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(KeyServiceServer::new(KeyApi {
+                authority: self.authority.clone(),
+                gate: self.gate.clone(),
+            }))
+            .add_service(ValidationServiceServer::new(ValidationApi {
+                authority: self.authority.clone(),
+            }))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                let _ = drain_rx.await;
+            });
+        let mut server = tokio::spawn(server);
+        tracing::info!(
+            grpc = %grpc_addr,
+            database = %self.settings.database_url.as_ref().map_or_else(
+                || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
+                |url| url.to_string(),
+            ),
+            "apikeyd is serving"
+        );
+
+        tokio::select! {
+            finished = &mut server => {
+                finished??;
+                anyhow::bail!("the gRPC server stopped on its own");
+            }
+            () = stop => {}
+        }
+
+        // Drain: tell load balancers first, then stop accepting and let
+        // in-flight calls finish within the grace period.
+        set_health(&health_reporter, ServingStatus::NotServing).await;
+        let _ = drain_tx.send(());
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(finished) => finished??,
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "grace period ended with calls still in flight; cutting them short"
+                );
+                server.abort();
+            }
+        }
+        for task in background {
+            task.abort();
+        }
+        if let Err(e) = self.last_used.flush(&self.store).await {
+            tracing::warn!(error = %e, "could not write the last batch of last_used_at");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn everything() -> ScopeSet {
+    ScopeSet::new(vec![Scope::parse("*").expect("* is a scope")])
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for service in SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// NOT_SERVING while the database is unreachable, SERVING again once it answers.
+async fn watch_database(db: DatabaseConnection, reporter: HealthReporter) {
+    let mut healthy = true;
+    let mut ticks = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let now_healthy = tokio::time::timeout(HEALTH_PROBE_INTERVAL, db.ping())
+            .await
+            .is_ok_and(|pinged| pinged.is_ok());
+        if now_healthy != healthy {
+            if now_healthy {
+                tracing::info!("database reachable again; health is SERVING");
+                set_health(&reporter, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable; health is NOT_SERVING");
+                set_health(&reporter, ServingStatus::NotServing).await;
+            }
+            healthy = now_healthy;
+        }
+    }
+}
+
+async fn flush_last_used_periodically(
+    tracker: Arc<LastUsedTracker>,
+    store: KeyStore,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = tracker.flush(&store).await {
+            tracing::warn!(error = %e, "could not write last_used_at; will retry");
+        }
+    }
+}
+
+/// Writes the bootstrap root key to `<data_dir>/bootstrap-root-key`, mode 0600.
+fn write_bootstrap_key(data_dir: &Path, key: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("bootstrap-root-key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the bootstrap root key to {}", path.display()))?;
+    writeln!(file, "{key}")?;
+    Ok(path)
+}

@@ -1,0 +1,5 @@
+//! SeaORM entities, one per table; the schema itself lives in `migrations/`.
+
+pub mod api_key;
+pub mod key_owner;
+pub mod root_key;

@@ -1,0 +1,376 @@
+//! API key rows: create within the owner's limit, find, list, change.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryIntoModel,
+};
+
+use super::entities::{api_key, key_owner};
+use crate::domain::{ApiKey, Environment, KeyId, Scope, ScopeSet};
+use crate::error::{Error, Result};
+
+/// A key about to be inserted: its settings plus the hash of its secret.
+pub struct NewKeyRow {
+    pub id: KeyId,
+    pub owner_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub secret_hash: String,
+    pub scopes: ScopeSet,
+    pub environment: Environment,
+    pub metadata: BTreeMap<String, String>,
+    pub enabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What an update changes; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct KeyChanges {
+    pub name: Option<String>,
+    pub enabled: Option<bool>,
+    pub scopes: Option<ScopeSet>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Where the previous page ended: keys sort newest first by (created_at, id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: KeyId,
+}
+
+pub struct ListQuery {
+    pub owner_id: Option<String>,
+    pub include_revoked: bool,
+    pub after: Option<ListCursor>,
+    pub page_size: u64,
+}
+
+#[derive(Clone)]
+pub struct KeyStore {
+    db: DatabaseConnection,
+}
+
+impl KeyStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        KeyStore { db }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Inserts a key unless its owner already has `limit` unrevoked keys.
+    ///
+    /// The transaction's first statement upserts the owner's row, which takes
+    /// a row lock on PostgreSQL and the write lock on SQLite; concurrent
+    /// creates for one owner therefore count and insert one at a time.
+    pub async fn create_within_owner_limit(
+        &self,
+        row: NewKeyRow,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKey> {
+        let txn = self.db.begin().await?;
+        key_owner::Entity::insert(key_owner::ActiveModel {
+            owner_id: Set(row.owner_id.clone()),
+            last_key_created_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(key_owner::Column::OwnerId)
+                .update_column(key_owner::Column::LastKeyCreatedAt)
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let active = api_key::Entity::find()
+            .filter(api_key::Column::OwnerId.eq(&row.owner_id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .count(&txn)
+            .await?;
+        if active >= u64::from(limit) {
+            return Err(Error::KeyLimitReached {
+                owner_id: row.owner_id,
+                limit,
+            });
+        }
+        let model = insert_key(&txn, row, now).await?;
+        txn.commit().await?;
+        to_domain(model)
+    }
+
+    pub async fn find(&self, id: &KeyId) -> Result<Option<(ApiKey, String)>> {
+        let Some(model) = api_key::Entity::find_by_id(id.as_str())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let hash = model.secret_hash.clone();
+        Ok(Some((to_domain(model)?, hash)))
+    }
+
+    pub async fn get(&self, id: &KeyId) -> Result<ApiKey> {
+        let model = api_key::Entity::find_by_id(id.as_str())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        to_domain(model)
+    }
+
+    /// One page, newest first, and the cursor of the next page if there is one.
+    pub async fn list(
+        &self,
+        query: ListQuery,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<ApiKey>, Option<ListCursor>)> {
+        let mut select = api_key::Entity::find();
+        if let Some(owner_id) = &query.owner_id {
+            select = select.filter(api_key::Column::OwnerId.eq(owner_id));
+        }
+        if !query.include_revoked {
+            select = select.filter(not_revoked_at(now));
+        }
+        if let Some(after) = &query.after {
+            // A row-value comparison, so both databases seek the index to the
+            // cursor instead of scanning the pages before it.
+            select = select.filter(
+                Expr::tuple([
+                    Expr::col(api_key::Column::CreatedAt).into(),
+                    Expr::col(api_key::Column::Id).into(),
+                ])
+                .lt(Expr::tuple([
+                    Expr::value(after.created_at),
+                    Expr::value(after.id.as_str()),
+                ])),
+            );
+        }
+        let mut models = select
+            .order_by_desc(api_key::Column::CreatedAt)
+            .order_by_desc(api_key::Column::Id)
+            .limit(query.page_size + 1)
+            .all(&self.db)
+            .await?;
+        let next = if models.len() as u64 > query.page_size {
+            models.truncate(query.page_size as usize);
+            models.last().map(|last| ListCursor {
+                created_at: last.created_at,
+                id: KeyId::parse(&last.id).expect("stored ids are well formed"),
+            })
+        } else {
+            None
+        };
+        let keys = models.into_iter().map(to_domain).collect::<Result<_>>()?;
+        Ok((keys, next))
+    }
+
+    /// Applies `changes` to a key that is not revoked (nor being rotated out).
+    pub async fn update(
+        &self,
+        id: &KeyId,
+        changes: KeyChanges,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKey> {
+        let mut model = api_key::ActiveModel {
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        if let Some(name) = changes.name {
+            model.name = Set(name);
+        }
+        if let Some(enabled) = changes.enabled {
+            model.enabled = Set(enabled);
+        }
+        if let Some(scopes) = changes.scopes {
+            model.scopes = Set(scopes_json(&scopes));
+        }
+        if let Some(metadata) = changes.metadata {
+            model.metadata = Set(metadata_json(&metadata));
+        }
+        if let Some(expires_at) = changes.expires_at {
+            model.expires_at = Set(expires_at);
+        }
+        let updated = api_key::Entity::update_many()
+            .set(model)
+            .filter(api_key::Column::Id.eq(id.as_str()))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(self.explain_unchanged(id, "updated").await);
+        }
+        self.get(id).await
+    }
+
+    /// Revokes a key now. Revoking a revoked key changes nothing and is not an
+    /// error, so a retried revoke is safe. With `owner_id`, a key of another
+    /// owner is reported as not found.
+    pub async fn revoke(
+        &self,
+        id: &KeyId,
+        owner_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ApiKey> {
+        let mut update = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now))
+            .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(id.as_str()))
+            .filter(not_revoked_at(now));
+        if let Some(owner_id) = owner_id {
+            update = update.filter(api_key::Column::OwnerId.eq(owner_id));
+        }
+        update.exec(&self.db).await?;
+        let key = self.get(id).await?;
+        if owner_id.is_some_and(|owner| owner != key.owner_id) {
+            return Err(not_found(id));
+        }
+        Ok(key)
+    }
+
+    /// Inserts `replacement` with the settings of key `id` and schedules the
+    /// old key's revocation at `old_revoked_at`, in one transaction. The old
+    /// key leaves the owner's count as the new one enters it, so a rotation
+    /// never trips the per-owner limit.
+    pub async fn rotate(
+        &self,
+        id: &KeyId,
+        replacement: impl FnOnce(&ApiKey) -> NewKeyRow,
+        old_revoked_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(ApiKey, ApiKey)> {
+        let txn = self.db.begin().await?;
+        // Writing first takes the row's lock (and SQLite's write lock).
+        let scheduled = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(old_revoked_at))
+            .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(id.as_str()))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if scheduled.rows_affected == 0 {
+            drop(txn);
+            return Err(self.explain_unchanged(id, "rotated").await);
+        }
+        let old = api_key::Entity::find_by_id(id.as_str())
+            .one(&txn)
+            .await?
+            .ok_or_else(|| not_found(id))?;
+        let old = to_domain(old)?;
+        let new = insert_key(&txn, replacement(&old), now).await?;
+        txn.commit().await?;
+        Ok((to_domain(new)?, old))
+    }
+
+    /// Writes a batch of last-use times, never moving one backwards.
+    pub async fn record_last_used(&self, uses: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
+        for (id, used_at) in uses {
+            api_key::Entity::update_many()
+                .col_expr(api_key::Column::LastUsedAt, Expr::value(*used_at))
+                .filter(api_key::Column::Id.eq(id.as_str()))
+                .filter(
+                    Condition::any()
+                        .add(api_key::Column::LastUsedAt.is_null())
+                        .add(api_key::Column::LastUsedAt.lt(*used_at)),
+                )
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Why a conditional write touched no row: no such key, or it is revoked.
+    async fn explain_unchanged(&self, id: &KeyId, action: &'static str) -> Error {
+        match api_key::Entity::find_by_id(id.as_str()).one(&self.db).await {
+            Ok(Some(_)) => Error::KeyRevoked {
+                id: id.to_string(),
+                action,
+            },
+            Ok(None) => not_found(id),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+fn not_found(id: &KeyId) -> Error {
+    Error::KeyNotFound { id: id.to_string() }
+}
+
+/// Keys with no revocation, or one scheduled after `now` by a rotation.
+fn not_revoked_at(now: DateTime<Utc>) -> Condition {
+    Condition::any()
+        .add(api_key::Column::RevokedAt.is_null())
+        .add(api_key::Column::RevokedAt.gt(now))
+}
+
+async fn insert_key(
+    db: &impl ConnectionTrait,
+    row: NewKeyRow,
+    now: DateTime<Utc>,
+) -> Result<api_key::Model> {
+    let model = api_key::ActiveModel {
+        id: Set(row.id.as_str().to_owned()),
+        owner_id: Set(row.owner_id),
+        name: Set(row.name),
+        prefix: Set(row.prefix),
+        secret_hash: Set(row.secret_hash),
+        scopes: Set(scopes_json(&row.scopes)),
+        environment: Set(row.environment.as_str().to_owned()),
+        metadata: Set(metadata_json(&row.metadata)),
+        enabled: Set(row.enabled),
+        created_at: Set(now),
+        updated_at: Set(now),
+        expires_at: Set(row.expires_at),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    };
+    api_key::Entity::insert(model.clone())
+        .exec_without_returning(db)
+        .await?;
+    Ok(model.try_into_model()?)
+}
+
+fn scopes_json(scopes: &ScopeSet) -> serde_json::Value {
+    serde_json::Value::from(scopes.to_strings())
+}
+
+fn metadata_json(metadata: &BTreeMap<String, String>) -> serde_json::Value {
+    serde_json::to_value(metadata).expect("a string map always serialises")
+}
+
+fn to_domain(model: api_key::Model) -> Result<ApiKey> {
+    let corrupt =
+        |what: &str| Error::Internal(format!("stored key {} has a corrupt {what}", model.id));
+    let scopes: Vec<String> =
+        serde_json::from_value(model.scopes.clone()).map_err(|_| corrupt("scope list"))?;
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| corrupt("scope"))?;
+    let metadata =
+        serde_json::from_value(model.metadata.clone()).map_err(|_| corrupt("metadata"))?;
+    let environment =
+        Environment::parse(&model.environment).ok_or_else(|| corrupt("environment"))?;
+    let id = KeyId::parse(&model.id).ok_or_else(|| corrupt("id"))?;
+    Ok(ApiKey {
+        id,
+        owner_id: model.owner_id,
+        name: model.name,
+        prefix: model.prefix,
+        scopes: ScopeSet::new(scopes),
+        environment,
+        metadata,
+        enabled: model.enabled,
+        created_at: model.created_at,
+        updated_at: model.updated_at,
+        expires_at: model.expires_at,
+        last_used_at: model.last_used_at,
+        revoked_at: model.revoked_at,
+    })
+}

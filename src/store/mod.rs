@@ -1,0 +1,108 @@
+//! The relational store, over SeaORM: SQLite (the embedded default, a file in
+//! the data directory) or PostgreSQL. Plain async functions over a
+//! connection, tested through the service against both backends.
+
+pub mod entities;
+mod keys;
+mod root_keys;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use apikeyd_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    SqlxSqliteConnector, TransactionTrait,
+};
+
+pub use keys::{KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
+pub use root_keys::{NewRootKeyRow, RootKeyRecord};
+
+/// Where the database is: a URL (`postgres://…`, `sqlite://…`), or the
+/// embedded SQLite file inside the data directory.
+pub async fn connect(
+    database_url: Option<&str>,
+    data_dir: &Path,
+) -> Result<DatabaseConnection, DbErr> {
+    match database_url {
+        Some(url) if url.starts_with("postgres") => {
+            let mut options = ConnectOptions::new(url.to_owned());
+            options
+                .max_connections(16)
+                .min_connections(1)
+                .connect_timeout(Duration::from_secs(5))
+                .acquire_timeout(Duration::from_secs(5))
+                .sqlx_logging(false);
+            Database::connect(options).await
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let options =
+                SqliteConnectOptions::from_str(url).map_err(|e| DbErr::Custom(e.to_string()))?;
+            connect_sqlite(options.create_if_missing(true)).await
+        }
+        Some(other) => Err(DbErr::Custom(format!(
+            "unsupported database URL scheme in {:?}: use postgres://… or sqlite://…",
+            other.split(':').next().unwrap_or_default()
+        ))),
+        None => {
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                DbErr::Custom(format!(
+                    "cannot create data directory {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+            let options = SqliteConnectOptions::new()
+                .filename(data_dir.join("apikeyd.db"))
+                .create_if_missing(true);
+            connect_sqlite(options).await
+        }
+    }
+}
+
+/// WAL lets readers run beside the one writer; the busy timeout makes
+/// concurrent writers wait for each other instead of failing.
+async fn connect_sqlite(options: SqliteConnectOptions) -> Result<DatabaseConnection, DbErr> {
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)))?;
+    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// Brings the schema up to date and, if no root key exists yet, inserts
+/// `bootstrap` (returning whether it did). On PostgreSQL both happen under
+/// one advisory lock, so replicas that start together migrate once and
+/// bootstrap at most one root key.
+pub async fn prepare(
+    db: &DatabaseConnection,
+    bootstrap: Option<NewRootKeyRow>,
+) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Any fixed number works; this one spells "apikeyd" in ASCII.
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(27418365216244836)")
+            .await?;
+    }
+    Migrator::up(&txn, None).await?;
+    let bootstrapped = match bootstrap {
+        Some(row) if root_keys::count(&txn).await? == 0 => {
+            root_keys::insert(&txn, row).await?;
+            true
+        }
+        _ => false,
+    };
+    txn.commit().await?;
+    Ok(bootstrapped)
+}
+
+pub use root_keys::{find as find_root_key, insert as insert_root_key};
