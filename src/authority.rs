@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 
+use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{
     self, ApiKey, Environment, GeneratedKey, KeyId, KeyKind, PresentedKey, Scope, ScopeSet,
     ValidationCode,
@@ -14,7 +15,7 @@ use crate::domain::{
 use crate::error::{Error, Result};
 use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
-use crate::store::{KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow, NewRootKeyRow};
+use crate::store::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow, NewRootKeyRow};
 
 /// The longest grace period a rotation may give the old key.
 pub const MAX_ROTATION_GRACE: Duration = Duration::days(7);
@@ -26,7 +27,7 @@ pub struct NewKey {
     pub scopes: ScopeSet,
     pub environment: Environment,
     pub metadata: BTreeMap<String, String>,
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expiry: ExpiryChange,
 }
 
 /// A freshly issued key: the full key (shown once) and its record.
@@ -77,7 +78,7 @@ impl KeyAuthority {
             environment: new.environment,
             metadata: new.metadata,
             enabled: true,
-            expires_at: new.expires_at,
+            expiry: Expiry::After(new.expiry),
         };
         let api_key = self
             .store
@@ -133,7 +134,7 @@ impl KeyAuthority {
                     environment: old.environment,
                     metadata: old.metadata.clone(),
                     enabled: old.enabled,
-                    expires_at: old.expires_at,
+                    expiry: Expiry::At(old.expires_at),
                 },
                 now + grace,
                 now,

@@ -100,8 +100,9 @@ pub fn parse_metadata(
     Ok(metadata)
 }
 
-/// The expiry instant of a key that lives `days` days from `now`.
-pub fn parse_expiry(field: &'static str, days: u32, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+/// Checks a key lifetime in days; the expiry instant is fixed when the key
+/// is written, from the same clock reading as its `created_at`.
+pub fn parse_expiry_days(field: &'static str, days: u32) -> Result<u32> {
     if days == 0 || days > MAX_EXPIRY_DAYS {
         return Err(Error::invalid(
             field,
@@ -110,7 +111,24 @@ pub fn parse_expiry(field: &'static str, days: u32, now: DateTime<Utc>) -> Resul
             ),
         ));
     }
-    Ok(now + Duration::days(i64::from(days)))
+    Ok(days)
+}
+
+/// A change to a key's expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpiryChange {
+    /// Expires this many days (already checked) after the change is written.
+    InDays(u32),
+    Never,
+}
+
+impl ExpiryChange {
+    pub fn expires_at(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            ExpiryChange::InDays(days) => Some(now + Duration::days(i64::from(days))),
+            ExpiryChange::Never => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -165,12 +183,19 @@ mod tests {
 
     #[test]
     fn expiry_is_one_to_365_days() {
+        assert_eq!(parse_expiry_days("expires_in_days", 30).unwrap(), 30);
+        assert_eq!(parse_expiry_days("expires_in_days", 365).unwrap(), 365);
+        assert!(parse_expiry_days("expires_in_days", 0).is_err());
+        assert!(parse_expiry_days("expires_in_days", 366).is_err());
+    }
+
+    #[test]
+    fn an_expiry_change_counts_days_from_the_write() {
         let now = Utc::now();
         assert_eq!(
-            parse_expiry("expires_in_days", 30, now).unwrap(),
-            now + Duration::days(30)
+            ExpiryChange::InDays(30).expires_at(now),
+            Some(now + Duration::days(30))
         );
-        assert!(parse_expiry("expires_in_days", 0, now).is_err());
-        assert!(parse_expiry("expires_in_days", 366, now).is_err());
+        assert_eq!(ExpiryChange::Never.expires_at(now), None);
     }
 }

@@ -9,7 +9,7 @@ use super::convert;
 use super::pb::{self, key_service_server::KeyService};
 use crate::access::{Permission, RootKeyGate};
 use crate::authority::{KeyAuthority, NewKey};
-use crate::domain::{self, key_settings};
+use crate::domain::key_settings::{self, ExpiryChange};
 use crate::error::Error;
 use crate::store::{KeyChanges, ListQuery};
 
@@ -37,10 +37,12 @@ impl KeyService for KeyApi {
             scopes: key_settings::parse_granted_scopes(&req.scopes)?,
             environment: convert::parse_environment(req.environment)?,
             metadata: key_settings::parse_metadata("metadata", req.metadata)?,
-            expires_at: req
-                .expires_in_days
-                .map(|days| key_settings::parse_expiry("expires_in_days", days, domain::now()))
-                .transpose()?,
+            expiry: match req.expires_in_days {
+                Some(days) => {
+                    ExpiryChange::InDays(key_settings::parse_expiry_days("expires_in_days", days)?)
+                }
+                None => ExpiryChange::Never,
+            },
         };
         let issued = self.authority.create_key(new).await?;
         Ok(Response::new(pb::CreateKeyResponse {
@@ -123,12 +125,14 @@ impl KeyService for KeyApi {
                 .metadata
                 .map(|map| key_settings::parse_metadata("metadata.entries", map.entries))
                 .transpose()?,
-            expires_at: match req.expiry {
+            expiry: match req.expiry {
                 None => None,
-                Some(pb::update_key_request::Expiry::ExpiresInDays(days)) => Some(Some(
-                    key_settings::parse_expiry("expires_in_days", days, domain::now())?,
-                )),
-                Some(pb::update_key_request::Expiry::NeverExpires(true)) => Some(None),
+                Some(pb::update_key_request::Expiry::ExpiresInDays(days)) => Some(
+                    ExpiryChange::InDays(key_settings::parse_expiry_days("expires_in_days", days)?),
+                ),
+                Some(pb::update_key_request::Expiry::NeverExpires(true)) => {
+                    Some(ExpiryChange::Never)
+                }
                 Some(pb::update_key_request::Expiry::NeverExpires(false)) => {
                     return Err(Error::invalid(
                         "never_expires",

@@ -10,6 +10,7 @@ use sea_orm::{
 };
 
 use super::entities::{api_key, key_owner};
+use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{ApiKey, Environment, KeyId, Scope, ScopeSet};
 use crate::error::{Error, Result};
 
@@ -24,7 +25,14 @@ pub struct NewKeyRow {
     pub environment: Environment,
     pub metadata: BTreeMap<String, String>,
     pub enabled: bool,
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expiry: Expiry,
+}
+
+/// When a new row expires: fixed from the same clock reading as `created_at`.
+pub enum Expiry {
+    After(ExpiryChange),
+    /// A rotation keeps the old key's expiry instant.
+    At(Option<DateTime<Utc>>),
 }
 
 /// What an update changes; `None` leaves a field as it is.
@@ -34,8 +42,7 @@ pub struct KeyChanges {
     pub enabled: Option<bool>,
     pub scopes: Option<ScopeSet>,
     pub metadata: Option<BTreeMap<String, String>>,
-    /// `Some(None)` removes the expiry.
-    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub expiry: Option<ExpiryChange>,
 }
 
 /// Where the previous page ended: keys sort newest first by (created_at, id).
@@ -193,8 +200,8 @@ impl KeyStore {
         if let Some(metadata) = changes.metadata {
             model.metadata = Set(metadata_json(&metadata));
         }
-        if let Some(expires_at) = changes.expires_at {
-            model.expires_at = Set(expires_at);
+        if let Some(expiry) = changes.expiry {
+            model.expires_at = Set(expiry.expires_at(now));
         }
         let updated = api_key::Entity::update_many()
             .set(model)
@@ -325,7 +332,10 @@ async fn insert_key(
         enabled: Set(row.enabled),
         created_at: Set(now),
         updated_at: Set(now),
-        expires_at: Set(row.expires_at),
+        expires_at: Set(match row.expiry {
+            Expiry::After(change) => change.expires_at(now),
+            Expiry::At(at) => at,
+        }),
         last_used_at: Set(None),
         revoked_at: Set(None),
     };

@@ -19,7 +19,7 @@ use sea_orm::{
     SqlxSqliteConnector, TransactionTrait,
 };
 
-pub use keys::{KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
+pub use keys::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
 pub use root_keys::{NewRootKeyRow, RootKeyRecord};
 
 /// Where the database is: a URL (`postgres://…`, `sqlite://…`), or the

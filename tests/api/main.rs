@@ -1,0 +1,13 @@
+//! Integration tests: a real server over real gRPC on a loopback port, on
+//! SQLite and on PostgreSQL. One binary, one module per behaviour.
+
+mod helpers;
+
+mod access;
+mod bad_input;
+mod key_lifecycle;
+mod listing;
+mod operability;
+mod owner_limit;
+mod secrets_stay_secret;
+mod validate;

@@ -1,0 +1,154 @@
+//! Validate: the verdicts, in the documented order of checks.
+
+use apikeyd::grpc::pb::{self, ValidationCode};
+
+use crate::helpers::code_of;
+use crate::on_every_backend;
+
+on_every_backend! {
+    async fn a_fresh_key_is_valid_for_a_granted_scope(app) {
+        let (key, record) = app.create_key("user_1", &["posts:read"]).await;
+
+        let verdict = app.validate(&key, &["posts:read"]).await;
+
+        assert!(verdict.valid);
+        assert_eq!(code_of(&verdict), ValidationCode::Valid);
+        assert_eq!(verdict.api_key.unwrap().id, record.id);
+    }
+
+    async fn a_scope_the_key_lacks_is_insufficient(app) {
+        let (key, _) = app.create_key("user_1", &["posts:read"]).await;
+
+        let verdict = app.validate(&key, &["posts:write"]).await;
+
+        assert!(!verdict.valid);
+        assert_eq!(code_of(&verdict), ValidationCode::InsufficientScope);
+        assert_eq!(verdict.message, "Insufficient permissions");
+    }
+
+    async fn wildcard_grants_cover_matching_scopes(app) {
+        let (key, _) = app.create_key("user_1", &["posts:*", "*:read"]).await;
+
+        assert!(app.validate(&key, &["posts:delete", "users:read"]).await.valid);
+        assert!(!app.validate(&key, &["users:write"]).await.valid);
+    }
+
+    async fn a_made_up_key_is_malformed(app) {
+        let verdict = app.validate("sk_live_not-a-real-key", &[]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::Malformed);
+        assert!(verdict.api_key.is_none());
+    }
+
+    async fn a_mistyped_key_fails_its_checksum(app) {
+        let (key, _) = app.create_key("user_1", &["*"]).await;
+        let mut typo = key.clone().into_bytes();
+        let i = typo.len() - 10;
+        typo[i] = if typo[i] == b'x' { b'y' } else { b'x' };
+
+        let verdict = app.validate(&String::from_utf8(typo).unwrap(), &[]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::Malformed);
+    }
+
+    async fn an_empty_key_is_reported_missing(app) {
+        let verdict = app.validate("", &[]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::Malformed);
+        assert_eq!(verdict.message, "Missing API key");
+    }
+
+    async fn a_well_formed_key_with_the_wrong_secret_is_not_found(app) {
+        let (key, _) = app.create_key("user_1", &["*"]).await;
+        let (other, _) = app.create_key("user_1", &["*"]).await;
+        // The first key's id with the second key's secret, re-checksummed, is
+        // well formed but wrong: it must reveal nothing about the first key.
+        let forged = forge(&key[..25], &other[25..other.len() - 6]);
+
+        let verdict = app.validate(&forged, &[]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::NotFound);
+        assert!(verdict.api_key.is_none());
+    }
+
+    async fn a_revoked_key_is_rejected(app) {
+        let (key, record) = app.create_key("user_1", &["*"]).await;
+        app.revoke(&record.id).await;
+
+        let verdict = app.validate(&key, &[]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::Revoked);
+        assert_eq!(verdict.message, "API key has been revoked");
+    }
+
+    async fn a_disabled_key_is_rejected_until_enabled_again(app) {
+        let (key, record) = app.create_key("user_1", &["*"]).await;
+        let disable = |enabled| pb::UpdateKeyRequest { id: record.id.clone(), enabled: Some(enabled), ..Default::default() };
+        app.keys.clone().update_key(app.authed(disable(false))).await.unwrap();
+
+        assert_eq!(code_of(&app.validate(&key, &[]).await), ValidationCode::Disabled);
+
+        app.keys.clone().update_key(app.authed(disable(true))).await.unwrap();
+        assert_eq!(code_of(&app.validate(&key, &[]).await), ValidationCode::Valid);
+    }
+
+    async fn revocation_is_checked_before_scopes(app) {
+        let (key, record) = app.create_key("user_1", &["posts:read"]).await;
+        app.revoke(&record.id).await;
+
+        let verdict = app.validate(&key, &["admin:everything"]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::Revoked);
+    }
+
+    async fn a_test_key_validates_like_a_live_one(app) {
+        let mut request = crate::helpers::create_request("user_1", &["*"]);
+        request.environment = pb::Environment::Test as i32;
+        let created = app.keys.clone().create_key(app.authed(request)).await.unwrap().into_inner();
+        assert!(created.key.starts_with("sk_test_"));
+
+        let verdict = app.validate(&created.key, &[]).await;
+
+        assert!(verdict.valid);
+        assert_eq!(verdict.api_key.unwrap().environment, pb::Environment::Test as i32);
+    }
+
+    async fn root_keys_do_not_validate_as_api_keys(app) {
+        let verdict = app.validate(&app.root_key, &[]).await;
+
+        assert_eq!(code_of(&verdict), ValidationCode::NotFound);
+    }
+
+    async fn validation_records_last_used_in_the_background(app) {
+        let (key, record) = app.create_key("user_1", &["*"]).await;
+        assert!(record.last_used_at.is_none());
+
+        assert!(app.validate(&key, &[]).await.valid);
+
+        let mut seen = None;
+        for _ in 0..50 {
+            let got = app.keys.clone()
+                .get_key(app.authed(pb::GetKeyRequest { id: record.id.clone() }))
+                .await.unwrap().into_inner().api_key.unwrap();
+            if got.last_used_at.is_some() {
+                seen = got.last_used_at;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(seen.is_some(), "last_used_at was not written within 5 s");
+    }
+}
+
+/// `prefix_and_id` + `_`-less secret, with a correct checksum appended.
+fn forge(prefix_and_id: &str, secret: &str) -> String {
+    let signed = format!("{prefix_and_id}{secret}");
+    let mut value = u64::from(crc32fast::hash(signed.as_bytes()));
+    let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = alphabet[(value % 62) as usize];
+        value /= 62;
+    }
+    format!("{signed}{}", String::from_utf8(digits.to_vec()).unwrap())
+}
