@@ -1,0 +1,134 @@
+{{/* Names, labels, the image, and the checks values.schema.json cannot express. */}}
+
+{{- define "apikeyd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-apikeyd, or the release name alone when it already says apikeyd. */}}
+{{- define "apikeyd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "apikeyd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "apikeyd.labels" -}}
+helm.sh/chart: {{ include "apikeyd.chart" . }}
+app.kubernetes.io/name: {{ include "apikeyd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ include "apikeyd.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: apikeyd
+{{- end }}
+
+{{/*
+Selects the serving pods. The component label keeps the migrations Job's pod
+out of the Service, the PodDisruptionBudget and the ServiceMonitor.
+*/}}
+{{- define "apikeyd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "apikeyd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{- define "apikeyd.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "apikeyd.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "apikeyd.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the chart creates from database.url / redis.url (development only). */}}
+{{- define "apikeyd.backendsSecretName" -}}
+{{- printf "%s-backends" (include "apikeyd.fullname" .) }}
+{{- end }}
+
+{{/*
+The same database URL for the migrations hook: a pre-install hook runs before
+the release's ordinary resources exist, so it gets its own hook Secret.
+*/}}
+{{- define "apikeyd.migrationsSecretName" -}}
+{{- printf "%s-migrations" (include "apikeyd.fullname" .) }}
+{{- end }}
+
+{{- define "apikeyd.hasDatabase" -}}
+{{- if or .Values.database.existingSecret.name .Values.database.url }}true{{ end }}
+{{- end }}
+
+{{- define "apikeyd.hasRedis" -}}
+{{- if or .Values.redis.existingSecret.name .Values.redis.url }}true{{ end }}
+{{- end }}
+
+{{/*
+An env entry reading a backend URL from its Secret. Takes a dict:
+env (variable), backend (.Values.database or .Values.redis), key (key in the
+chart-created Secret), secret (name of the chart-created Secret).
+*/}}
+{{- define "apikeyd.urlEnv" -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      {{- if .backend.existingSecret.name }}
+      name: {{ .backend.existingSecret.name }}
+      key: {{ .backend.existingSecret.key }}
+      {{- else }}
+      name: {{ .secret }}
+      key: {{ .key }}
+      {{- end }}
+{{- end }}
+
+{{- define "apikeyd.databaseUrlEnv" -}}
+{{- include "apikeyd.urlEnv" (dict "env" "APIKEYD_DATABASE_URL" "backend" .root.Values.database "key" "database-url" "secret" .secret) }}
+{{- end }}
+
+{{/* Pod volumes: the data directory and /tmp, both emptyDir. */}}
+{{- define "apikeyd.volumes" -}}
+- name: data
+  emptyDir:
+    sizeLimit: {{ .Values.dataVolume.sizeLimit }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- end }}
+
+{{- define "apikeyd.volumeMounts" -}}
+- name: data
+  mountPath: /var/lib/apikeyd
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Value combinations the schema cannot rule out; called by every template that depends on them. */}}
+{{- define "apikeyd.validate" -}}
+{{- $v := .Values }}
+{{- if and $v.database.existingSecret.name $v.database.url }}
+{{- fail "apikeyd: set database.existingSecret.name or database.url, not both" }}
+{{- end }}
+{{- if and $v.redis.existingSecret.name $v.redis.url }}
+{{- fail "apikeyd: set redis.existingSecret.name or redis.url, not both" }}
+{{- end }}
+{{- if and (not (include "apikeyd.hasDatabase" .)) (or $v.autoscaling.enabled (gt (int $v.replicaCount) 1)) }}
+{{- fail "apikeyd: more than one replica needs a shared PostgreSQL database (database.existingSecret.name or database.url); with the embedded SQLite each pod would hold its own keys" }}
+{{- end }}
+{{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
+{{- fail "apikeyd: autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if le (int $v.terminationGracePeriodSeconds) (add (int $v.preStopSleepSeconds) (int $v.config.shutdownGraceSecs)) }}
+{{- fail "apikeyd: terminationGracePeriodSeconds must exceed preStopSleepSeconds + config.shutdownGraceSecs, or in-flight calls are killed mid-drain" }}
+{{- end }}
+{{- end }}
