@@ -12,6 +12,7 @@ use crate::domain::{KeyKind, PresentedKey, Scope};
 use crate::error::{Error, Result};
 use crate::secrets::SecretHasher;
 use crate::store;
+use crate::telemetry::metrics::observe_db;
 
 /// What a management call needs from the root key that authorises it.
 /// Permissions use the scope grammar, so a root key may hold `keys:*` or `*`.
@@ -57,9 +58,12 @@ impl RootKeyGate {
     /// Succeeds when the request carries a live root key holding `permission`.
     pub async fn authorize(&self, metadata: &MetadataMap, permission: Permission) -> Result<()> {
         let presented = bearer_root_key(metadata)?;
-        let record = store::find_root_key(&self.db, &presented.id)
-            .await?
-            .ok_or(Error::Unauthenticated(UNKNOWN_ROOT_KEY))?;
+        let record = observe_db(
+            "find_root_key",
+            store::find_root_key(&self.db, &presented.id),
+        )
+        .await?
+        .ok_or(Error::Unauthenticated(UNKNOWN_ROOT_KEY))?;
         if !self
             .hasher
             .verify(

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
 use crate::store::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow, NewRootKeyRow};
+use crate::telemetry::metrics::observe_db;
 
 /// The longest grace period a rotation may give the old key.
 pub const MAX_ROTATION_GRACE: Duration = Duration::days(7);
@@ -80,10 +81,15 @@ impl KeyAuthority {
             enabled: true,
             expiry: Expiry::After(new.expiry),
         };
-        let api_key = self
-            .store
-            .create_within_owner_limit(row, self.max_active_keys_per_owner, domain::now())
-            .await?;
+        let api_key = observe_db(
+            "create_key",
+            self.store.create_within_owner_limit(
+                row,
+                self.max_active_keys_per_owner,
+                domain::now(),
+            ),
+        )
+        .await?;
         Ok(IssuedKey {
             full_key: generated.into_full_key(),
             api_key,
@@ -91,19 +97,19 @@ impl KeyAuthority {
     }
 
     pub async fn get_key(&self, id: &KeyId) -> Result<ApiKey> {
-        self.store.get(id).await
+        observe_db("get_key", self.store.get(id)).await
     }
 
     pub async fn list_keys(&self, query: ListQuery) -> Result<(Vec<ApiKey>, Option<ListCursor>)> {
-        self.store.list(query, domain::now()).await
+        observe_db("list_keys", self.store.list(query, domain::now())).await
     }
 
     pub async fn update_key(&self, id: &KeyId, changes: KeyChanges) -> Result<ApiKey> {
-        self.store.update(id, changes, domain::now()).await
+        observe_db("update_key", self.store.update(id, changes, domain::now())).await
     }
 
     pub async fn revoke_key(&self, id: &KeyId, owner_id: Option<&str>) -> Result<ApiKey> {
-        self.store.revoke(id, owner_id, domain::now()).await
+        observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await
     }
 
     /// A new key with the old one's settings; the old key keeps validating
@@ -115,31 +121,29 @@ impl KeyAuthority {
                 "must be between 0 and 7 days",
             ));
         }
-        let current = self.store.get(id).await?;
+        let current = observe_db("get_key", self.store.get(id)).await?;
         let generated = GeneratedKey::generate(current.environment.key_kind());
         let secret_hash = self.hasher.hash(&generated.secret).await?;
         let (new_id, prefix) = (generated.id.clone(), generated.display_prefix());
         let now = domain::now();
-        let (api_key, previous) = self
-            .store
-            .rotate(
-                id,
-                |old| NewKeyRow {
-                    id: new_id,
-                    prefix,
-                    secret_hash,
-                    owner_id: old.owner_id.clone(),
-                    name: old.name.clone(),
-                    scopes: old.scopes.clone(),
-                    environment: old.environment,
-                    metadata: old.metadata.clone(),
-                    enabled: old.enabled,
-                    expiry: Expiry::At(old.expires_at),
-                },
-                now + grace,
-                now,
-            )
-            .await?;
+        let rotation = self.store.rotate(
+            id,
+            |old| NewKeyRow {
+                id: new_id,
+                prefix,
+                secret_hash,
+                owner_id: old.owner_id.clone(),
+                name: old.name.clone(),
+                scopes: old.scopes.clone(),
+                environment: old.environment,
+                metadata: old.metadata.clone(),
+                enabled: old.enabled,
+                expiry: Expiry::At(old.expires_at),
+            },
+            now + grace,
+            now,
+        );
+        let (api_key, previous) = observe_db("rotate_key", rotation).await?;
         Ok((
             IssuedKey {
                 full_key: generated.into_full_key(),
@@ -168,7 +172,9 @@ impl KeyAuthority {
         if presented.kind == KeyKind::Root {
             return Ok(not_found);
         }
-        let Some((api_key, secret_hash)) = self.store.find(&presented.id).await? else {
+        let Some((api_key, secret_hash)) =
+            observe_db("find_key", self.store.find(&presented.id)).await?
+        else {
             return Ok(not_found);
         };
         let matches = self

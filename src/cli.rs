@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::authority::mint_root_key;
-use crate::config::{Cli, Command, RootKeyCommand, Settings};
+use crate::config::{Cli, Command, ConfigCommand, RootKeyCommand, Settings};
 use crate::domain::{ScopeSet, key_settings};
 use crate::secrets::SecretHasher;
 use crate::startup::Application;
@@ -22,8 +22,22 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
-    match run(cli.command, settings).await {
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return check_config(&settings);
+    }
+    let problems = settings.problems();
+    if !problems.is_empty() {
+        eprintln!(
+            "apikeyd: invalid configuration:\n  {}",
+            problems.join("\n  ")
+        );
+        return ExitCode::from(2);
+    }
+    let telemetry = telemetry::init(settings.log_format);
+    let outcome = run(cli.command, settings).await;
+    // Flushing waits on the exporter task, so it must not hold a runtime worker.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -48,6 +62,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("database schema is up to date");
             Ok(())
         }
+        Command::Config(ConfigCommand::Check) => unreachable!("handled before logging starts"),
         Command::RootKey(RootKeyCommand::Create { name, permissions }) => {
             let name = key_settings::parse_name(&name)?;
             let permissions = ScopeSet::new(key_settings::parse_scopes(
@@ -67,6 +82,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
+    }
+}
+
+fn check_config(settings: &Settings) -> ExitCode {
+    let problems = settings.problems();
+    if problems.is_empty() {
+        println!("{}", settings.describe());
+        eprintln!("configuration is valid");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("configuration is not usable:\n  {}", problems.join("\n  "));
+        ExitCode::from(2)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::secrets::Argon2Cost;
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<DatabaseUrl>,
     pub max_active_keys_per_owner: u32,
@@ -37,6 +38,7 @@ impl Default for Settings {
         let argon2 = Argon2Cost::default();
         Settings {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            http_addr: ([127, 0, 0, 1], 8080).into(),
             data_dir: PathBuf::from("./data"),
             database_url: None,
             max_active_keys_per_owner: 10,
@@ -57,6 +59,62 @@ impl Settings {
             iterations: self.argon2_iterations,
             parallelism: self.argon2_parallelism,
         }
+    }
+
+    /// What is wrong with these settings, in sentences; empty when usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        ) {
+            problems.push(format!(
+                "argon2_memory_kib / argon2_iterations / argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
+            ));
+        }
+        if self.max_active_keys_per_owner == 0 {
+            problems.push("max_active_keys_per_owner: must be at least 1".to_owned());
+        }
+        if self.last_used_flush_secs == 0 {
+            problems.push("last_used_flush_secs: must be at least 1".to_owned());
+        }
+        if self.grpc_addr.port() != 0 && self.grpc_addr == self.http_addr {
+            problems.push(format!(
+                "grpc_addr and http_addr are both {}; give each its own port",
+                self.grpc_addr
+            ));
+        }
+        if let Some(url) = &self.database_url {
+            let raw = url.expose();
+            if !(raw.starts_with("postgres://")
+                || raw.starts_with("postgresql://")
+                || raw.starts_with("sqlite:"))
+            {
+                problems.push(format!(
+                    "database_url: {url} is neither postgres://… nor sqlite://…; unset it for the embedded SQLite"
+                ));
+            } else if raw.starts_with("postgres") && url::Url::parse(raw).is_err() {
+                problems.push("database_url: not a valid URL (percent-encode special characters in the password)".to_owned());
+            }
+        }
+        problems
+    }
+
+    /// The effective settings, one `key = value` per line, secrets redacted.
+    pub fn describe(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("settings serialise");
+        if let Some(url) = &self.database_url {
+            value["database_url"] = serde_json::Value::String(url.to_string());
+        }
+        value
+            .as_object()
+            .expect("settings are a struct")
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Lays `flags` (flags and environment, as clap read them) over the
@@ -146,6 +204,17 @@ pub enum Command {
     /// Manage root keys, the credentials of the management API.
     #[command(subcommand)]
     RootKey(RootKeyCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration (defaults, file, environment, flags), explain
+    /// what is wrong with it, or print the effective settings with secrets
+    /// redacted. Exits 0 when it is usable, 2 when not.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +244,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_GRPC_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
+
+    /// Address of the HTTP listener: Prometheus metrics at /metrics [default: 127.0.0.1:8080].
+    #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
 
     /// Directory for the embedded SQLite database and the bootstrap root key [default: ./data].
     #[arg(long, env = "APIKEYD_DATA_DIR", global = true)]
@@ -262,6 +336,23 @@ mod tests {
         };
         let error = Settings::load(&flags).unwrap_err().to_string();
         assert!(error.contains("grpc_adr"), "{error}");
+    }
+
+    #[test]
+    fn problems_are_explained_and_secrets_never_described() {
+        let settings = Settings {
+            argon2_memory_kib: 1,
+            max_active_keys_per_owner: 0,
+            database_url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
+            ..Settings::default()
+        };
+        let problems = settings.problems().join("\n");
+        assert!(problems.contains("argon2_memory_kib"), "{problems}");
+        assert!(problems.contains("max_active_keys_per_owner"), "{problems}");
+        assert!(problems.contains("database_url"), "{problems}");
+        assert!(!problems.contains("hunter2"), "{problems}");
+        assert!(!settings.describe().contains("hunter2"));
+        assert!(Settings::default().problems().is_empty());
     }
 
     #[test]

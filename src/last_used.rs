@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::KeyId;
 use crate::error::Result;
 use crate::store::KeyStore;
+use crate::telemetry::metrics::observe_db;
 
 #[derive(Default)]
 pub struct LastUsedTracker {
@@ -39,7 +40,7 @@ impl LastUsedTracker {
         if batch.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = store.record_last_used(&batch).await {
+        if let Err(e) = observe_db("record_last_used", store.record_last_used(&batch)).await {
             for (id, at) in &batch {
                 self.record(id, *at);
             }

@@ -50,6 +50,31 @@ impl Argon2Cost {
 
 type Digest = [u8; 32];
 
+/// Counts an argon2 run in the queue-depth gauge and times it, queueing
+/// included, from creation until drop.
+struct ArgonSlot {
+    operation: &'static str,
+    entered: std::time::Instant,
+}
+
+impl ArgonSlot {
+    fn enter(operation: &'static str) -> ArgonSlot {
+        ::metrics::gauge!("apikeyd_argon2_queue_depth").increment(1.0);
+        ArgonSlot {
+            operation,
+            entered: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for ArgonSlot {
+    fn drop(&mut self) {
+        ::metrics::gauge!("apikeyd_argon2_queue_depth").decrement(1.0);
+        ::metrics::histogram!("apikeyd_argon2_duration_seconds", "operation" => self.operation)
+            .record(self.entered.elapsed());
+    }
+}
+
 pub struct SecretHasher {
     argon2: Argon2<'static>,
     /// Bounds concurrent argon2 runs to the number of cores.
@@ -79,6 +104,7 @@ impl SecretHasher {
 
     /// An argon2id PHC string for `secret`, with a fresh random salt.
     pub async fn hash(&self, secret: &Secret) -> Result<String> {
+        let _slot = ArgonSlot::enter("hash");
         let _permit = self
             .permits
             .acquire()
@@ -110,9 +136,12 @@ impl SecretHasher {
         let digest = self.digest(kind, id, secret);
         if let Some(hash) = self.verified.get(&digest).await {
             if *hash == *stored_hash {
+                ::metrics::counter!("apikeyd_secret_memo_total", "result" => "hit").increment(1);
                 return Ok(true);
             }
         }
+        ::metrics::counter!("apikeyd_secret_memo_total", "result" => "miss").increment(1);
+        let _slot = ArgonSlot::enter("verify");
         let _permit = self
             .permits
             .acquire()

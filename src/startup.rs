@@ -27,6 +27,8 @@ use crate::grpc::{KeyApi, ValidationApi, pb};
 use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
+use crate::telemetry::metrics::{self, GrpcMetricsLayer};
+use crate::telemetry::tracing_context;
 
 /// Verified secrets remembered by digest; about 100 bytes each.
 const VERIFIED_SECRET_MEMO: u64 = 200_000;
@@ -34,10 +36,13 @@ const VERIFIED_SECRET_MEMO: u64 = 200_000;
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
 const SERVICES: [&str; 2] = ["apikeyd.v1.KeyService", "apikeyd.v1.ValidationService"];
+/// The health name for liveness probes.
+pub const LIVENESS: &str = "liveness";
 
 pub struct Application {
     settings: Settings,
     listener: TcpListener,
+    http_listener: TcpListener,
     db: DatabaseConnection,
     store: KeyStore,
     authority: Arc<KeyAuthority>,
@@ -73,6 +78,10 @@ impl Application {
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+        metrics::prometheus();
         let store = KeyStore::new(db.clone());
         let last_used = Arc::new(LastUsedTracker::default());
         let authority = Arc::new(KeyAuthority::new(
@@ -85,6 +94,7 @@ impl Application {
         Ok(Application {
             settings,
             listener,
+            http_listener,
             db,
             store,
             authority,
@@ -99,13 +109,25 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let grpc_addr = self.grpc_addr();
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&health_reporter, ServingStatus::Serving).await;
+        // Liveness says only "the process answers": it stays SERVING through
+        // database outages and draining, so an orchestrator restarts a stuck
+        // process but not a healthy one waiting for its database.
+        health_reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -116,6 +138,7 @@ impl Application {
             .build_v1alpha()?;
 
         let background = vec![
+            tokio::spawn(metrics::run_upkeep()),
             tokio::spawn(watch_database(self.db.clone(), health_reporter.clone())),
             tokio::spawn(flush_last_used_periodically(
                 self.last_used.clone(),
@@ -124,8 +147,19 @@ impl Application {
             )),
         ];
 
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        // One signal drains both listeners.
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(());
+        let drained = move || {
+            let mut drain_rx = drain_rx.clone();
+            async move {
+                let _ = drain_rx.changed().await;
+            }
+        };
+        let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
+        let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
+            .trace_fn(tracing_context::rpc_span)
+            .layer(GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -136,12 +170,11 @@ impl Application {
             .add_service(ValidationServiceServer::new(ValidationApi {
                 authority: self.authority.clone(),
             }))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                let _ = drain_rx.await;
-            });
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), drained());
         let mut server = tokio::spawn(server);
         tracing::info!(
             grpc = %grpc_addr,
+            http = %http_addr,
             database = %self.settings.database_url.as_ref().map_or_else(
                 || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
                 |url| url.to_string(),
@@ -154,13 +187,17 @@ impl Application {
                 finished??;
                 anyhow::bail!("the gRPC server stopped on its own");
             }
+            finished = &mut http => {
+                finished??;
+                anyhow::bail!("the HTTP server stopped on its own");
+            }
             () = stop => {}
         }
 
         // Drain: tell load balancers first, then stop accepting and let
         // in-flight calls finish within the grace period.
         set_health(&health_reporter, ServingStatus::NotServing).await;
-        let _ = drain_tx.send(());
+        drain_tx.send_replace(());
         let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
         match tokio::time::timeout(grace, &mut server).await {
             Ok(finished) => finished??,
@@ -172,6 +209,12 @@ impl Application {
                 server.abort();
             }
         }
+        if tokio::time::timeout(Duration::from_secs(1), &mut http)
+            .await
+            .is_err()
+        {
+            http.abort();
+        }
         for task in background {
             task.abort();
         }
@@ -181,6 +224,14 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The HTTP listener's routes: Prometheus metrics (the web console joins here).
+fn http_routes() -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { metrics::prometheus().render() }),
+    )
 }
 
 fn everything() -> ScopeSet {

@@ -32,6 +32,8 @@ impl ValidationService for ValidationApi {
         }
         let required = key_settings::parse_scopes("required_scopes", &req.required_scopes, false)?;
         let verdict = self.authority.validate(&req.key, &required).await?;
+        ::metrics::counter!("apikeyd_validations_total", "code" => verdict.code.label())
+            .increment(1);
         let message = match verdict.code {
             ValidationCode::Malformed if req.key.is_empty() => "Missing API key",
             code => code.message(),

@@ -58,6 +58,7 @@ fn random_suffix() -> String {
 pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -> Settings {
     Settings {
         grpc_addr: ([127, 0, 0, 1], 0).into(),
+        http_addr: ([127, 0, 0, 1], 0).into(),
         data_dir: data_dir.to_owned(),
         database_url: database_url.as_deref().map(DatabaseUrl::from),
         argon2_memory_kib: 1024,
@@ -71,6 +72,7 @@ pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -
 pub struct TestApp {
     pub backend: Backend,
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     /// The root key the server bootstrapped into `<data dir>/bootstrap-root-key`.
     pub root_key: String,
     pub keys: KeyServiceClient<Channel>,
@@ -94,7 +96,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     let mut settings = test_settings(data_dir.path(), database_url.clone());
     adjust(&mut settings);
     let app = Application::build(settings).await.expect("server builds");
-    let addr = app.grpc_addr();
+    let (addr, http_addr) = (app.grpc_addr(), app.http_addr());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
@@ -107,6 +109,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)
     TestApp {
         backend,
         addr,
+        http_addr,
         root_key,
         keys: KeyServiceClient::new(channel.clone()),
         validation: ValidationServiceClient::new(channel),
@@ -296,6 +299,7 @@ impl ServerProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("APIKEYD_GRPC_ADDR", "127.0.0.1:0")
+            .env("APIKEYD_HTTP_ADDR", "127.0.0.1:0")
             .env("APIKEYD_DATA_DIR", data_dir)
             .env("APIKEYD_LOG_FORMAT", "json")
             .env("APIKEYD_ARGON2_MEMORY_KIB", "1024")
@@ -333,16 +337,26 @@ impl ServerProcess {
         }
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn signal_terminate(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for apikeyd")
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM, waits for the exit, and returns the status and every log line.
     pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().expect("wait for apikeyd");
+        self.signal_terminate();
+        let status = self.wait();
         // Let the reader thread drain the last lines.
         std::thread::sleep(std::time::Duration::from_millis(100));
         (status, self.log())

@@ -7,6 +7,7 @@ mod access;
 mod bad_input;
 mod key_lifecycle;
 mod listing;
+mod observability;
 mod operability;
 mod owner_limit;
 mod secrets_stay_secret;

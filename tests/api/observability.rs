@@ -1,0 +1,272 @@
+//! What operators see: traces joined to the caller's, metrics that move,
+//! and a SIGTERM that loses no call.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apikeyd::domain::{GeneratedKey, KeyKind};
+use apikeyd::grpc::pb;
+use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
+use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Backend, ServerProcess, connect, create_request, spawn_app, with_bearer};
+
+/// A minimal OTLP/gRPC collector that keeps every span it receives.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+async fn start_collector() -> (std::net::SocketAddr, Collector) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = Collector::default();
+    let service = TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, collector)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
+    let (collector_addr, collector) = start_collector().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{collector_addr}");
+    let server = ServerProcess::start(
+        data_dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let key = GeneratedKey::generate(KeyKind::Live).into_full_key();
+    let mut request = tonic::Request::new(pb::ValidateRequest {
+        key: key.clone(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+
+    let verdict = ValidationServiceClient::new(connect(server.addr).await)
+        .validate(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict.code, pb::ValidationCode::NotFound as i32);
+    // SIGTERM flushes buffered spans before exit.
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let ours: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == trace_id)
+        .collect();
+    let rpc = ours
+        .iter()
+        .find(|s| s.name == "apikeyd.v1.ValidationService/Validate")
+        .unwrap_or_else(|| {
+            panic!(
+                "no Validate span in the caller's trace; got {:?}",
+                names(&spans)
+            )
+        });
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        "00f067aa0ba902b7",
+        "the RPC span's parent is the caller's span"
+    );
+    let db = ours
+        .iter()
+        .find(|s| s.name == "find_key")
+        .expect("a database child span");
+    assert_eq!(db.parent_span_id, rpc.span_id);
+    let secret = &key[key.rfind('_').unwrap() + 1..];
+    assert!(
+        !format!("{spans:?}").contains(secret),
+        "a key reached a span"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn names(spans: &[Span]) -> Vec<&str> {
+    spans.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// GET /metrics with a bare HTTP/1.1 request.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: apikeyd\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `series`, or 0.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_counters_moving_after_calls() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let validations = r#"apikeyd_validations_total{code="malformed"}"#;
+    let rpcs =
+        r#"apikeyd_grpc_requests_total{method="apikeyd.v1.ValidationService/Validate",code="OK"}"#;
+    let denied = r#"apikeyd_grpc_requests_total{method="apikeyd.v1.KeyService/CreateKey",code="UNAUTHENTICATED"}"#;
+    let before = scrape(app.http_addr).await;
+
+    for _ in 0..3 {
+        app.validate("sk_live_garbage", &[]).await;
+    }
+    let _ = app
+        .keys
+        .clone()
+        .create_key(tonic::Request::new(create_request("o", &["*"])))
+        .await;
+
+    let after = scrape(app.http_addr).await;
+    assert!(
+        sample(&after, validations) >= sample(&before, validations) + 3.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, rpcs) >= sample(&before, rpcs) + 3.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, denied) >= sample(&before, denied) + 1.0,
+        "{after}"
+    );
+    assert!(
+        after.contains("apikeyd_grpc_request_duration_seconds_bucket"),
+        "latency histograms are exported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_load_loses_no_call_and_exits_zero() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Full-cost argon2 makes each CreateKey slow enough to be in flight.
+    let mut server = ServerProcess::start(
+        data_dir.path(),
+        &[
+            ("APIKEYD_ARGON2_MEMORY_KIB", "19456"),
+            ("APIKEYD_ARGON2_ITERATIONS", "2"),
+        ],
+    );
+    let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let channel = connect(server.addr).await;
+    let calls: Vec<_> = (0..30)
+        .map(|i| {
+            let mut client = KeyServiceClient::new(channel.clone());
+            let request = with_bearer(create_request(&format!("owner_{i}"), &["*"]), &root_key);
+            tokio::spawn(async move { client.create_key(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    server.signal_terminate();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap());
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait();
+        (status, server.log())
+    })
+    .await
+    .unwrap();
+
+    let failures: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(failures.is_empty(), "in-flight calls failed: {failures:?}");
+    assert!(status.0.success(), "exit status {:?}", status.0);
+    assert!(
+        status.1.iter().any(|line| line.contains("\"stopped\"")),
+        "the drain finished: {:?}",
+        status.1
+    );
+}
+
+#[test]
+fn config_check_explains_what_is_wrong_and_never_prints_a_password() {
+    let run = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_apikeyd"));
+        command.args(["config", "check"]).env_clear();
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().expect("run apikeyd config check")
+    };
+
+    let good = run(&[("APIKEYD_DATABASE_URL", "postgres://app:hunter2@db/keys")]);
+    let bad = run(&[
+        ("APIKEYD_MAX_ACTIVE_KEYS_PER_OWNER", "0"),
+        ("APIKEYD_DATABASE_URL", "mysql://app:hunter2@db/keys"),
+    ]);
+
+    assert!(good.status.success());
+    let described = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        described.contains("postgres://app:***@db/keys"),
+        "{described}"
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let explained = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        explained.contains("max_active_keys_per_owner") && explained.contains("database_url"),
+        "{explained}"
+    );
+    for output in [&good.stdout, &good.stderr, &bad.stdout, &bad.stderr] {
+        assert!(!String::from_utf8_lossy(output).contains("hunter2"));
+    }
+}
