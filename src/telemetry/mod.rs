@@ -94,9 +94,12 @@ fn otlp_tracer_provider()
             .with_tonic()
             .build()
             .map(|exporter| {
-                let resource = opentelemetry_sdk::Resource::builder()
-                    .with_service_name("apikeyd")
-                    .build();
+                // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win when set.
+                let mut resource = opentelemetry_sdk::Resource::builder();
+                if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+                    resource = resource.with_service_name("apikeyd");
+                }
+                let resource = resource.build();
                 // The batch processor runs on our tokio runtime: the tonic
                 // exporter needs its reactor, which the SDK's default
                 // thread-based processor lacks.
