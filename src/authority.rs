@@ -13,6 +13,7 @@ use crate::domain::{
     ValidationCode,
 };
 use crate::error::{Error, Result};
+use crate::key_cache::{KeyCache, WrongSecretGuard};
 use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
 use crate::store::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow, NewRootKeyRow};
@@ -46,6 +47,10 @@ pub struct Verdict {
 
 pub struct KeyAuthority {
     store: KeyStore,
+    /// Key records for Validate, evicted on every change.
+    keys: Arc<KeyCache>,
+    /// Caps argon2 runs spent on wrong secrets for one key id.
+    wrong_secrets: WrongSecretGuard,
     hasher: Arc<SecretHasher>,
     last_used: Arc<LastUsedTracker>,
     /// Unrevoked keys an owner may hold at once.
@@ -57,10 +62,14 @@ impl KeyAuthority {
         store: KeyStore,
         hasher: Arc<SecretHasher>,
         last_used: Arc<LastUsedTracker>,
+        keys: Arc<KeyCache>,
+        wrong_secrets: WrongSecretGuard,
         max_active_keys_per_owner: u32,
     ) -> Self {
         KeyAuthority {
             store,
+            keys,
+            wrong_secrets,
             hasher,
             last_used,
             max_active_keys_per_owner,
@@ -105,11 +114,22 @@ impl KeyAuthority {
     }
 
     pub async fn update_key(&self, id: &KeyId, changes: KeyChanges) -> Result<ApiKey> {
-        observe_db("update_key", self.store.update(id, changes, domain::now())).await
+        let updated =
+            observe_db("update_key", self.store.update(id, changes, domain::now())).await?;
+        self.key_changed(id).await;
+        Ok(updated)
     }
 
     pub async fn revoke_key(&self, id: &KeyId, owner_id: Option<&str>) -> Result<ApiKey> {
-        observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await
+        let revoked =
+            observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await?;
+        self.key_changed(id).await;
+        Ok(revoked)
+    }
+
+    /// Evicts a changed key from every replica's cache.
+    async fn key_changed(&self, id: &KeyId) {
+        self.keys.invalidate(id).await;
     }
 
     /// A new key with the old one's settings; the old key keeps validating
@@ -144,6 +164,7 @@ impl KeyAuthority {
             now,
         );
         let (api_key, previous) = observe_db("rotate_key", rotation).await?;
+        self.key_changed(id).await;
         Ok((
             IssuedKey {
                 full_key: generated.into_full_key(),
@@ -172,21 +193,27 @@ impl KeyAuthority {
         if presented.kind == KeyKind::Root {
             return Ok(not_found);
         }
-        let Some((api_key, secret_hash)) =
-            observe_db("find_key", self.store.find(&presented.id)).await?
-        else {
-            return Ok(not_found);
-        };
-        let matches = self
-            .hasher
-            .verify(
-                presented.kind,
+        let lookup = self
+            .keys
+            .get_or_load(
                 &presented.id,
-                &presented.secret,
-                &secret_hash,
+                observe_db("find_key", self.store.find(&presented.id)),
             )
             .await?;
-        if !matches || presented.kind != api_key.environment.key_kind() {
+        let Some((api_key, secret_hash)) = &lookup.found else {
+            return Ok(not_found);
+        };
+        if presented.kind != api_key.environment.key_kind() {
+            return Ok(not_found);
+        }
+        let (kind, id, secret) = (presented.kind, &presented.id, &presented.secret);
+        let matches = if self.wrong_secrets.exhausted(id) {
+            self.hasher.remembers(kind, id, secret, secret_hash).await
+        } else {
+            self.hasher.verify(kind, id, secret, secret_hash).await?
+        };
+        if !matches {
+            self.wrong_secrets.record_failure(id);
             return Ok(not_found);
         }
         let now = domain::now();
@@ -196,7 +223,7 @@ impl KeyAuthority {
         }
         Ok(Verdict {
             code,
-            api_key: Some(api_key),
+            api_key: Some(api_key.clone()),
         })
     }
 }

@@ -29,6 +29,9 @@ pub struct Settings {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub last_used_flush_secs: u64,
+    pub key_cache_max_mib: u64,
+    pub key_cache_degraded_ttl_secs: u64,
+    pub wrong_secret_limit: u32,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
 }
@@ -46,6 +49,9 @@ impl Default for Settings {
             argon2_iterations: argon2.iterations,
             argon2_parallelism: argon2.parallelism,
             last_used_flush_secs: 5,
+            key_cache_max_mib: 128,
+            key_cache_degraded_ttl_secs: 10,
+            wrong_secret_limit: 10,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
         }
@@ -289,6 +295,21 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_LAST_USED_FLUSH_SECS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used_flush_secs: Option<u64>,
+
+    /// Memory bound of the cache of key records, in MiB [default: 128].
+    #[arg(long, env = "APIKEYD_KEY_CACHE_MAX_MIB", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_cache_max_mib: Option<u64>,
+
+    /// Longest a cached key is trusted while invalidations may be missed, in seconds [default: 10].
+    #[arg(long, env = "APIKEYD_KEY_CACHE_DEGRADED_TTL_SECS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_cache_degraded_ttl_secs: Option<u64>,
+
+    /// Wrong secrets per key id per minute before argon2 is no longer run for that id [default: 10].
+    #[arg(long, env = "APIKEYD_WRONG_SECRET_LIMIT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrong_secret_limit: Option<u32>,
 
     /// Seconds in-flight calls get to finish after SIGTERM [default: 10].
     #[arg(long, env = "APIKEYD_SHUTDOWN_GRACE_SECS", global = true)]

@@ -14,6 +14,8 @@
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
+//! - [`key_cache`]: key records cached for Validate, and the guard that
+//!   caps argon2 runs on wrong secrets.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
 //! - [`startup`]: wiring, serving, health, draining.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod key_cache;
 pub mod last_used;
 pub mod secrets;
 pub mod shutdown;

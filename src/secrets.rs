@@ -133,14 +133,10 @@ impl SecretHasher {
         secret: &Secret,
         stored_hash: &str,
     ) -> Result<bool> {
-        let digest = self.digest(kind, id, secret);
-        if let Some(hash) = self.verified.get(&digest).await {
-            if *hash == *stored_hash {
-                ::metrics::counter!("apikeyd_secret_memo_total", "result" => "hit").increment(1);
-                return Ok(true);
-            }
+        if self.remembers(kind, id, secret, stored_hash).await {
+            return Ok(true);
         }
-        ::metrics::counter!("apikeyd_secret_memo_total", "result" => "miss").increment(1);
+        let digest = self.digest(kind, id, secret);
         let _slot = ArgonSlot::enter("verify");
         let _permit = self
             .permits
@@ -160,6 +156,26 @@ impl SecretHasher {
             self.verified.insert(digest, Arc::from(stored_hash)).await;
         }
         Ok(matched)
+    }
+
+    /// Whether `secret` was already verified against `stored_hash` in this
+    /// process: the memo alone, never argon2.
+    pub async fn remembers(
+        &self,
+        kind: KeyKind,
+        id: &KeyId,
+        secret: &Secret,
+        stored_hash: &str,
+    ) -> bool {
+        let digest = self.digest(kind, id, secret);
+        let hit = self
+            .verified
+            .get(&digest)
+            .await
+            .is_some_and(|hash| *hash == *stored_hash);
+        let result = if hit { "hit" } else { "miss" };
+        ::metrics::counter!("apikeyd_secret_memo_total", "result" => result).increment(1);
+        hit
     }
 
     fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> Digest {

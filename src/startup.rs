@@ -24,6 +24,7 @@ use crate::domain::{Scope, ScopeSet};
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{KeyApi, ValidationApi, pb};
+use crate::key_cache::{KeyCache, WrongSecretGuard};
 use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
@@ -32,6 +33,10 @@ use crate::telemetry::tracing_context;
 
 /// Verified secrets remembered by digest; about 100 bytes each.
 const VERIFIED_SECRET_MEMO: u64 = 200_000;
+/// The backstop on cached key records, however invalidations fare.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(300);
+/// The window over which wrong secrets for one key id are counted.
+const WRONG_SECRET_WINDOW: Duration = Duration::from_secs(60);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
@@ -84,10 +89,25 @@ impl Application {
         metrics::prometheus();
         let store = KeyStore::new(db.clone());
         let last_used = Arc::new(LastUsedTracker::default());
+        let key_cache = Arc::new(KeyCache::new(
+            settings.key_cache_max_mib * 1024 * 1024,
+            KEY_CACHE_TTL,
+            Duration::from_secs(settings.key_cache_degraded_ttl_secs),
+        ));
+        // One process owns an SQLite file, so its own evictions are all there
+        // is. With a shared PostgreSQL, other replicas change keys too, and
+        // until a channel carries their invalidations, entries stay short-lived.
+        let single_process = settings
+            .database_url
+            .as_ref()
+            .is_none_or(|url| url.expose().starts_with("sqlite:"));
+        key_cache.set_invalidations_flowing(single_process);
         let authority = Arc::new(KeyAuthority::new(
             store.clone(),
             hasher.clone(),
             last_used.clone(),
+            key_cache,
+            WrongSecretGuard::new(settings.wrong_secret_limit, WRONG_SECRET_WINDOW),
             settings.max_active_keys_per_owner,
         ));
         let gate = RootKeyGate::new(db.clone(), hasher);

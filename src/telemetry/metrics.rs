@@ -5,6 +5,7 @@
 //! | `apikeyd_grpc_requests_total` | counter | `method`, `code` |
 //! | `apikeyd_grpc_request_duration_seconds` | histogram | `method` |
 //! | `apikeyd_validations_total` | counter | `code` |
+//! | `apikeyd_key_cache_total` | counter | `result` (`hit`, `miss`) |
 //! | `apikeyd_secret_memo_total` | counter | `result` (`hit`, `miss`) |
 //! | `apikeyd_argon2_queue_depth` | gauge | |
 //! | `apikeyd_argon2_duration_seconds` | histogram | `operation` (`hash`, `verify`) |
@@ -66,6 +67,10 @@ fn describe() {
     describe_counter!(
         "apikeyd_validations_total",
         "Validate outcomes, by validation code"
+    );
+    describe_counter!(
+        "apikeyd_key_cache_total",
+        "Validate lookups answered from the key cache (hit) or the database (miss)"
     );
     describe_counter!(
         "apikeyd_secret_memo_total",

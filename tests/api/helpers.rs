@@ -283,6 +283,7 @@ macro_rules! on_every_backend {
 /// its stderr or several replicas.
 pub struct ServerProcess {
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     child: std::process::Child,
     /// Every log line so far (JSON), collected by a reader thread.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -321,17 +322,23 @@ impl ServerProcess {
             {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "apikeyd is serving" {
-                        let _ = addr_tx.send(event["grpc"].as_str().unwrap_or_default().to_owned());
+                        let _ = addr_tx.send((
+                            event["grpc"].as_str().unwrap_or_default().to_owned(),
+                            event["http"].as_str().unwrap_or_default().to_owned(),
+                        ));
                     }
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = addr_rx
+        let (addr, http_addr) = addr_rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("apikeyd did not start; log: {:?}", log.lock().unwrap()));
         ServerProcess {
             addr: addr.parse().expect("a socket address in the serving line"),
+            http_addr: http_addr
+                .parse()
+                .expect("a socket address in the serving line"),
             child,
             log,
         }
@@ -368,4 +375,28 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET /metrics with a bare HTTP/1.1 request.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: apikeyd\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `series`, or 0.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod bad_input;
+mod hot_path;
 mod key_lifecycle;
 mod listing;
 mod observability;

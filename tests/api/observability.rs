@@ -15,9 +15,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Backend, ServerProcess, connect, create_request, spawn_app, with_bearer};
+use crate::helpers::{
+    Backend, ServerProcess, connect, create_request, sample, scrape, spawn_app, with_bearer,
+};
 
 /// A minimal OTLP/gRPC collector that keeps every span it receives.
 #[derive(Clone, Default)]
@@ -130,29 +131,6 @@ fn names(spans: &[Span]) -> Vec<&str> {
     spans.iter().map(|s| s.name.as_str()).collect()
 }
 
-/// GET /metrics with a bare HTTP/1.1 request.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: apikeyd\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of the sample whose line starts with `series`, or 0.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_counters_moving_after_calls() {
     let app = spawn_app(Backend::Sqlite).await;
@@ -199,6 +177,7 @@ async fn sigterm_during_load_loses_no_call_and_exits_zero() {
         &[
             ("APIKEYD_ARGON2_MEMORY_KIB", "19456"),
             ("APIKEYD_ARGON2_ITERATIONS", "2"),
+            ("APIKEYD_SHUTDOWN_GRACE_SECS", "60"),
         ],
     );
     let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
@@ -213,7 +192,21 @@ async fn sigterm_during_load_loses_no_call_and_exits_zero() {
             tokio::spawn(async move { client.create_key(request).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every call holds or awaits an argon2 slot once the queue is this deep,
+    // so all of them are in flight when the signal lands.
+    let mut in_flight = false;
+    for _ in 0..200 {
+        if sample(
+            &scrape(server.http_addr).await,
+            "apikeyd_argon2_queue_depth",
+        ) >= 30.0
+        {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(in_flight, "the calls never were all in flight at once");
 
     server.signal_terminate();
     let mut outcomes = Vec::new();

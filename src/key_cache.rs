@@ -1,0 +1,224 @@
+//! The hot path's memory: key records by id, so that a warm `Validate`
+//! touches neither the database nor argon2.
+//!
+//! Staleness is bounded two ways. Every change to a key (revoke, disable,
+//! update, rotate) evicts it here and, through [`crate::invalidation`], on
+//! every other replica within milliseconds. While invalidations may not be
+//! arriving (no channel configured, or the channel is down), an entry is
+//! trusted for at most `degraded_ttl` (10 s by default) and the cache is
+//! flushed when the channel comes back. A TTL backstop bounds everything else.
+//!
+//! Unknown ids are remembered as absent, so a flood of well-formed made-up
+//! keys costs one database read per id, not one per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::domain::{ApiKey, KeyId};
+use crate::error::{Error, Result};
+
+/// What the store said about an id, and when.
+pub struct CachedLookup {
+    /// The record and its secret hash, or `None` for "no such key".
+    pub found: Option<(ApiKey, Arc<str>)>,
+    loaded_at: Instant,
+}
+
+pub struct KeyCache {
+    entries: moka::future::Cache<KeyId, Arc<CachedLookup>>,
+    /// True while invalidations are known to reach this replica.
+    invalidations_flowing: AtomicBool,
+    /// How long an entry is trusted while invalidations may be missed.
+    degraded_ttl: Duration,
+}
+
+/// Rough heap size of an entry, for the memory bound.
+fn weight(id: &KeyId, lookup: &Arc<CachedLookup>) -> u32 {
+    let record = lookup.found.as_ref().map_or(0, |(key, hash)| {
+        key.owner_id.len()
+            + key.name.len()
+            + key.prefix.len()
+            + key
+                .scopes
+                .iter()
+                .map(|s| s.to_string().len() + 48)
+                .sum::<usize>()
+            + key
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 64)
+                .sum::<usize>()
+            + hash.len()
+            + std::mem::size_of::<ApiKey>()
+    });
+    u32::try_from(id.as_str().len() + record + 96).unwrap_or(u32::MAX)
+}
+
+impl KeyCache {
+    pub fn new(max_bytes: u64, ttl: Duration, degraded_ttl: Duration) -> Self {
+        KeyCache {
+            entries: moka::future::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(weight)
+                .time_to_live(ttl)
+                .build(),
+            invalidations_flowing: AtomicBool::new(false),
+            degraded_ttl,
+        }
+    }
+
+    /// The cached lookup of `id`, or the result of `load` (run once for any
+    /// number of concurrent callers asking for the same id).
+    pub async fn get_or_load<F>(&self, id: &KeyId, load: F) -> Result<Arc<CachedLookup>>
+    where
+        F: Future<Output = Result<Option<(ApiKey, String)>>>,
+    {
+        if let Some(cached) = self.entries.get(id).await {
+            if self.invalidations_flowing.load(Ordering::Acquire)
+                || cached.loaded_at.elapsed() < self.degraded_ttl
+            {
+                ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit").increment(1);
+                return Ok(cached);
+            }
+            self.entries.invalidate(id).await;
+        }
+        ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss").increment(1);
+        self.entries
+            .try_get_with_by_ref(id, async {
+                let found = load.await?;
+                Ok::<_, Error>(Arc::new(CachedLookup {
+                    found: found.map(|(key, hash)| (key, Arc::from(hash))),
+                    loaded_at: Instant::now(),
+                }))
+            })
+            .await
+            .map_err(|shared| match Arc::try_unwrap(shared) {
+                Ok(error) => error,
+                Err(shared) => Error::Internal(format!("key lookup failed: {shared}")),
+            })
+    }
+
+    pub async fn invalidate(&self, id: &KeyId) {
+        self.entries.invalidate(id).await;
+    }
+
+    pub fn invalidate_all(&self) {
+        self.entries.invalidate_all();
+    }
+
+    /// Records whether invalidations reach this replica. Coming back flushes
+    /// everything, since any change made meanwhile may have been missed.
+    pub fn set_invalidations_flowing(&self, flowing: bool) {
+        let was = self.invalidations_flowing.swap(flowing, Ordering::AcqRel);
+        if flowing && !was {
+            self.invalidate_all();
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+}
+
+/// Counts wrong secrets presented for each key id. Past the limit within the
+/// window, Validate answers NOT_FOUND without running argon2, so guessing at
+/// a known id cannot make the server burn CPU. A right secret already in the
+/// memo still validates; a cold right secret waits out the window.
+pub struct WrongSecretGuard {
+    failures: moka::sync::Cache<KeyId, Arc<std::sync::atomic::AtomicU32>>,
+    limit: u32,
+}
+
+impl WrongSecretGuard {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        WrongSecretGuard {
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window)
+                .build(),
+            limit,
+        }
+    }
+
+    pub fn exhausted(&self, id: &KeyId) -> bool {
+        self.failures
+            .get(id)
+            .is_some_and(|count| count.load(Ordering::Relaxed) >= self.limit)
+    }
+
+    pub fn record_failure(&self, id: &KeyId) {
+        self.failures
+            .get_with_by_ref(id, || Arc::new(std::sync::atomic::AtomicU32::new(0)))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> KeyId {
+        KeyId::parse("0123456789abcdef").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cached_absence_is_not_loaded_again() {
+        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_secs(10));
+        cache.set_invalidations_flowing(true);
+        let loads = std::sync::atomic::AtomicU32::new(0);
+        for _ in 0..3 {
+            let lookup = cache
+                .get_or_load(&id(), async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok(None)
+                })
+                .await
+                .unwrap();
+            assert!(lookup.found.is_none());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn without_invalidations_entries_expire_after_the_degraded_ttl() {
+        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_millis(50));
+        let loads = std::sync::atomic::AtomicU32::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        };
+        cache.get_or_load(&id(), load()).await.unwrap();
+        cache.get_or_load(&id(), load()).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "fresh entries are served");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        cache.get_or_load(&id(), load()).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "stale entries are reloaded"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalidations_coming_back_flush_the_cache() {
+        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_secs(10));
+        cache.get_or_load(&id(), async { Ok(None) }).await.unwrap();
+        cache.entries.run_pending_tasks().await;
+        assert_eq!(cache.entry_count(), 1);
+        cache.set_invalidations_flowing(true);
+        cache.entries.run_pending_tasks().await;
+        assert_eq!(cache.entry_count(), 0);
+    }
+
+    #[test]
+    fn the_guard_trips_at_the_limit() {
+        let guard = WrongSecretGuard::new(3, Duration::from_secs(60));
+        for _ in 0..2 {
+            guard.record_failure(&id());
+        }
+        assert!(!guard.exhausted(&id()));
+        guard.record_failure(&id());
+        assert!(guard.exhausted(&id()));
+    }
+}

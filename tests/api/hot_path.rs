@@ -1,0 +1,207 @@
+//! The hot path's guards: junk and guessing cost no database read or argon2
+//! run beyond a bound, and the cache never serves a changed key.
+
+use apikeyd::domain::{GeneratedKey, KeyKind};
+use apikeyd::grpc::pb;
+use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
+use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
+
+use crate::helpers::{
+    ServerProcess, code_of, connect, create_request, sample, scrape, with_bearer,
+};
+
+const ARGON2_VERIFICATIONS: &str = r#"apikeyd_argon2_duration_seconds_count{operation="verify"}"#;
+const KEY_LOOKUPS: &str = r#"apikeyd_db_duration_seconds_count{operation="find_key"}"#;
+
+struct Server {
+    process: ServerProcess,
+    keys: KeyServiceClient<tonic::transport::Channel>,
+    validation: ValidationServiceClient<tonic::transport::Channel>,
+    root_key: String,
+    _data_dir: tempfile::TempDir,
+}
+
+async fn start(env: &[(&str, &str)]) -> Server {
+    let data_dir = tempfile::tempdir().unwrap();
+    let process = ServerProcess::start(data_dir.path(), env);
+    let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let channel = connect(process.addr).await;
+    Server {
+        keys: KeyServiceClient::new(channel.clone()),
+        validation: ValidationServiceClient::new(channel),
+        process,
+        root_key,
+        _data_dir: data_dir,
+    }
+}
+
+impl Server {
+    async fn validate(&self, key: &str) -> pb::ValidateResponse {
+        self.validation
+            .clone()
+            .validate(pb::ValidateRequest {
+                key: key.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        sample(&scrape(self.process.http_addr).await, series)
+    }
+}
+
+/// The key's id with another secret, re-checksummed: well formed, wrong.
+fn wrong_secret_for(key: &str) -> String {
+    let other = GeneratedKey::generate(KeyKind::Live).into_full_key();
+    let signed = format!("{}{}", &key[..25], &other[25..other.len() - 6]);
+    let mut value = u64::from(crc32fast::hash(signed.as_bytes()));
+    let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = alphabet[(value % 62) as usize];
+        value /= 62;
+    }
+    format!("{signed}{}", String::from_utf8(digits.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_keys_cost_no_lookup_and_unknown_ids_one_lookup() {
+    let server = start(&[]).await;
+    let before = server.metric(KEY_LOOKUPS).await;
+
+    for _ in 0..20 {
+        assert_eq!(
+            code_of(&server.validate("sk_live_garbage").await),
+            pb::ValidationCode::Malformed
+        );
+    }
+    assert_eq!(
+        server.metric(KEY_LOOKUPS).await,
+        before,
+        "malformed keys never reach the database"
+    );
+
+    let unknown = GeneratedKey::generate(KeyKind::Live).into_full_key();
+    for _ in 0..20 {
+        assert_eq!(
+            code_of(&server.validate(&unknown).await),
+            pb::ValidationCode::NotFound
+        );
+    }
+    assert_eq!(
+        server.metric(KEY_LOOKUPS).await,
+        before + 1.0,
+        "an unknown id is remembered as absent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_secrets_for_a_known_id_stops_costing_argon2_at_the_limit() {
+    let server = start(&[("APIKEYD_WRONG_SECRET_LIMIT", "5")]).await;
+    let created = server
+        .keys
+        .clone()
+        .create_key(with_bearer(
+            create_request("victim", &["*"]),
+            &server.root_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        server.validate(&created.key).await.valid,
+        "warm the right key"
+    );
+    let before = server.metric(ARGON2_VERIFICATIONS).await;
+
+    for _ in 0..30 {
+        let verdict = server.validate(&wrong_secret_for(&created.key)).await;
+        assert_eq!(code_of(&verdict), pb::ValidationCode::NotFound);
+        assert!(verdict.api_key.is_none());
+    }
+
+    assert_eq!(
+        server.metric(ARGON2_VERIFICATIONS).await,
+        before + 5.0,
+        "argon2 ran only up to the limit"
+    );
+    assert!(
+        server.validate(&created.key).await.valid,
+        "the owner's warm key still works"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_key_costs_neither_a_lookup_nor_argon2() {
+    let server = start(&[]).await;
+    let created = server
+        .keys
+        .clone()
+        .create_key(with_bearer(
+            create_request("busy", &["*"]),
+            &server.root_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(server.validate(&created.key).await.valid);
+    let (lookups, verifications) = (
+        server.metric(KEY_LOOKUPS).await,
+        server.metric(ARGON2_VERIFICATIONS).await,
+    );
+
+    for _ in 0..50 {
+        assert!(server.validate(&created.key).await.valid);
+    }
+
+    assert_eq!(server.metric(KEY_LOOKUPS).await, lookups);
+    assert_eq!(server.metric(ARGON2_VERIFICATIONS).await, verifications);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_key_is_rejected_as_soon_as_it_is_revoked_or_disabled() {
+    let server = start(&[]).await;
+    let mut keys = server.keys.clone();
+    let create = |owner: &str| with_bearer(create_request(owner, &["*"]), &server.root_key);
+    let revoked = keys.create_key(create("a")).await.unwrap().into_inner();
+    let disabled = keys.create_key(create("b")).await.unwrap().into_inner();
+    assert!(server.validate(&revoked.key).await.valid);
+    assert!(server.validate(&disabled.key).await.valid);
+
+    let revoked_id = revoked.api_key.unwrap().id;
+    keys.revoke_key(with_bearer(
+        pb::RevokeKeyRequest {
+            id: revoked_id,
+            owner_id: String::new(),
+        },
+        &server.root_key,
+    ))
+    .await
+    .unwrap();
+    let disabled_id = disabled.api_key.unwrap().id;
+    keys.update_key(with_bearer(
+        pb::UpdateKeyRequest {
+            id: disabled_id,
+            enabled: Some(false),
+            ..Default::default()
+        },
+        &server.root_key,
+    ))
+    .await
+    .unwrap();
+
+    assert_eq!(
+        code_of(&server.validate(&revoked.key).await),
+        pb::ValidationCode::Revoked
+    );
+    assert_eq!(
+        code_of(&server.validate(&disabled.key).await),
+        pb::ValidationCode::Disabled
+    );
+}
