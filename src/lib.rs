@@ -28,6 +28,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod last_used;
+pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;
 pub mod startup;

@@ -22,9 +22,14 @@ use crate::authority::{KeyAuthority, mint_root_key};
 use crate::config::Settings;
 use crate::domain::{Scope, ScopeSet};
 use crate::grpc::pb::key_service_server::KeyServiceServer;
+use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
-use crate::grpc::{KeyApi, ValidationApi, pb};
+use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
 use crate::last_used::LastUsedTracker;
+use crate::ratelimit::memory::MemoryStore;
+use crate::ratelimit::redis::RedisStore;
+use crate::ratelimit::store::RateLimitStore;
+use crate::ratelimit::{Keyspace, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 
@@ -33,7 +38,14 @@ const VERIFIED_SECRET_MEMO: u64 = 200_000;
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 2] = ["apikeyd.v1.KeyService", "apikeyd.v1.ValidationService"];
+const SERVICES: [&str; 3] = [
+    "apikeyd.v1.KeyService",
+    "apikeyd.v1.RateLimitService",
+    "apikeyd.v1.ValidationService",
+];
+/// The health entry of the rate-limit store, present when it is Redis:
+/// NOT_SERVING during an outage while the services answer by the policy.
+const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
@@ -43,6 +55,7 @@ pub struct Application {
     authority: Arc<KeyAuthority>,
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Application {
@@ -75,10 +88,14 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
         let store = KeyStore::new(db.clone());
         let last_used = Arc::new(LastUsedTracker::default());
+        let limiter = Arc::new(build_limiter(&settings)?);
+        let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
         let authority = Arc::new(KeyAuthority::new(
             store.clone(),
             hasher.clone(),
             last_used.clone(),
+            limiter.clone(),
+            tiers,
             settings.max_active_keys_per_owner,
         ));
         let gate = RootKeyGate::new(db.clone(), hasher);
@@ -90,6 +107,7 @@ impl Application {
             authority,
             gate,
             last_used,
+            limiter,
         })
     }
 
@@ -115,7 +133,7 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(watch_database(self.db.clone(), health_reporter.clone())),
             tokio::spawn(flush_last_used_periodically(
                 self.last_used.clone(),
@@ -123,6 +141,16 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
+        if self.limiter.is_remote() {
+            health_reporter
+                .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
+                .await;
+            background.push(tokio::spawn(self.limiter.clone().probe_periodically()));
+            background.push(tokio::spawn(watch_limiter(
+                self.limiter.clone(),
+                health_reporter.clone(),
+            )));
+        }
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -136,6 +164,9 @@ impl Application {
             .add_service(ValidationServiceServer::new(ValidationApi {
                 authority: self.authority.clone(),
             }))
+            .add_service(RateLimitServiceServer::new(RateLimitApi {
+                limiter: self.limiter.clone(),
+            }))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
                 let _ = drain_rx.await;
             });
@@ -145,6 +176,17 @@ impl Application {
             database = %self.settings.database_url.as_ref().map_or_else(
                 || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
                 |url| url.to_string(),
+            ),
+            limiter = %self.settings.redis_url.as_ref().map_or_else(
+                || "in-process (this replica only)".to_owned(),
+                |url| format!(
+                    "redis{} at {url}, fail-{}",
+                    if self.settings.redis_cluster { " cluster" } else { "" },
+                    match self.settings.redis_failure_policy {
+                        crate::ratelimit::FailurePolicy::Open => "open",
+                        crate::ratelimit::FailurePolicy::Closed => "closed",
+                    }
+                ),
             ),
             "apikeyd is serving"
         );
@@ -180,6 +222,38 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Redis when a URL is configured, else the in-process store.
+fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
+    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::new(url.expose(), settings.redis_cluster, timeout)
+                .with_context(|| format!("invalid Redis URL {url}"))?,
+        ),
+        None => Arc::new(MemoryStore::default()),
+    };
+    Ok(RateLimiter::new(
+        store,
+        Keyspace::new(&settings.redis_key_prefix)?,
+        settings.redis_failure_policy,
+        timeout,
+        settings.usage_retention(),
+    ))
+}
+
+/// Mirrors the limiter's reachability into the `redis` health entry.
+async fn watch_limiter(limiter: Arc<RateLimiter>, reporter: HealthReporter) {
+    let mut reachable = limiter.watch_reachable();
+    while reachable.changed().await.is_ok() {
+        let status = if *reachable.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(REDIS_HEALTH, status).await;
     }
 }
 
