@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
 mod helpers;
+mod limiter_harness;
 
 mod access;
 mod bad_input;
@@ -9,5 +10,6 @@ mod key_lifecycle;
 mod listing;
 mod operability;
 mod owner_limit;
+mod rate_limits;
 mod secrets_stay_secret;
 mod validate;
