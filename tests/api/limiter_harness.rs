@@ -50,7 +50,10 @@ pub async fn spawn_limited_app(limiter: Limiter) -> LimitedApp {
     spawn_limited_app_with(limiter, |_| {}).await
 }
 
-pub async fn spawn_limited_app_with(limiter: Limiter, adjust: impl FnOnce(&mut Settings)) -> LimitedApp {
+pub async fn spawn_limited_app_with(
+    limiter: Limiter,
+    adjust: impl FnOnce(&mut Settings),
+) -> LimitedApp {
     let prefix = unique("apikeyd-test");
     let (cluster, urls) = match limiter {
         Limiter::InProcess => (None, None),
@@ -181,7 +184,9 @@ impl LimitedApp {
 pub fn redis_connection(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        .unwrap_or_else(|e| panic!("Redis at {url} is needed for this test (run scripts/test): {e}"))
+        .unwrap_or_else(|e| {
+            panic!("Redis at {url} is needed for this test (run scripts/test): {e}")
+        })
 }
 
 /// Sends `n` CheckRateLimit calls at once and returns every answer.
@@ -199,7 +204,12 @@ pub async fn concurrently(
         .collect();
     let mut answers = Vec::with_capacity(n);
     for task in tasks {
-        answers.push(task.await.expect("task joins").expect("CheckRateLimit answers").into_inner());
+        answers.push(
+            task.await
+                .expect("task joins")
+                .expect("CheckRateLimit answers")
+                .into_inner(),
+        );
     }
     answers
 }
@@ -217,7 +227,7 @@ fn redis_server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
-fn redis_cli_bin() -> PathBuf {
+pub fn redis_cli_bin() -> PathBuf {
     let server = redis_server_bin();
     match server.parent() {
         Some(dir) if dir.join("redis-cli").exists() => dir.join("redis-cli"),
@@ -270,9 +280,18 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
-            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
         }
-        self.child = Some(command.spawn().expect("start redis-server (REDIS_SERVER_BIN)"));
+        self.child = Some(
+            command
+                .spawn()
+                .expect("start redis-server (REDIS_SERVER_BIN)"),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(client) = redis::Client::open(self.url()) {
@@ -284,7 +303,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("redis-server on port {} did not answer within 10 s", self.port);
+        panic!(
+            "redis-server on port {} did not answer within 10 s",
+            self.port
+        );
     }
 }
 
@@ -321,7 +343,10 @@ impl RedisCluster {
                 if info.contains("cluster_state:ok") {
                     break;
                 }
-                assert!(Instant::now() < deadline, "the cluster did not converge within 20 s");
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not converge within 20 s"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -330,7 +355,11 @@ impl RedisCluster {
 
     /// Every node's URL, comma-separated (the seed list apikeyd takes).
     pub fn urls(&self) -> String {
-        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

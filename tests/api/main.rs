@@ -11,5 +11,8 @@ mod listing;
 mod operability;
 mod owner_limit;
 mod rate_limits;
+mod redis_outage;
+mod replicas;
+mod round_trips;
 mod secrets_stay_secret;
 mod validate;

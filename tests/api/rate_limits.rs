@@ -239,7 +239,8 @@ on_every_limiter! {
 /// period back a day instead of waiting for midnight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_quota_is_refilled_when_a_new_day_begins() {
-    let app = crate::limiter_harness::spawn_limited_app(crate::limiter_harness::Limiter::Redis).await;
+    let app =
+        crate::limiter_harness::spawn_limited_app(crate::limiter_harness::Limiter::Redis).await;
     let owner = unique("owner");
     let quota = pb::UsageQuota {
         remaining: 1,
@@ -248,14 +249,30 @@ async fn a_daily_quota_is_refilled_when_a_new_day_begins() {
     };
     let (key, record) = app.create_limited_key(&owner, vec![], Some(quota)).await;
     assert!(app.validate_with(&key, 0, None).await.valid);
-    assert_eq!(code_of(&app.validate_with(&key, 0, None).await), ValidationCode::UsageExceeded);
+    assert_eq!(
+        code_of(&app.validate_with(&key, 0, None).await),
+        ValidationCode::UsageExceeded
+    );
 
     let quota_key = format!("{}:{{o:{owner}}}:k:{}:quota", app.prefix, record.id);
     let mut conn = app.redis();
-    let period: i64 = ::redis::cmd("HGET").arg(&quota_key).arg("p").query(&mut conn).unwrap();
-    ::redis::cmd("HSET").arg(&quota_key).arg("p").arg(period - 1).query::<()>(&mut conn).unwrap();
+    let period: i64 = ::redis::cmd("HGET")
+        .arg(&quota_key)
+        .arg("p")
+        .query(&mut conn)
+        .unwrap();
+    ::redis::cmd("HSET")
+        .arg(&quota_key)
+        .arg("p")
+        .arg(period - 1)
+        .query::<()>(&mut conn)
+        .unwrap();
 
     let refilled = app.validate_with(&key, 0, None).await;
     assert!(refilled.valid);
-    assert_eq!(refilled.api_key.unwrap().quota.unwrap().remaining, 2, "refilled to 3, then one taken");
+    assert_eq!(
+        refilled.api_key.unwrap().quota.unwrap().remaining,
+        2,
+        "refilled to 3, then one taken"
+    );
 }
