@@ -416,7 +416,7 @@ mod tests {
         let file = dir.path().join("apikeyd.toml");
         std::fs::write(
             &file,
-            "default_tier = \"basic\"\n[tiers]\nbasic = [{ limit = 10, window_secs = 1 }, { limit = 1000, window_secs = 3600, algorithm = \"token_bucket\" }]\n",
+            "default_tier = \"basic\"\n[tiers]\nbasic = [{ limit = 10, window_secs = 1 }, { limit = 1000, window_secs = 3600, algorithm = \"token_bucket\" }]\nfree = [{ limit = 7, window_secs = 60 }]\n",
         )
         .unwrap();
         let flags = SettingsArgs {
@@ -428,6 +428,14 @@ mod tests {
         let basic = tiers.resolve(&source);
         assert_eq!(basic.len(), 2);
         assert_eq!(basic[1].algorithm, Algorithm::TokenBucket);
+        let free = crate::ratelimit::LimitSource::Tier("free".into());
+        assert_eq!(
+            tiers.resolve(&free)[0].limit,
+            7,
+            "a file tier replaces the built-in one"
+        );
+        let pro = crate::ratelimit::LimitSource::Tier("pro".into());
+        assert_eq!(tiers.resolve(&pro)[0].limit, 1_000, "built-in tiers stay");
     }
 
     #[test]

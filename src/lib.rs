@@ -8,13 +8,16 @@
 //!   settings ([`domain::key_settings`]), and the validation verdict
 //!   ([`domain::api_key`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
-//!   validate) over the store and the hasher.
+//!   validate, usage, owner limits) over the store, the hasher and the limiter.
 //! - [`secrets`]: argon2id hashing on a bounded pool, and the memo of
 //!   verified secrets.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
+//! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
+//!   quotas and usage counters, decided in one round trip by Redis (single
+//!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
