@@ -8,7 +8,8 @@ use crate::helpers::{assert_status, code_of};
 use crate::limiter_harness::{check_request, concurrently, millis, rate_limit, unique};
 use crate::on_every_limiter;
 
-const DAY_MS: u64 = 86_400_000;
+/// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
+const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
 const ALGORITHMS: [RateLimitAlgorithm; 3] = [
     RateLimitAlgorithm::FixedWindow,
     RateLimitAlgorithm::SlidingWindow,
@@ -17,10 +18,10 @@ const ALGORITHMS: [RateLimitAlgorithm; 3] = [
 
 on_every_limiter! {
     async fn a_burst_of_300_admits_exactly_50_on_every_algorithm(app) {
-        // A day-long window: a burst never straddles a boundary, so every
+        // A 30-day window: a burst never straddles a boundary, so every
         // algorithm's bound is exactly the limit.
         for algorithm in ALGORITHMS {
-            let request = check_request("burst", &unique("id"), 50, DAY_MS, algorithm, 1);
+            let request = check_request("burst", &unique("id"), 50, LONG_WINDOW_MS, algorithm, 1);
 
             let answers = concurrently(std::slice::from_ref(&app.limits), 300, request).await;
 
@@ -33,17 +34,17 @@ on_every_limiter! {
     async fn a_denied_request_leaves_remaining_unchanged(app) {
         for algorithm in ALGORITHMS {
             let id = unique("id");
-            let first = app.check(check_request("deny", &id, 5, DAY_MS, algorithm, 3)).await;
+            let first = app.check(check_request("deny", &id, 5, LONG_WINDOW_MS, algorithm, 3)).await;
             assert!(first.allowed);
             assert_eq!(first.remaining, 2, "{algorithm:?}");
 
             for _ in 0..3 {
-                let denied = app.check(check_request("deny", &id, 5, DAY_MS, algorithm, 3)).await;
+                let denied = app.check(check_request("deny", &id, 5, LONG_WINDOW_MS, algorithm, 3)).await;
                 assert!(!denied.allowed, "{algorithm:?}");
                 assert_eq!(denied.remaining, 2, "{algorithm:?}: a denial consumes nothing");
             }
 
-            let last = app.check(check_request("deny", &id, 5, DAY_MS, algorithm, 2)).await;
+            let last = app.check(check_request("deny", &id, 5, LONG_WINDOW_MS, algorithm, 2)).await;
             assert!(last.allowed, "{algorithm:?}: the 2 left are still there");
             assert_eq!(last.remaining, 0);
         }
@@ -84,7 +85,7 @@ on_every_limiter! {
 
     async fn cost_is_charged_in_full_and_may_not_exceed_the_limit(app) {
         let id = unique("id");
-        let at = |cost| check_request("cost", &id, 10, DAY_MS, RateLimitAlgorithm::SlidingWindow, cost);
+        let at = |cost| check_request("cost", &id, 10, LONG_WINDOW_MS, RateLimitAlgorithm::SlidingWindow, cost);
         assert_eq!(app.check(at(4)).await.remaining, 6);
         assert_eq!(app.check(at(4)).await.remaining, 2);
         let denied = app.check(at(4)).await;
@@ -124,13 +125,13 @@ on_every_limiter! {
         app.app.keys.clone().set_owner_limits(app.app.authed(pb::SetOwnerLimitsRequest {
             owner_id: owner.clone(),
             tier: String::new(),
-            rate_limits: vec![rate_limit(3, DAY_MS, RateLimitAlgorithm::FixedWindow)],
+            rate_limits: vec![rate_limit(3, LONG_WINDOW_MS, RateLimitAlgorithm::FixedWindow)],
         })).await.unwrap();
         let (narrow, _) = app.create_limited_key(&owner, vec![
-            rate_limit(2, DAY_MS, RateLimitAlgorithm::FixedWindow),
+            rate_limit(2, LONG_WINDOW_MS, RateLimitAlgorithm::FixedWindow),
             rate_limit(50, 1_000, RateLimitAlgorithm::TokenBucket),
         ], None).await;
-        let (wide, _) = app.create_limited_key(&owner, vec![rate_limit(100, DAY_MS, RateLimitAlgorithm::SlidingWindow)], None).await;
+        let (wide, _) = app.create_limited_key(&owner, vec![rate_limit(100, LONG_WINDOW_MS, RateLimitAlgorithm::SlidingWindow)], None).await;
 
         assert!(app.validate_with(&narrow, 0, None).await.valid);
         let second = app.validate_with(&narrow, 0, None).await;
@@ -181,7 +182,7 @@ on_every_limiter! {
     }
 
     async fn usage_is_counted_by_code_and_recent_requests_are_logged(app) {
-        let (key, record) = app.create_limited_key(&unique("owner"), vec![rate_limit(2, DAY_MS, RateLimitAlgorithm::FixedWindow)], None).await;
+        let (key, record) = app.create_limited_key(&unique("owner"), vec![rate_limit(2, LONG_WINDOW_MS, RateLimitAlgorithm::FixedWindow)], None).await;
         let context = |endpoint: String| Some(pb::RequestContext {
             endpoint,
             method: "GET".into(),

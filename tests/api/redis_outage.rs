@@ -17,7 +17,8 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::helpers::{ServerProcess, connect, create_request, with_bearer};
 use crate::limiter_harness::{RedisServer, check_request, rate_limit};
 
-const DAY_MS: u64 = 86_400_000;
+/// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
+const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
 
 async fn health(channel: &Channel, service: &str) -> ServingStatus {
     let response = HealthClient::new(channel.clone())
@@ -59,7 +60,11 @@ async fn survives_a_redis_outage(policy: &str) {
     let mut validation = ValidationServiceClient::new(channel.clone());
     let mut limits = RateLimitServiceClient::new(channel.clone());
     let mut request = create_request("owner", &["*"]);
-    request.rate_limits = vec![rate_limit(1_000, DAY_MS, RateLimitAlgorithm::FixedWindow)];
+    request.rate_limits = vec![rate_limit(
+        1_000,
+        LONG_WINDOW_MS,
+        RateLimitAlgorithm::FixedWindow,
+    )];
     let key = keys
         .create_key(with_bearer(request, root_key.trim()))
         .await
@@ -80,7 +85,7 @@ async fn survives_a_redis_outage(policy: &str) {
         "outage",
         "client",
         10,
-        DAY_MS,
+        LONG_WINDOW_MS,
         RateLimitAlgorithm::FixedWindow,
         1,
     );

@@ -12,7 +12,8 @@ use crate::helpers::{
 };
 use crate::limiter_harness::{check_request, concurrently, rate_limit, shared_redis_url, unique};
 
-const DAY_MS: u64 = 86_400_000;
+/// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
+const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
 
 struct Replicas {
     servers: Vec<ServerProcess>,
@@ -66,7 +67,8 @@ async fn three_replicas_sharing_redis_hold_every_limit_exactly() {
             RateLimitAlgorithm::SlidingWindow,
             RateLimitAlgorithm::TokenBucket,
         ] {
-            let request = check_request("replicas", &unique("id"), 50, DAY_MS, algorithm, 1);
+            let request =
+                check_request("replicas", &unique("id"), 50, LONG_WINDOW_MS, algorithm, 1);
             let answers = concurrently(&limiters, 300, request).await;
             let admitted = answers.iter().filter(|a| a.allowed).count();
             assert_eq!(
@@ -82,7 +84,7 @@ async fn three_replicas_sharing_redis_hold_every_limit_exactly() {
                 "replicas",
                 &id,
                 10,
-                DAY_MS,
+                LONG_WINDOW_MS,
                 RateLimitAlgorithm::FixedWindow,
                 cost,
             )
@@ -148,7 +150,11 @@ async fn three_replicas_sharing_redis_hold_every_limit_exactly() {
         let mut keys =
             pb::key_service_client::KeyServiceClient::new(connect(replicas.servers[1].addr).await);
         let mut request = create_request(&unique("owner"), &["*"]);
-        request.rate_limits = vec![rate_limit(50, DAY_MS, RateLimitAlgorithm::FixedWindow)];
+        request.rate_limits = vec![rate_limit(
+            50,
+            LONG_WINDOW_MS,
+            RateLimitAlgorithm::FixedWindow,
+        )];
         let key = keys
             .create_key(with_bearer(request, &replicas.root_key))
             .await
