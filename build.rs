@@ -4,9 +4,11 @@
 
 use std::{env, error::Error, path::PathBuf};
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 5] = [
     "proto/apikeyd/v1/api_key.proto",
     "proto/apikeyd/v1/key_service.proto",
+    "proto/apikeyd/v1/rate_limit.proto",
+    "proto/apikeyd/v1/rate_limit_service.proto",
     "proto/apikeyd/v1/validation_service.proto",
 ];
 

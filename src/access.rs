@@ -18,9 +18,9 @@ use crate::telemetry::metrics::observe_db;
 /// Permissions use the scope grammar, so a root key may hold `keys:*` or `*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
-    /// GetKey, ListKeys.
+    /// GetKey, ListKeys, GetKeyUsage, GetOwnerLimits.
     KeysRead,
-    /// CreateKey, UpdateKey, RevokeKey, RotateKey.
+    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits.
     KeysWrite,
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{
@@ -15,12 +15,29 @@ use crate::domain::{
 use crate::error::{Error, Result};
 use crate::key_cache::{KeyCache, WrongSecretGuard};
 use crate::last_used::LastUsedTracker;
+use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
+use crate::ratelimit::{
+    Decision, LimitSource, LimitStatus, Quota, QuotaCheck, RateLimiter, Tiers, UsageRecord,
+    Verdict as LimitVerdict,
+};
 use crate::secrets::SecretHasher;
 use crate::store::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow, NewRootKeyRow};
 use crate::telemetry::metrics::observe_db;
 
 /// The longest grace period a rotation may give the old key.
 pub const MAX_ROTATION_GRACE: Duration = Duration::days(7);
+
+/// The window over which wrong secrets for one key id are counted.
+const WRONG_SECRET_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The authority's configurable rules.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthorityPolicy {
+    /// Unrevoked keys an owner may hold at once.
+    pub max_active_keys_per_owner: u32,
+    /// Wrong secrets per key id per minute before argon2 stops running for it.
+    pub wrong_secret_limit: u32,
+}
 
 /// A key to issue, with every field already within bounds.
 pub struct NewKey {
@@ -30,6 +47,20 @@ pub struct NewKey {
     pub environment: Environment,
     pub metadata: BTreeMap<String, String>,
     pub expiry: ExpiryChange,
+    /// `None` gives the key the default tier.
+    pub limits: Option<LimitSource>,
+    pub quota: Option<Quota>,
+}
+
+/// What an update does to a key's quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaChange {
+    /// Sets the quota anew (its balance becomes the live one).
+    Set(Quota),
+    /// Adds to the live balance of the key's quota.
+    Add(i64),
+    /// Unlimited uses from now on.
+    Remove,
 }
 
 /// A freshly issued key: the full key (shown once) and its record.
@@ -43,6 +74,17 @@ pub struct Verdict {
     pub code: ValidationCode,
     /// Present when the key was found and its secret matched.
     pub api_key: Option<ApiKey>,
+    /// The tightest limit, when limits were checked and the limiter answered
+    /// (or refused by its fail-closed policy).
+    pub rate_limit: Option<LimitStatus>,
+}
+
+/// What Validate is asked besides the key.
+pub struct ValidationRequest<'a> {
+    pub required: &'a [Scope],
+    /// Units taken from every limit and the quota (at least 1).
+    pub cost: u32,
+    pub context: RequestContext,
 }
 
 pub struct KeyAuthority {
@@ -53,6 +95,10 @@ pub struct KeyAuthority {
     wrong_secrets: WrongSecretGuard,
     hasher: Arc<SecretHasher>,
     last_used: Arc<LastUsedTracker>,
+    /// Counts limits, quotas and usage.
+    limiter: Arc<RateLimiter>,
+    /// Tiers from configuration, for keys and owners that name one.
+    tiers: Arc<Tiers>,
     /// Unrevoked keys an owner may hold at once.
     max_active_keys_per_owner: u32,
 }
@@ -63,17 +109,24 @@ impl KeyAuthority {
         hasher: Arc<SecretHasher>,
         last_used: Arc<LastUsedTracker>,
         keys: Arc<KeyCache>,
-        wrong_secrets: WrongSecretGuard,
-        max_active_keys_per_owner: u32,
+        limiter: Arc<RateLimiter>,
+        tiers: Arc<Tiers>,
+        policy: AuthorityPolicy,
     ) -> Self {
         KeyAuthority {
             store,
             keys,
-            wrong_secrets,
+            wrong_secrets: WrongSecretGuard::new(policy.wrong_secret_limit, WRONG_SECRET_WINDOW),
             hasher,
             last_used,
-            max_active_keys_per_owner,
+            limiter,
+            tiers,
+            max_active_keys_per_owner: policy.max_active_keys_per_owner,
         }
+    }
+
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
     }
 
     pub async fn create_key(&self, new: NewKey) -> Result<IssuedKey> {
@@ -89,6 +142,13 @@ impl KeyAuthority {
             metadata: new.metadata,
             enabled: true,
             expiry: Expiry::After(new.expiry),
+            limits: new
+                .limits
+                .unwrap_or_else(|| LimitSource::Tier(self.tiers.default_tier().to_owned())),
+            quota: new.quota.map(|q| Quota {
+                version: quota_version(),
+                ..q
+            }),
         };
         let api_key = observe_db(
             "create_key",
@@ -106,30 +166,151 @@ impl KeyAuthority {
     }
 
     pub async fn get_key(&self, id: &KeyId) -> Result<ApiKey> {
-        observe_db("get_key", self.store.get(id)).await
+        let key = observe_db("get_key", self.store.get(id)).await?;
+        Ok(self.with_live_quota(key).await)
     }
 
     pub async fn list_keys(&self, query: ListQuery) -> Result<(Vec<ApiKey>, Option<ListCursor>)> {
-        observe_db("list_keys", self.store.list(query, domain::now())).await
+        let (keys, next) = observe_db("list_keys", self.store.list(query, domain::now())).await?;
+        let mut live = Vec::with_capacity(keys.len());
+        for key in keys {
+            live.push(self.with_live_quota(key).await);
+        }
+        Ok((live, next))
     }
 
-    pub async fn update_key(&self, id: &KeyId, changes: KeyChanges) -> Result<ApiKey> {
-        let updated =
+    /// Applies `changes`, then `quota` (adding to a live balance needs the
+    /// limiter, and a key that has a quota).
+    pub async fn update_key(
+        &self,
+        id: &KeyId,
+        mut changes: KeyChanges,
+        quota: Option<QuotaChange>,
+    ) -> Result<ApiKey> {
+        let mut add = None;
+        match quota {
+            None => {}
+            Some(QuotaChange::Set(quota)) => {
+                changes.quota = Some(Some(Quota {
+                    version: quota_version(),
+                    ..quota
+                }));
+            }
+            Some(QuotaChange::Remove) => changes.quota = Some(None),
+            Some(QuotaChange::Add(amount)) => {
+                if observe_db("get_key", self.store.get(id))
+                    .await?
+                    .quota
+                    .is_none()
+                {
+                    return Err(Error::invalid(
+                        "add_to_quota",
+                        "the key has no quota to add to; set one with `quota`",
+                    ));
+                }
+                add = Some(amount);
+            }
+        }
+        let mut key =
             observe_db("update_key", self.store.update(id, changes, domain::now())).await?;
         self.key_changed(id).await;
-        Ok(updated)
+        if let (Some(amount), Some(quota)) = (add, key.quota.as_mut()) {
+            let decision = self.quota_decision(&key.owner_id, &key.id, *quota, amount);
+            let (outcome, decided) = self.limiter.decide(&decision).await;
+            match (decided, outcome.quota_balance) {
+                (true, Some(balance)) => quota.remaining = balance,
+                _ => return Err(Error::LimiterUnavailable),
+            }
+            return Ok(key);
+        }
+        Ok(self.with_live_quota(key).await)
     }
 
     pub async fn revoke_key(&self, id: &KeyId, owner_id: Option<&str>) -> Result<ApiKey> {
-        let revoked =
-            observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await?;
+        let key = observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await?;
         self.key_changed(id).await;
-        Ok(revoked)
+        Ok(self.with_live_quota(key).await)
     }
 
     /// Evicts a changed key from every replica's cache.
     async fn key_changed(&self, id: &KeyId) {
         self.keys.invalidate(id).await;
+    }
+
+    /// The limits all of `owner_id`'s keys share.
+    pub async fn owner_limits(&self, owner_id: &str) -> Result<Option<LimitSource>> {
+        observe_db("owner_limits", self.store.owner_limits(owner_id)).await
+    }
+
+    /// Sets (or with `None`, removes) the limits all of `owner_id`'s keys share.
+    pub async fn set_owner_limits(
+        &self,
+        owner_id: &str,
+        limits: Option<LimitSource>,
+    ) -> Result<()> {
+        observe_db(
+            "set_owner_limits",
+            self.store
+                .set_owner_limits(owner_id, limits.as_ref(), domain::now()),
+        )
+        .await?;
+        self.keys.invalidate_owner(owner_id).await;
+        Ok(())
+    }
+
+    /// A key's validations by code per bucket from `start` to `end` (default:
+    /// the 24 buckets up to now), and its recent requests.
+    pub async fn key_usage(
+        &self,
+        id: &KeyId,
+        granularity: Granularity,
+        start: Option<DateTime<Utc>>,
+        end: Option<DateTime<Utc>>,
+    ) -> Result<KeyUsage> {
+        let key = observe_db("get_key", self.store.get(id)).await?;
+        let size = granularity.seconds();
+        let last = end.unwrap_or_else(Utc::now).timestamp().div_euclid(size);
+        let first = start.map_or(last - 23, |s| s.timestamp().div_euclid(size));
+        if first > last {
+            return Err(Error::invalid("start_time", "must not be after end_time"));
+        }
+        if last - first >= MAX_BUCKETS {
+            return Err(Error::invalid(
+                "start_time",
+                format!("at most {MAX_BUCKETS} buckets per call; narrow the range or use days"),
+            ));
+        }
+        let base = self.limiter.keyspace.usage_base(&key.owner_id, &key.id);
+        self.limiter
+            .usage(&base, granularity, first, last)
+            .await
+            .map_err(|_| Error::LimiterUnavailable)
+    }
+
+    fn quota_decision(&self, owner_id: &str, id: &KeyId, quota: Quota, add: i64) -> Decision {
+        Decision {
+            limits: Vec::new(),
+            cost: 0,
+            charge: false,
+            quota: Some(QuotaCheck {
+                key: self.limiter.keyspace.quota(owner_id, id),
+                quota,
+                add,
+            }),
+            usage: None,
+        }
+    }
+
+    /// The key with its quota's live balance, when the limiter answers.
+    async fn with_live_quota(&self, mut key: ApiKey) -> ApiKey {
+        if let Some(quota) = key.quota.as_mut() {
+            let decision = self.quota_decision(&key.owner_id, &key.id, *quota, 0);
+            let (outcome, _) = self.limiter.decide(&decision).await;
+            if let Some(balance) = outcome.quota_balance {
+                quota.remaining = balance;
+            }
+        }
+        key
     }
 
     /// A new key with the old one's settings; the old key keeps validating
@@ -141,7 +322,7 @@ impl KeyAuthority {
                 "must be between 0 and 7 days",
             ));
         }
-        let current = observe_db("get_key", self.store.get(id)).await?;
+        let current = self.get_key(id).await?;
         let generated = GeneratedKey::generate(current.environment.key_kind());
         let secret_hash = self.hasher.hash(&generated.secret).await?;
         let (new_id, prefix) = (generated.id.clone(), generated.display_prefix());
@@ -159,6 +340,13 @@ impl KeyAuthority {
                 metadata: old.metadata.clone(),
                 enabled: old.enabled,
                 expiry: Expiry::At(old.expires_at),
+                limits: old.limits.clone(),
+                // The balance moves to the new key (as read just now), so
+                // a rotation is no way to refill a quota.
+                quota: current.quota.map(|q| Quota {
+                    version: quota_version(),
+                    ..q
+                }),
             },
             now + grace,
             now,
@@ -175,11 +363,15 @@ impl KeyAuthority {
     }
 
     /// Checks, in order: format, lookup (id and secret), revoked, disabled,
-    /// expired, scopes. A malformed key costs no I/O; a warm key no argon2.
-    pub async fn validate(&self, raw_key: &str, required: &[Scope]) -> Result<Verdict> {
+    /// expired, scopes, then the key's and its owner's limits and the key's
+    /// quota, all-or-nothing in one limiter decision that also records usage.
+    /// A malformed key costs no I/O; a warm key no argon2; a found key one
+    /// limiter round trip.
+    pub async fn validate(&self, raw_key: &str, request: ValidationRequest<'_>) -> Result<Verdict> {
         let not_found = Verdict {
             code: ValidationCode::NotFound,
             api_key: None,
+            rate_limit: None,
         };
         let presented = match PresentedKey::parse(raw_key) {
             Ok(key) => key,
@@ -187,6 +379,7 @@ impl KeyAuthority {
                 return Ok(Verdict {
                     code: ValidationCode::Malformed,
                     api_key: None,
+                    rate_limit: None,
                 });
             }
         };
@@ -217,15 +410,110 @@ impl KeyAuthority {
             return Ok(not_found);
         }
         let now = domain::now();
-        let code = api_key.judge(now, required);
+        let judged = api_key.judge(now, request.required);
+        let mut api_key = api_key.clone();
+        let (code, rate_limit) = self.count(&mut api_key, judged, request).await?;
         if code == ValidationCode::Valid {
             self.last_used.record(&api_key.id, now);
         }
         Ok(Verdict {
             code,
-            api_key: Some(api_key.clone()),
+            api_key: Some(api_key),
+            rate_limit,
         })
     }
+
+    /// The limiter's part of Validate: a key refused by an earlier check only
+    /// has its usage recorded; a good one is charged against every limit and
+    /// its quota, or against none.
+    async fn count(
+        &self,
+        key: &mut ApiKey,
+        judged: ValidationCode,
+        request: ValidationRequest<'_>,
+    ) -> Result<(ValidationCode, Option<LimitStatus>)> {
+        let keyspace = &self.limiter.keyspace;
+        let owner = key.owner_id.as_str();
+        let usage = Some(UsageRecord {
+            base: keyspace.usage_base(owner, &key.id),
+            code: judged,
+            context: request.context,
+            retention: self.limiter.retention,
+        });
+        if judged != ValidationCode::Valid {
+            let record = Decision {
+                limits: Vec::new(),
+                cost: request.cost,
+                charge: false,
+                quota: None,
+                usage,
+            };
+            self.limiter.decide(&record).await;
+            return Ok((judged, None));
+        }
+        let mut limits: Vec<_> = self
+            .tiers
+            .resolve(&key.limits)
+            .iter()
+            .map(|l| (keyspace.key_limit(owner, &key.id, l), *l))
+            .collect();
+        let owner_limits = self
+            .keys
+            .owner_limits_or_load(
+                owner,
+                observe_db("owner_limits", self.store.owner_limits(owner)),
+            )
+            .await?;
+        if let Some(shared) = &owner_limits.limits {
+            limits.extend(
+                self.tiers
+                    .resolve(shared)
+                    .iter()
+                    .map(|l| (keyspace.owner_limit(owner, l), *l)),
+            );
+        }
+        let decision = Decision {
+            limits,
+            cost: request.cost,
+            charge: true,
+            quota: key.quota.map(|quota| QuotaCheck {
+                key: keyspace.quota(owner, &key.id),
+                quota,
+                add: 0,
+            }),
+            usage,
+        };
+        let (outcome, decided) = self.limiter.decide(&decision).await;
+        if let (Some(quota), Some(balance)) = (key.quota.as_mut(), outcome.quota_balance) {
+            quota.remaining = balance;
+        }
+        let code = match outcome.verdict {
+            LimitVerdict::Admitted | LimitVerdict::NotCharged => ValidationCode::Valid,
+            LimitVerdict::RateLimited => ValidationCode::RateLimited,
+            LimitVerdict::QuotaExceeded => ValidationCode::UsageExceeded,
+        };
+        let known = decided || code != ValidationCode::Valid;
+        Ok((code, known.then(|| tightest(&outcome.limits)).flatten()))
+    }
+}
+
+/// The limit a caller must heed: of the denying ones the one that frees up
+/// last; otherwise the one with the least left (then the latest reset).
+pub fn tightest(limits: &[LimitStatus]) -> Option<LimitStatus> {
+    let denied = limits.iter().filter(|l| !l.allowed);
+    if let Some(worst) = denied.max_by_key(|l| l.retry_after_us) {
+        return Some(*worst);
+    }
+    limits
+        .iter()
+        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset_at_us)))
+        .copied()
+}
+
+/// A fresh quota version: setting a quota replaces whatever balance the
+/// limiter holds for an older one.
+fn quota_version() -> i64 {
+    Utc::now().timestamp_micros()
 }
 
 /// Mints a root key: used by the bootstrap at first start and by the CLI.

@@ -4,6 +4,7 @@
 //! clap reads flags and environment variables together (so `--help` names
 //! both); figment lays them over the file and the defaults.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,9 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::limit::seed_tiers;
+use crate::ratelimit::usage::Retention;
+use crate::ratelimit::{Algorithm, FailurePolicy, Limit, Tiers};
 use crate::secrets::Argon2Cost;
 
 /// Every setting the service reads. In a TOML file the keys are these field
@@ -34,6 +38,32 @@ pub struct Settings {
     pub wrong_secret_limit: u32,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
+    pub redis_url: Option<RedisUrl>,
+    pub redis_cluster: bool,
+    pub redis_timeout_ms: u64,
+    pub redis_failure_policy: FailurePolicy,
+    pub redis_key_prefix: String,
+    pub usage_hourly_retention_hours: u32,
+    pub usage_daily_retention_days: u32,
+    pub recent_requests_kept: u32,
+    pub default_tier: String,
+    /// Tier name → its limits (file only), e.g.
+    /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
+    pub tiers: BTreeMap<String, Vec<TierLimit>>,
+}
+
+/// One limit of a tier, as written in the settings file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimit {
+    pub limit: u32,
+    pub window_secs: u64,
+    #[serde(default = "sliding_window")]
+    pub algorithm: Algorithm,
+}
+
+fn sliding_window() -> Algorithm {
+    Algorithm::SlidingWindow
 }
 
 impl Default for Settings {
@@ -54,6 +84,29 @@ impl Default for Settings {
             wrong_secret_limit: 10,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
+            redis_url: None,
+            redis_cluster: false,
+            redis_timeout_ms: 50,
+            redis_failure_policy: FailurePolicy::Open,
+            redis_key_prefix: "apikeyd".to_owned(),
+            usage_hourly_retention_hours: 48,
+            usage_daily_retention_days: 90,
+            recent_requests_kept: 100,
+            default_tier: "free".to_owned(),
+            tiers: seed_tiers()
+                .into_iter()
+                .map(|(name, limits)| {
+                    let limits = limits
+                        .iter()
+                        .map(|l| TierLimit {
+                            limit: l.limit,
+                            window_secs: l.window_ms / 1000,
+                            algorithm: l.algorithm,
+                        })
+                        .collect();
+                    (name, limits)
+                })
+                .collect(),
         }
     }
 }
@@ -105,6 +158,9 @@ impl Settings {
                 problems.push("database_url: not a valid URL (percent-encode special characters in the password)".to_owned());
             }
         }
+        if let Err(e) = self.tiers() {
+            problems.push(format!("tiers: {e}"));
+        }
         problems
     }
 
@@ -114,6 +170,9 @@ impl Settings {
         if let Some(url) = &self.database_url {
             value["database_url"] = serde_json::Value::String(url.to_string());
         }
+        if let Some(url) = &self.redis_url {
+            value["redis_url"] = serde_json::Value::String(url.to_string());
+        }
         value
             .as_object()
             .expect("settings are a struct")
@@ -121,6 +180,35 @@ impl Settings {
             .map(|(key, value)| format!("{key} = {value}"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The configured tiers, checked.
+    pub fn tiers(&self) -> anyhow::Result<Tiers> {
+        let mut tiers = BTreeMap::new();
+        for (name, limits) in &self.tiers {
+            let limits = limits
+                .iter()
+                .map(|l| {
+                    Limit::parse(
+                        "tiers",
+                        l.limit,
+                        l.window_secs.saturating_mul(1000),
+                        l.algorithm,
+                    )
+                })
+                .collect::<crate::error::Result<Vec<_>>>()
+                .map_err(|e| anyhow::anyhow!("tier {name:?}: {e}"))?;
+            tiers.insert(name.clone(), limits);
+        }
+        Tiers::new(tiers, self.default_tier.clone())
+    }
+
+    pub fn usage_retention(&self) -> Retention {
+        Retention {
+            hourly_secs: i64::from(self.usage_hourly_retention_hours.max(1)) * 3_600,
+            daily_secs: i64::from(self.usage_daily_retention_days.max(1)) * 86_400,
+            recent_requests: self.recent_requests_kept,
+        }
     }
 
     /// Lays `flags` (flags and environment, as clap read them) over the
@@ -137,33 +225,37 @@ impl Settings {
     }
 }
 
-/// A database URL whose password never reaches a log line: `Display` and
-/// `Debug` print `postgres://user:***@host/db`.
+/// A URL (or comma-separated URLs) whose passwords never reach a log line:
+/// `Display` and `Debug` print `postgres://user:***@host/db`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct DatabaseUrl(String);
+pub struct SecretUrl(String);
 
-impl DatabaseUrl {
+pub type DatabaseUrl = SecretUrl;
+pub type RedisUrl = SecretUrl;
+
+impl SecretUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl From<&str> for DatabaseUrl {
+impl From<&str> for SecretUrl {
     fn from(url: &str) -> Self {
-        DatabaseUrl(url.to_owned())
+        SecretUrl(url.to_owned())
     }
 }
 
-impl fmt::Display for DatabaseUrl {
+impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
+        let redacted: Vec<String> = self.0.split(',').map(|u| redact_url(u.trim())).collect();
+        f.write_str(&redacted.join(","))
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({self})")
+        write!(f, "SecretUrl({self})")
     }
 }
 
@@ -320,6 +412,51 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_LOG_FORMAT", global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+
+    /// redis://[:password@]host:port for limits, quotas and usage shared by every replica (with --redis-cluster: seed nodes, comma-separated); unset for the in-process limiter (one replica).
+    #[arg(long, env = "APIKEYD_REDIS_URL", global = true, hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as the seed nodes of a Redis Cluster [default: false].
+    #[arg(long, env = "APIKEYD_REDIS_CLUSTER", global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<bool>,
+
+    /// Longest wait for Redis per decision, in milliseconds, before the failure policy answers [default: 50].
+    #[arg(long, env = "APIKEYD_REDIS_TIMEOUT_MS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_timeout_ms: Option<u64>,
+
+    /// While Redis is unreachable: open admits (limits unenforced), closed refuses what has a limit or quota [default: open].
+    #[arg(long, env = "APIKEYD_REDIS_FAILURE_POLICY", global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_failure_policy: Option<FailurePolicy>,
+
+    /// Start of every Redis key apikeyd writes, so deployments can share a Redis [default: apikeyd].
+    #[arg(long, env = "APIKEYD_REDIS_KEY_PREFIX", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_key_prefix: Option<String>,
+
+    /// Hours hourly usage counters are kept [default: 48].
+    #[arg(long, env = "APIKEYD_USAGE_HOURLY_RETENTION_HOURS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_hourly_retention_hours: Option<u32>,
+
+    /// Days daily usage counters (and the recent-requests log) are kept [default: 90].
+    #[arg(long, env = "APIKEYD_USAGE_DAILY_RETENTION_DAYS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_daily_retention_days: Option<u32>,
+
+    /// Entries kept in each key's recent-requests log [default: 100].
+    #[arg(long, env = "APIKEYD_RECENT_REQUESTS_KEPT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_requests_kept: Option<u32>,
+
+    /// Tier of keys created with neither a tier nor their own limits [default: free].
+    #[arg(long, env = "APIKEYD_DEFAULT_TIER", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<String>,
 }
 
 #[cfg(test)]
@@ -381,6 +518,48 @@ mod tests {
         let url = DatabaseUrl::from("postgres://app:hunter2@db:5432/keys");
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/keys");
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tiers_come_from_the_file_and_default_to_the_seeds() {
+        assert_eq!(
+            Settings::default()
+                .tiers()
+                .unwrap()
+                .resolve(&crate::ratelimit::LimitSource::Tier("pro".into()))[0]
+                .limit,
+            1_000
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apikeyd.toml");
+        std::fs::write(
+            &file,
+            "default_tier = \"basic\"\n[tiers]\nbasic = [{ limit = 10, window_secs = 1 }, { limit = 1000, window_secs = 3600, algorithm = \"token_bucket\" }]\nfree = [{ limit = 7, window_secs = 60 }]\n",
+        )
+        .unwrap();
+        let flags = SettingsArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let tiers = Settings::load(&flags).unwrap().tiers().unwrap();
+        let source = crate::ratelimit::LimitSource::Tier("basic".into());
+        let basic = tiers.resolve(&source);
+        assert_eq!(basic.len(), 2);
+        assert_eq!(basic[1].algorithm, Algorithm::TokenBucket);
+        let free = crate::ratelimit::LimitSource::Tier("free".into());
+        assert_eq!(
+            tiers.resolve(&free)[0].limit,
+            7,
+            "a file tier replaces the built-in one"
+        );
+        let pro = crate::ratelimit::LimitSource::Tier("pro".into());
+        assert_eq!(tiers.resolve(&pro)[0].limit, 1_000, "built-in tiers stay");
+    }
+
+    #[test]
+    fn redis_passwords_are_redacted_even_in_a_node_list() {
+        let url = RedisUrl::from("redis://:s3cret@a:7000,redis://:s3cret@b:7001");
+        assert!(!url.to_string().contains("s3cret"), "{url}");
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub enum Error {
         permission: Permission,
     },
 
+    /// UNAVAILABLE: the rate-limit store cannot answer a call that needs it
+    /// (GetKeyUsage, add_to_quota); Validate and CheckRateLimit never fail so.
+    #[error("the rate-limit store is unreachable right now; retry with backoff")]
+    LimiterUnavailable,
+
     /// UNAVAILABLE (connection trouble) or INTERNAL (anything else): logged, not shown.
     #[error("database error: {0}")]
     Database(#[from] sea_orm::DbErr),
@@ -70,6 +75,7 @@ impl From<Error> for Status {
             Error::KeyLimitReached { .. } => Status::resource_exhausted(error.to_string()),
             Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             Error::PermissionDenied { .. } => Status::permission_denied(error.to_string()),
+            Error::LimiterUnavailable => Status::unavailable(error.to_string()),
             Error::Database(db) if is_connection_error(db) => {
                 tracing::warn!(error = %db, "database unreachable");
                 Status::new(

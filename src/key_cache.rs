@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
+use crate::ratelimit::LimitSource;
 
 /// What the store said about an id, and when.
 pub struct CachedLookup {
@@ -25,12 +26,29 @@ pub struct CachedLookup {
     loaded_at: Instant,
 }
 
+/// An owner's shared limits, and when they were read.
+pub struct CachedOwnerLimits {
+    pub limits: Option<LimitSource>,
+    loaded_at: Instant,
+}
+
 pub struct KeyCache {
     entries: moka::future::Cache<KeyId, Arc<CachedLookup>>,
+    /// Owners' shared limits, read on every Validate that reaches the limiter.
+    owners: moka::future::Cache<String, Arc<CachedOwnerLimits>>,
     /// True while invalidations are known to reach this replica.
     invalidations_flowing: AtomicBool,
     /// How long an entry is trusted while invalidations may be missed.
     degraded_ttl: Duration,
+}
+
+/// Owners whose shared limits are cached; each entry is small.
+const OWNER_ENTRIES: u64 = 100_000;
+
+/// A loader's error, as each caller that waited on it receives it.
+fn unshare(shared: Arc<Error>) -> Error {
+    Arc::try_unwrap(shared)
+        .unwrap_or_else(|shared| Error::Internal(format!("lookup failed: {shared}")))
 }
 
 /// Rough heap size of an entry, for the memory bound.
@@ -63,6 +81,10 @@ impl KeyCache {
                 .weigher(weight)
                 .time_to_live(ttl)
                 .build(),
+            owners: moka::future::Cache::builder()
+                .max_capacity(OWNER_ENTRIES)
+                .time_to_live(ttl)
+                .build(),
             invalidations_flowing: AtomicBool::new(false),
             degraded_ttl,
         }
@@ -75,9 +97,7 @@ impl KeyCache {
         F: Future<Output = Result<Option<(ApiKey, String)>>>,
     {
         if let Some(cached) = self.entries.get(id).await {
-            if self.invalidations_flowing.load(Ordering::Acquire)
-                || cached.loaded_at.elapsed() < self.degraded_ttl
-            {
+            if self.trusted(cached.loaded_at) {
                 ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit").increment(1);
                 return Ok(cached);
             }
@@ -93,18 +113,51 @@ impl KeyCache {
                 }))
             })
             .await
-            .map_err(|shared| match Arc::try_unwrap(shared) {
-                Ok(error) => error,
-                Err(shared) => Error::Internal(format!("key lookup failed: {shared}")),
+            .map_err(unshare)
+    }
+
+    /// An owner's shared limits, cached like key records.
+    pub async fn owner_limits_or_load<F>(
+        &self,
+        owner_id: &str,
+        load: F,
+    ) -> Result<Arc<CachedOwnerLimits>>
+    where
+        F: Future<Output = Result<Option<LimitSource>>>,
+    {
+        if let Some(cached) = self.owners.get(owner_id).await {
+            if self.trusted(cached.loaded_at) {
+                return Ok(cached);
+            }
+            self.owners.invalidate(owner_id).await;
+        }
+        self.owners
+            .try_get_with_by_ref(owner_id, async {
+                Ok::<_, Error>(Arc::new(CachedOwnerLimits {
+                    limits: load.await?,
+                    loaded_at: Instant::now(),
+                }))
             })
+            .await
+            .map_err(unshare)
+    }
+
+    fn trusted(&self, loaded_at: Instant) -> bool {
+        self.invalidations_flowing.load(Ordering::Acquire)
+            || loaded_at.elapsed() < self.degraded_ttl
     }
 
     pub async fn invalidate(&self, id: &KeyId) {
         self.entries.invalidate(id).await;
     }
 
+    pub async fn invalidate_owner(&self, owner_id: &str) {
+        self.owners.invalidate(owner_id).await;
+    }
+
     pub fn invalidate_all(&self) {
         self.entries.invalidate_all();
+        self.owners.invalidate_all();
     }
 
     /// Records whether invalidations reach this replica. Coming back flushes

@@ -8,7 +8,7 @@
 //!   settings ([`domain::key_settings`]), and the validation verdict
 //!   ([`domain::api_key`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
-//!   validate) over the store and the hasher.
+//!   validate, usage, owner limits) over the store, the hasher and the limiter.
 //! - [`secrets`]: argon2id hashing on a bounded pool, and the memo of
 //!   verified secrets.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
@@ -17,6 +17,9 @@
 //! - [`key_cache`]: key records cached for Validate, and the guard that
 //!   caps argon2 runs on wrong secrets.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
+//! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
+//!   quotas and usage counters, decided in one round trip by Redis (single
+//!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
@@ -31,6 +34,7 @@ pub mod error;
 pub mod grpc;
 pub mod key_cache;
 pub mod last_used;
+pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;
 pub mod startup;

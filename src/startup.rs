@@ -18,14 +18,19 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::RootKeyGate;
-use crate::authority::{KeyAuthority, mint_root_key};
+use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
 use crate::config::Settings;
 use crate::domain::{Scope, ScopeSet};
 use crate::grpc::pb::key_service_server::KeyServiceServer;
+use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
-use crate::grpc::{KeyApi, ValidationApi, pb};
-use crate::key_cache::{KeyCache, WrongSecretGuard};
+use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
+use crate::ratelimit::memory::MemoryStore;
+use crate::ratelimit::redis::RedisStore;
+use crate::ratelimit::store::RateLimitStore;
+use crate::ratelimit::{Keyspace, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
@@ -35,14 +40,19 @@ use crate::telemetry::tracing_context;
 const VERIFIED_SECRET_MEMO: u64 = 200_000;
 /// The backstop on cached key records, however invalidations fare.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(300);
-/// The window over which wrong secrets for one key id are counted.
-const WRONG_SECRET_WINDOW: Duration = Duration::from_secs(60);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 2] = ["apikeyd.v1.KeyService", "apikeyd.v1.ValidationService"];
+const SERVICES: [&str; 3] = [
+    "apikeyd.v1.KeyService",
+    "apikeyd.v1.RateLimitService",
+    "apikeyd.v1.ValidationService",
+];
 /// The health name for liveness probes.
 pub const LIVENESS: &str = "liveness";
+/// The health entry of the rate-limit store, present when it is Redis:
+/// NOT_SERVING during an outage while the services answer by the policy.
+const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
@@ -53,6 +63,7 @@ pub struct Application {
     authority: Arc<KeyAuthority>,
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Application {
@@ -102,13 +113,19 @@ impl Application {
             .as_ref()
             .is_none_or(|url| url.expose().starts_with("sqlite:"));
         key_cache.set_invalidations_flowing(single_process);
+        let limiter = Arc::new(build_limiter(&settings)?);
+        let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
         let authority = Arc::new(KeyAuthority::new(
             store.clone(),
             hasher.clone(),
             last_used.clone(),
             key_cache,
-            WrongSecretGuard::new(settings.wrong_secret_limit, WRONG_SECRET_WINDOW),
-            settings.max_active_keys_per_owner,
+            limiter.clone(),
+            tiers,
+            AuthorityPolicy {
+                max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                wrong_secret_limit: settings.wrong_secret_limit,
+            },
         ));
         let gate = RootKeyGate::new(db.clone(), hasher);
         Ok(Application {
@@ -120,6 +137,7 @@ impl Application {
             authority,
             gate,
             last_used,
+            limiter,
         })
     }
 
@@ -157,7 +175,7 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(metrics::run_upkeep()),
             tokio::spawn(watch_database(self.db.clone(), health_reporter.clone())),
             tokio::spawn(flush_last_used_periodically(
@@ -166,6 +184,16 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
+        if self.limiter.is_remote() {
+            health_reporter
+                .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
+                .await;
+            background.push(tokio::spawn(self.limiter.clone().probe_periodically()));
+            background.push(tokio::spawn(watch_limiter(
+                self.limiter.clone(),
+                health_reporter.clone(),
+            )));
+        }
 
         // One signal drains both listeners.
         let (drain_tx, drain_rx) = tokio::sync::watch::channel(());
@@ -190,6 +218,9 @@ impl Application {
             .add_service(ValidationServiceServer::new(ValidationApi {
                 authority: self.authority.clone(),
             }))
+            .add_service(RateLimitServiceServer::new(RateLimitApi {
+                limiter: self.limiter.clone(),
+            }))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), drained());
         let mut server = tokio::spawn(server);
         tracing::info!(
@@ -198,6 +229,17 @@ impl Application {
             database = %self.settings.database_url.as_ref().map_or_else(
                 || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
                 |url| url.to_string(),
+            ),
+            limiter = %self.settings.redis_url.as_ref().map_or_else(
+                || "in-process (this replica only)".to_owned(),
+                |url| format!(
+                    "redis{} at {url}, fail-{}",
+                    if self.settings.redis_cluster { " cluster" } else { "" },
+                    match self.settings.redis_failure_policy {
+                        crate::ratelimit::FailurePolicy::Open => "open",
+                        crate::ratelimit::FailurePolicy::Closed => "closed",
+                    }
+                ),
             ),
             "apikeyd is serving"
         );
@@ -252,6 +294,38 @@ fn http_routes() -> axum::Router {
         "/metrics",
         axum::routing::get(|| async { metrics::prometheus().render() }),
     )
+}
+
+/// Redis when a URL is configured, else the in-process store.
+fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
+    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::new(url.expose(), settings.redis_cluster, timeout)
+                .with_context(|| format!("invalid Redis URL {url}"))?,
+        ),
+        None => Arc::new(MemoryStore::default()),
+    };
+    Ok(RateLimiter::new(
+        store,
+        Keyspace::new(&settings.redis_key_prefix)?,
+        settings.redis_failure_policy,
+        timeout,
+        settings.usage_retention(),
+    ))
+}
+
+/// Mirrors the limiter's reachability into the `redis` health entry.
+async fn watch_limiter(limiter: Arc<RateLimiter>, reporter: HealthReporter) {
+    let mut reachable = limiter.watch_reachable();
+    while reachable.changed().await.is_ok() {
+        let status = if *reachable.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(REDIS_HEALTH, status).await;
+    }
 }
 
 fn everything() -> ScopeSet {

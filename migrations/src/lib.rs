@@ -4,12 +4,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_keys;
+mod m20261201_000001_rate_limits;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_keys::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_keys::Migration),
+            Box::new(m20261201_000001_rate_limits::Migration),
+        ]
     }
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::key_format::{KeyId, KeyKind};
 use super::scope::{Scope, ScopeSet};
+use crate::ratelimit::{LimitSource, Quota};
 
 /// Which traffic a key is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +55,15 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// A tier or the key's own limits.
+    pub limits: LimitSource,
+    /// `None` for unlimited uses. Its `remaining` is the live balance when
+    /// the limiter could be asked, else the balance last set.
+    pub quota: Option<Quota>,
 }
 
 /// The answer to "is this key good for this request?".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ValidationCode {
     Valid,
     Malformed,
@@ -66,7 +72,21 @@ pub enum ValidationCode {
     Disabled,
     Expired,
     InsufficientScope,
+    RateLimited,
+    UsageExceeded,
 }
+
+const CODES: [ValidationCode; 9] = [
+    ValidationCode::Valid,
+    ValidationCode::Malformed,
+    ValidationCode::NotFound,
+    ValidationCode::Revoked,
+    ValidationCode::Disabled,
+    ValidationCode::Expired,
+    ValidationCode::InsufficientScope,
+    ValidationCode::RateLimited,
+    ValidationCode::UsageExceeded,
+];
 
 impl ValidationCode {
     /// A stable lower-case name, for metric labels and usage counters.
@@ -79,6 +99,8 @@ impl ValidationCode {
             ValidationCode::Disabled => "disabled",
             ValidationCode::Expired => "expired",
             ValidationCode::InsufficientScope => "insufficient_scope",
+            ValidationCode::RateLimited => "rate_limited",
+            ValidationCode::UsageExceeded => "usage_exceeded",
         }
     }
 
@@ -92,7 +114,28 @@ impl ValidationCode {
             ValidationCode::Disabled => "API key is disabled",
             ValidationCode::Expired => "API key has expired",
             ValidationCode::InsufficientScope => "Insufficient permissions",
+            ValidationCode::RateLimited => "Rate limit exceeded",
+            ValidationCode::UsageExceeded => "Usage quota exhausted",
         }
+    }
+
+    /// The stable name usage counters are stored under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationCode::Valid => "valid",
+            ValidationCode::Malformed => "malformed",
+            ValidationCode::NotFound => "not_found",
+            ValidationCode::Revoked => "revoked",
+            ValidationCode::Disabled => "disabled",
+            ValidationCode::Expired => "expired",
+            ValidationCode::InsufficientScope => "insufficient_scope",
+            ValidationCode::RateLimited => "rate_limited",
+            ValidationCode::UsageExceeded => "usage_exceeded",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ValidationCode> {
+        CODES.into_iter().find(|code| code.as_str() == name)
     }
 }
 
@@ -146,6 +189,8 @@ mod tests {
             expires_at: None,
             last_used_at: None,
             revoked_at: None,
+            limits: LimitSource::Tier("free".into()),
+            quota: None,
         }
     }
 
@@ -204,6 +249,13 @@ mod tests {
             ValidationCode::Valid
         );
         assert_eq!(k.judge(now, &[]), ValidationCode::Expired);
+    }
+
+    #[test]
+    fn stored_code_names_round_trip() {
+        for code in CODES {
+            assert_eq!(ValidationCode::from_name(code.as_str()), Some(code));
+        }
     }
 
     #[test]

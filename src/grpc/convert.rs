@@ -5,6 +5,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::pb;
 use crate::domain::{ApiKey, Environment, KeyId, ValidationCode};
 use crate::error::{Error, Result};
+use crate::ratelimit::limit::parse_limit_list;
+use crate::ratelimit::{Algorithm, Limit, LimitSource, LimitStatus, Quota, RefillInterval, Tiers};
 use crate::store::ListCursor;
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -29,7 +31,162 @@ pub fn api_key(key: ApiKey) -> pb::ApiKey {
         expires_at: key.expires_at.map(timestamp),
         last_used_at: key.last_used_at.map(timestamp),
         revoked_at: key.revoked_at.map(timestamp),
+        tier: match &key.limits {
+            LimitSource::Tier(name) => name.clone(),
+            LimitSource::Own(_) => String::new(),
+        },
+        rate_limits: match &key.limits {
+            LimitSource::Tier(_) => Vec::new(),
+            LimitSource::Own(limits) => limits.iter().map(rate_limit).collect(),
+        },
+        quota: key.quota.map(|q| pb::UsageQuota {
+            remaining: q.remaining,
+            refill_amount: q.refill_amount,
+            refill_interval: match q.refill_interval {
+                None => pb::RefillInterval::Unspecified,
+                Some(RefillInterval::Daily) => pb::RefillInterval::Daily,
+                Some(RefillInterval::Monthly) => pb::RefillInterval::Monthly,
+            } as i32,
+        }),
     }
+}
+
+pub fn owner_limits(owner_id: String, limits: Option<LimitSource>) -> pb::OwnerLimits {
+    let (tier, rate_limits) = match limits {
+        None => (String::new(), Vec::new()),
+        Some(LimitSource::Tier(name)) => (name, Vec::new()),
+        Some(LimitSource::Own(limits)) => (String::new(), limits.iter().map(rate_limit).collect()),
+    };
+    pb::OwnerLimits {
+        owner_id,
+        tier,
+        rate_limits,
+    }
+}
+
+pub fn parse_timestamp(field: &'static str, raw: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
+    Utc.timestamp_opt(raw.seconds, raw.nanos.max(0) as u32)
+        .single()
+        .ok_or_else(|| Error::invalid(field, "not a valid timestamp"))
+}
+
+/// A timestamp from microseconds since the epoch.
+pub fn timestamp_us(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// A duration from microseconds (negative ones read as zero).
+pub fn duration_us(us: i64) -> prost_types::Duration {
+    let us = us.max(0);
+    prost_types::Duration {
+        seconds: us / 1_000_000,
+        nanos: ((us % 1_000_000) * 1000) as i32,
+    }
+}
+
+pub fn rate_limit(limit: &Limit) -> pb::RateLimit {
+    pb::RateLimit {
+        limit: limit.limit,
+        window: Some(duration_us(limit.window_us())),
+        algorithm: match limit.algorithm {
+            Algorithm::SlidingWindow => pb::RateLimitAlgorithm::SlidingWindow,
+            Algorithm::FixedWindow => pb::RateLimitAlgorithm::FixedWindow,
+            Algorithm::TokenBucket => pb::RateLimitAlgorithm::TokenBucket,
+        } as i32,
+    }
+}
+
+pub fn rate_limit_status(status: &LimitStatus) -> pb::RateLimitStatus {
+    pb::RateLimitStatus {
+        limit: status.limit.limit,
+        remaining: status.remaining,
+        reset_at: Some(timestamp_us(status.reset_at_us)),
+        retry_after: Some(duration_us(status.retry_after_us)),
+    }
+}
+
+/// UNSPECIFIED means sliding window, the seed's algorithm.
+pub fn parse_algorithm(field: &'static str, raw: i32) -> Result<Algorithm> {
+    match pb::RateLimitAlgorithm::try_from(raw) {
+        Ok(pb::RateLimitAlgorithm::Unspecified | pb::RateLimitAlgorithm::SlidingWindow) => {
+            Ok(Algorithm::SlidingWindow)
+        }
+        Ok(pb::RateLimitAlgorithm::FixedWindow) => Ok(Algorithm::FixedWindow),
+        Ok(pb::RateLimitAlgorithm::TokenBucket) => Ok(Algorithm::TokenBucket),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!(
+                "unknown algorithm {raw}; use RATE_LIMIT_ALGORITHM_SLIDING_WINDOW, _FIXED_WINDOW or _TOKEN_BUCKET"
+            ),
+        )),
+    }
+}
+
+/// A window in whole milliseconds.
+pub fn parse_window(field: &'static str, window: Option<&prost_types::Duration>) -> Result<u64> {
+    let Some(window) = window else {
+        return Err(Error::invalid(field, "a window is required, e.g. \"60s\""));
+    };
+    if window.seconds < 0 || window.nanos < 0 || window.nanos % 1_000_000 != 0 {
+        return Err(Error::invalid(
+            field,
+            "window must be positive, in whole milliseconds",
+        ));
+    }
+    Ok(window.seconds as u64 * 1000 + window.nanos as u64 / 1_000_000)
+}
+
+pub fn parse_rate_limit(field: &'static str, raw: &pb::RateLimit) -> Result<Limit> {
+    Limit::parse(
+        field,
+        raw.limit,
+        parse_window(field, raw.window.as_ref())?,
+        parse_algorithm(field, raw.algorithm)?,
+    )
+}
+
+/// A tier or a list of limits (not both); `None` when neither is given.
+pub fn parse_limit_source(
+    tiers: &Tiers,
+    tier: &str,
+    rate_limits: &[pb::RateLimit],
+) -> Result<Option<LimitSource>> {
+    match (tier.is_empty(), rate_limits.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Err(Error::invalid(
+            "rate_limits",
+            "give a tier or rate_limits, not both",
+        )),
+        (false, true) => Ok(Some(LimitSource::Tier(tiers.parse_name("tier", tier)?))),
+        (true, false) => Ok(Some(LimitSource::Own(parse_limits(rate_limits)?))),
+    }
+}
+
+pub fn parse_limits(rate_limits: &[pb::RateLimit]) -> Result<Vec<Limit>> {
+    let limits = rate_limits
+        .iter()
+        .map(|l| parse_rate_limit("rate_limits", l))
+        .collect::<Result<Vec<_>>>()?;
+    parse_limit_list("rate_limits", limits)
+}
+
+/// A quota as requested; its version is set when it is written.
+pub fn parse_quota(raw: &pb::UsageQuota) -> Result<Quota> {
+    let interval = match pb::RefillInterval::try_from(raw.refill_interval) {
+        Ok(pb::RefillInterval::Unspecified) => None,
+        Ok(pb::RefillInterval::Daily) => Some(RefillInterval::Daily),
+        Ok(pb::RefillInterval::Monthly) => Some(RefillInterval::Monthly),
+        Err(_) => {
+            return Err(Error::invalid(
+                "quota.refill_interval",
+                format!("unknown value {}", raw.refill_interval),
+            ));
+        }
+    };
+    Quota::parse(raw.remaining, raw.refill_amount, interval, 0)
 }
 
 fn environment(environment: Environment) -> pb::Environment {
@@ -60,6 +217,8 @@ pub fn validation_code(code: ValidationCode) -> pb::ValidationCode {
         ValidationCode::Disabled => pb::ValidationCode::Disabled,
         ValidationCode::Expired => pb::ValidationCode::Expired,
         ValidationCode::InsufficientScope => pb::ValidationCode::InsufficientScope,
+        ValidationCode::RateLimited => pb::ValidationCode::RateLimited,
+        ValidationCode::UsageExceeded => pb::ValidationCode::UsageExceeded,
     }
 }
 

@@ -8,9 +8,11 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::{self, key_service_server::KeyService};
 use crate::access::{Permission, RootKeyGate};
-use crate::authority::{KeyAuthority, NewKey};
+use crate::authority::{KeyAuthority, NewKey, QuotaChange};
 use crate::domain::key_settings::{self, ExpiryChange};
 use crate::error::Error;
+use crate::ratelimit::LimitSource;
+use crate::ratelimit::usage::Granularity;
 use crate::store::{KeyChanges, ListQuery};
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -43,6 +45,12 @@ impl KeyService for KeyApi {
                 }
                 None => ExpiryChange::Never,
             },
+            limits: convert::parse_limit_source(
+                self.authority.tiers(),
+                &req.tier,
+                &req.rate_limits,
+            )?,
+            quota: req.quota.as_ref().map(convert::parse_quota).transpose()?,
         };
         let issued = self.authority.create_key(new).await?;
         Ok(Response::new(pb::CreateKeyResponse {
@@ -141,8 +149,37 @@ impl KeyService for KeyApi {
                     .into());
                 }
             },
+            limits: match req.limits {
+                None => None,
+                Some(pb::update_key_request::Limits::Tier(tier)) => Some(LimitSource::Tier(
+                    self.authority.tiers().parse_name("tier", &tier)?,
+                )),
+                Some(pb::update_key_request::Limits::RateLimits(list)) => {
+                    Some(LimitSource::Own(convert::parse_limits(&list.rate_limits)?))
+                }
+            },
+            quota: None,
         };
-        let key = self.authority.update_key(&id, changes).await?;
+        let quota = match req.quota_change {
+            None => None,
+            Some(pb::update_key_request::QuotaChange::Quota(quota)) => {
+                Some(QuotaChange::Set(convert::parse_quota(&quota)?))
+            }
+            Some(pb::update_key_request::QuotaChange::AddToQuota(amount)) => {
+                Some(QuotaChange::Add(amount))
+            }
+            Some(pb::update_key_request::QuotaChange::RemoveQuota(true)) => {
+                Some(QuotaChange::Remove)
+            }
+            Some(pb::update_key_request::QuotaChange::RemoveQuota(false)) => {
+                return Err(Error::invalid(
+                    "remove_quota",
+                    "only true is meaningful; to change the quota use quota or add_to_quota",
+                )
+                .into());
+            }
+        };
+        let key = self.authority.update_key(&id, changes, quota).await?;
         Ok(Response::new(pb::UpdateKeyResponse {
             api_key: Some(convert::api_key(key)),
         }))
@@ -185,6 +222,105 @@ impl KeyService for KeyApi {
             key: issued.full_key,
             api_key: Some(convert::api_key(issued.api_key)),
             previous_api_key: Some(convert::api_key(previous)),
+        }))
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysRead)
+            .await?;
+        let req = request.into_inner();
+        let id = convert::parse_key_id("id", &req.id)?;
+        let granularity = match pb::UsageGranularity::try_from(req.granularity) {
+            Ok(pb::UsageGranularity::Unspecified | pb::UsageGranularity::Hour) => Granularity::Hour,
+            Ok(pb::UsageGranularity::Day) => Granularity::Day,
+            Err(_) => {
+                return Err(Error::invalid(
+                    "granularity",
+                    "use USAGE_GRANULARITY_HOUR or USAGE_GRANULARITY_DAY",
+                )
+                .into());
+            }
+        };
+        let start = req
+            .start_time
+            .as_ref()
+            .map(|t| convert::parse_timestamp("start_time", t))
+            .transpose()?;
+        let end = req
+            .end_time
+            .as_ref()
+            .map(|t| convert::parse_timestamp("end_time", t))
+            .transpose()?;
+        let usage = self
+            .authority
+            .key_usage(&id, granularity, start, end)
+            .await?;
+        Ok(Response::new(pb::GetKeyUsageResponse {
+            buckets: usage
+                .buckets
+                .into_iter()
+                .map(|bucket| pb::UsageBucket {
+                    start_time: Some(convert::timestamp_us(bucket.start_secs * 1_000_000)),
+                    total: bucket.counts.iter().map(|(_, n)| n).sum(),
+                    counts: bucket
+                        .counts
+                        .into_iter()
+                        .map(|(code, count)| pb::UsageCount {
+                            code: convert::validation_code(code) as i32,
+                            count,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            recent_requests: usage
+                .recent
+                .into_iter()
+                .map(|r| pb::RecentRequest {
+                    endpoint: r.context.endpoint,
+                    method: r.context.method,
+                    ip: r.context.ip,
+                    user_agent: r.context.user_agent,
+                    code: convert::validation_code(r.code) as i32,
+                    time: Some(convert::timestamp_us(r.at_ms * 1000)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn set_owner_limits(
+        &self,
+        request: Request<pb::SetOwnerLimitsRequest>,
+    ) -> Result<Response<pb::SetOwnerLimitsResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysWrite)
+            .await?;
+        let req = request.into_inner();
+        let owner_id = key_settings::parse_owner_id(&req.owner_id)?;
+        let limits =
+            convert::parse_limit_source(self.authority.tiers(), &req.tier, &req.rate_limits)?;
+        self.authority
+            .set_owner_limits(&owner_id, limits.clone())
+            .await?;
+        Ok(Response::new(pb::SetOwnerLimitsResponse {
+            owner_limits: Some(convert::owner_limits(owner_id, limits)),
+        }))
+    }
+
+    async fn get_owner_limits(
+        &self,
+        request: Request<pb::GetOwnerLimitsRequest>,
+    ) -> Result<Response<pb::GetOwnerLimitsResponse>, Status> {
+        self.gate
+            .authorize(request.metadata(), Permission::KeysRead)
+            .await?;
+        let owner_id = key_settings::parse_owner_id(&request.get_ref().owner_id)?;
+        let limits = self.authority.owner_limits(&owner_id).await?;
+        Ok(Response::new(pb::GetOwnerLimitsResponse {
+            owner_limits: Some(convert::owner_limits(owner_id, limits)),
         }))
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod convert;
 mod key_service;
+mod rate_limit_service;
 mod validation_service;
 
 pub use key_service::KeyApi;
+pub use rate_limit_service::RateLimitApi;
 pub use validation_service::ValidationApi;
 
 /// Code generated from `proto/apikeyd/v1`.

@@ -7,10 +7,12 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb::{self, validation_service_server::ValidationService};
-use crate::authority::KeyAuthority;
+use crate::authority::{KeyAuthority, ValidationRequest};
 use crate::domain::key_format::MAX_PRESENTED_KEY_LEN;
 use crate::domain::{ValidationCode, key_settings};
 use crate::error::Error;
+use crate::ratelimit::limit::MAX_LIMIT;
+use crate::ratelimit::usage::RequestContext;
 
 pub struct ValidationApi {
     pub authority: Arc<KeyAuthority>,
@@ -31,7 +33,21 @@ impl ValidationService for ValidationApi {
             .into());
         }
         let required = key_settings::parse_scopes("required_scopes", &req.required_scopes, false)?;
-        let verdict = self.authority.validate(&req.key, &required).await?;
+        if req.cost > MAX_LIMIT {
+            return Err(Error::invalid("cost", format!("at most {MAX_LIMIT}")).into());
+        }
+        let context = req.context.unwrap_or_default();
+        let request = ValidationRequest {
+            required: &required,
+            cost: req.cost.max(1),
+            context: RequestContext::truncated(
+                &context.endpoint,
+                &context.method,
+                &context.ip,
+                &context.user_agent,
+            ),
+        };
+        let verdict = self.authority.validate(&req.key, request).await?;
         ::metrics::counter!("apikeyd_validations_total", "code" => verdict.code.label())
             .increment(1);
         let message = match verdict.code {
@@ -43,6 +59,7 @@ impl ValidationService for ValidationApi {
             code: convert::validation_code(verdict.code) as i32,
             message: message.to_owned(),
             api_key: verdict.api_key.map(convert::api_key),
+            rate_limit: verdict.rate_limit.as_ref().map(convert::rate_limit_status),
         }))
     }
 }

@@ -10,9 +10,11 @@ use sea_orm::{
 };
 
 use super::entities::{api_key, key_owner};
+use super::owner_limits::{limit_columns, limit_source};
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{ApiKey, Environment, KeyId, Scope, ScopeSet};
 use crate::error::{Error, Result};
+use crate::ratelimit::{LimitSource, Quota};
 
 /// A key about to be inserted: its settings plus the hash of its secret.
 pub struct NewKeyRow {
@@ -26,6 +28,8 @@ pub struct NewKeyRow {
     pub metadata: BTreeMap<String, String>,
     pub enabled: bool,
     pub expiry: Expiry,
+    pub limits: LimitSource,
+    pub quota: Option<Quota>,
 }
 
 /// When a new row expires: fixed from the same clock reading as `created_at`.
@@ -43,6 +47,9 @@ pub struct KeyChanges {
     pub scopes: Option<ScopeSet>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub expiry: Option<ExpiryChange>,
+    pub limits: Option<LimitSource>,
+    /// `Some(None)` removes the quota.
+    pub quota: Option<Option<Quota>>,
 }
 
 /// Where the previous page ended: keys sort newest first by (created_at, id).
@@ -203,6 +210,14 @@ impl KeyStore {
         if let Some(expiry) = changes.expiry {
             model.expires_at = Set(expiry.expires_at(now));
         }
+        if let Some(limits) = changes.limits {
+            let (tier, rate_limits) = limit_columns(&limits);
+            model.tier = Set(tier);
+            model.rate_limits = Set(rate_limits);
+        }
+        if let Some(quota) = changes.quota {
+            model.quota = Set(quota.as_ref().map(quota_json));
+        }
         let updated = api_key::Entity::update_many()
             .set(model)
             .filter(api_key::Column::Id.eq(id.as_str()))
@@ -320,6 +335,7 @@ async fn insert_key(
     row: NewKeyRow,
     now: DateTime<Utc>,
 ) -> Result<api_key::Model> {
+    let (tier, rate_limits) = limit_columns(&row.limits);
     let model = api_key::ActiveModel {
         id: Set(row.id.as_str().to_owned()),
         owner_id: Set(row.owner_id),
@@ -338,6 +354,9 @@ async fn insert_key(
         }),
         last_used_at: Set(None),
         revoked_at: Set(None),
+        tier: Set(tier),
+        rate_limits: Set(rate_limits),
+        quota: Set(row.quota.as_ref().map(quota_json)),
     };
     api_key::Entity::insert(model.clone())
         .exec_without_returning(db)
@@ -347,6 +366,10 @@ async fn insert_key(
 
 fn scopes_json(scopes: &ScopeSet) -> serde_json::Value {
     serde_json::Value::from(scopes.to_strings())
+}
+
+fn quota_json(quota: &Quota) -> serde_json::Value {
+    serde_json::to_value(quota).expect("a quota always serialises")
 }
 
 fn metadata_json(metadata: &BTreeMap<String, String>) -> serde_json::Value {
@@ -368,6 +391,15 @@ fn to_domain(model: api_key::Model) -> Result<ApiKey> {
     let environment =
         Environment::parse(&model.environment).ok_or_else(|| corrupt("environment"))?;
     let id = KeyId::parse(&model.id).ok_or_else(|| corrupt("id"))?;
+    let limits = limit_source(model.tier.clone(), model.rate_limits.clone())
+        .ok_or_else(|| corrupt("limit list"))?
+        .unwrap_or_else(|| LimitSource::Own(Vec::new()));
+    let quota = model
+        .quota
+        .clone()
+        .map(serde_json::from_value::<Quota>)
+        .transpose()
+        .map_err(|_| corrupt("quota"))?;
     Ok(ApiKey {
         id,
         owner_id: model.owner_id,
@@ -382,5 +414,7 @@ fn to_domain(model: api_key::Model) -> Result<ApiKey> {
         expires_at: model.expires_at,
         last_used_at: model.last_used_at,
         revoked_at: model.revoked_at,
+        limits,
+        quota,
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod entities;
 mod keys;
+mod owner_limits;
 mod root_keys;
 
 use std::path::Path;

@@ -59,7 +59,7 @@ on_every_backend! {
         assert_status(oversized, Code::InvalidArgument, "key");
 
         let bad_scope = app.validation.clone()
-            .validate(pb::ValidateRequest { key: "sk_live_x".into(), required_scopes: vec!["bad scope".into()], context: None })
+            .validate(pb::ValidateRequest { key: "sk_live_x".into(), required_scopes: vec!["bad scope".into()], context: None, cost: 0 })
             .await;
         assert_status(bad_scope, Code::InvalidArgument, "required_scopes");
     }

@@ -156,6 +156,7 @@ impl TestApp {
                 key: key.to_owned(),
                 required_scopes: required_scopes.iter().map(|s| s.to_string()).collect(),
                 context: None,
+                cost: 0,
             })
             .await
             .expect("Validate answers OK even for bad keys")

@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
 mod helpers;
+mod limiter_harness;
 
 mod access;
 mod bad_input;
@@ -11,5 +12,9 @@ mod listing;
 mod observability;
 mod operability;
 mod owner_limit;
+mod rate_limits;
+mod redis_outage;
+mod replicas;
+mod round_trips;
 mod secrets_stay_secret;
 mod validate;

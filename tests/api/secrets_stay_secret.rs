@@ -47,6 +47,7 @@ async fn no_raw_key_in_logs_or_rows(backend: Backend) {
                 key: created.key.clone(),
                 required_scopes: required,
                 context: None,
+                cost: 0,
             })
             .await
             .unwrap();

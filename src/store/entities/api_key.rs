@@ -21,6 +21,12 @@ pub struct Model {
     pub expires_at: Option<DateTimeUtc>,
     pub last_used_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+    /// The tier whose limits apply; null when the key has its own.
+    pub tier: Option<String>,
+    /// JSON array of the key's own limits; null when it follows a tier.
+    pub rate_limits: Option<Json>,
+    /// JSON quota configuration; null for unlimited uses.
+    pub quota: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

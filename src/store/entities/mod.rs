@@ -2,4 +2,5 @@
 
 pub mod api_key;
 pub mod key_owner;
+pub mod owner_limit;
 pub mod root_key;

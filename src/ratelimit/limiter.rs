@@ -1,0 +1,226 @@
+//! The limiter as the rest of the service sees it: a store behind a short
+//! timeout and a failure policy. When the store cannot answer, decisions
+//! follow the policy (fail-open admits, fail-closed refuses) without waiting
+//! on it again until a background probe finds it back; the outage is logged
+//! once when it starts and once when it ends (with how many decisions the
+//! policy made meanwhile), and reported to health.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::Keyspace;
+use super::limit::Limit;
+use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict};
+use super::usage::{Granularity, KeyUsage, Retention};
+
+/// How often an unreachable store is probed (and a reachable one checked).
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// The wait a fail-closed refusal suggests.
+const CLOSED_RETRY_AFTER_US: i64 = 1_000_000;
+
+/// What decisions do while the store is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Admit (limits and quotas unenforced, usage unrecorded): availability first.
+    Open,
+    /// Refuse anything that has a limit or a quota.
+    Closed,
+}
+
+pub struct RateLimiter {
+    store: Arc<dyn RateLimitStore>,
+    /// Names every storage key.
+    pub keyspace: Keyspace,
+    policy: FailurePolicy,
+    /// The longest a decision waits for the store.
+    timeout: Duration,
+    pub retention: Retention,
+    /// `Some` while the store is unreachable.
+    outage: Mutex<Option<Outage>>,
+    /// True while the store answers; health follows it.
+    reachable: watch::Sender<bool>,
+}
+
+struct Outage {
+    since: Instant,
+    /// Decisions the policy made because the store could not.
+    decisions: u64,
+}
+
+impl RateLimiter {
+    pub fn new(
+        store: Arc<dyn RateLimitStore>,
+        keyspace: Keyspace,
+        policy: FailurePolicy,
+        timeout: Duration,
+        retention: Retention,
+    ) -> RateLimiter {
+        RateLimiter {
+            store,
+            keyspace,
+            policy,
+            timeout,
+            retention,
+            outage: Mutex::new(None),
+            reachable: watch::Sender::new(true),
+        }
+    }
+
+    /// Whether the store is remote (Redis) and so has a health entry.
+    pub fn is_remote(&self) -> bool {
+        self.store.is_remote()
+    }
+
+    /// True while the store answers.
+    pub fn watch_reachable(&self) -> watch::Receiver<bool> {
+        self.reachable.subscribe()
+    }
+
+    /// Decides one request: by the store, or by the policy when it cannot.
+    /// The second value is false when the policy decided.
+    pub async fn decide(&self, decision: &Decision) -> (Outcome, bool) {
+        if !self.in_outage() {
+            match self.bounded(self.store.decide(decision)).await {
+                Ok(outcome) => return (outcome, true),
+                Err(error) => self.outage_began(&error),
+            }
+        }
+        self.count_policy_decision();
+        (self.by_policy(decision), false)
+    }
+
+    /// CheckRateLimit: `cost` against one limit of one identifier.
+    pub async fn check(
+        &self,
+        namespace: &str,
+        identifier: &str,
+        limit: Limit,
+        cost: u32,
+    ) -> LimitStatus {
+        let key = self
+            .keyspace
+            .identifier_limit(namespace, identifier, &limit);
+        let decision = Decision {
+            limits: vec![(key, limit)],
+            cost,
+            charge: true,
+            quota: None,
+            usage: None,
+        };
+        self.decide(&decision).await.0.limits[0]
+    }
+
+    /// Usage of a key, or an error when the store is unreachable.
+    pub async fn usage(
+        &self,
+        base: &str,
+        granularity: Granularity,
+        first: i64,
+        last: i64,
+    ) -> Result<KeyUsage, StoreError> {
+        let recent = self.retention.recent_requests;
+        let result = self
+            .bounded(self.store.usage(base, granularity, first, last, recent))
+            .await;
+        if let Err(error) = &result {
+            self.outage_began(error);
+        }
+        result
+    }
+
+    /// Probes the store forever: ends an outage when it answers again, and
+    /// starts one when it stops answering while no traffic noticed.
+    pub async fn probe_periodically(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            match self.bounded(self.store.ping()).await {
+                Ok(()) => self.outage_ended(),
+                Err(error) => self.outage_began(&error),
+            }
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    fn in_outage(&self) -> bool {
+        self.outage.lock().expect("outage lock poisoned").is_some()
+    }
+
+    fn count_policy_decision(&self) {
+        if let Some(outage) = self.outage.lock().expect("outage lock poisoned").as_mut() {
+            outage.decisions += 1;
+        }
+    }
+
+    fn outage_began(&self, error: &StoreError) {
+        let mut outage = self.outage.lock().expect("outage lock poisoned");
+        if outage.is_none() {
+            tracing::warn!(
+                %error,
+                policy = ?self.policy,
+                "rate-limit store unreachable: decisions follow the failure policy until it answers again"
+            );
+            *outage = Some(Outage {
+                since: Instant::now(),
+                decisions: 0,
+            });
+            self.reachable.send_replace(false);
+        }
+    }
+
+    fn outage_ended(&self) {
+        let mut outage = self.outage.lock().expect("outage lock poisoned");
+        if let Some(ended) = outage.take() {
+            tracing::info!(
+                outage_ms = ended.since.elapsed().as_millis() as u64,
+                decisions_by_policy = ended.decisions,
+                policy = ?self.policy,
+                "rate-limit store reachable again: counting resumes"
+            );
+            self.reachable.send_replace(true);
+        }
+    }
+
+    /// What the policy answers for a decision the store could not make.
+    fn by_policy(&self, decision: &Decision) -> Outcome {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let guarded = !decision.limits.is_empty() || decision.quota.is_some();
+        let refuse = self.policy == FailurePolicy::Closed && guarded && decision.charge;
+        let limits = decision
+            .limits
+            .iter()
+            .map(|(_, limit)| LimitStatus {
+                limit: *limit,
+                allowed: !refuse,
+                remaining: if refuse { 0 } else { limit.limit },
+                reset_at_us: now_us + if refuse { CLOSED_RETRY_AFTER_US } else { 0 },
+                retry_after_us: if refuse { CLOSED_RETRY_AFTER_US } else { 0 },
+            })
+            .collect();
+        let verdict = if !decision.charge {
+            Verdict::NotCharged
+        } else if refuse {
+            Verdict::RateLimited
+        } else {
+            Verdict::Admitted
+        };
+        Outcome {
+            verdict,
+            now_us,
+            limits,
+            quota_balance: None,
+        }
+    }
+}

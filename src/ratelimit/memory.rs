@@ -1,0 +1,187 @@
+//! The in-process store: the embedded default when no Redis is configured.
+//! Same algorithms and semantics as Redis (one lock makes each decision
+//! atomic), on this process's clock; it counts for this process only, so it
+//! suits a single replica.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::algorithms::{LimitState, evaluate};
+use super::quota::QuotaState;
+use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
+use super::usage::{Granularity, KeyUsage, RecentRequest, UsageBucket};
+use crate::domain::ValidationCode;
+
+/// How often expired entries are swept out.
+const SWEEP_EVERY_US: i64 = 10_000_000;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Limit state by storage key, with when it may be forgotten.
+    limits: HashMap<String, (LimitState, i64)>,
+    /// Quota balances; they never expire.
+    quotas: HashMap<String, QuotaState>,
+    /// Usage counters by bucket key, with their expiry.
+    counters: HashMap<String, (HashMap<ValidationCode, u64>, i64)>,
+    /// Recent-requests logs, newest first, with their expiry.
+    logs: HashMap<String, (VecDeque<RecentRequest>, i64)>,
+    last_sweep_us: i64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl State {
+    fn sweep(&mut self, now: i64) {
+        if now - self.last_sweep_us < SWEEP_EVERY_US {
+            return;
+        }
+        self.last_sweep_us = now;
+        self.limits.retain(|_, (_, expires)| *expires > now);
+        self.counters.retain(|_, (_, expires)| *expires > now);
+        self.logs.retain(|_, (_, expires)| *expires > now);
+    }
+
+    fn decide(&mut self, decision: &Decision, now: i64) -> Outcome {
+        self.sweep(now);
+        let evaluations: Vec<_> = decision
+            .limits
+            .iter()
+            .map(|(key, limit)| {
+                let state = match self.limits.get(key) {
+                    Some((state, expires)) if *expires > now => *state,
+                    _ => LimitState::Empty,
+                };
+                (key, limit, evaluate(limit, state, now, decision.cost))
+            })
+            .collect();
+        let limits: Vec<LimitStatus> = evaluations
+            .iter()
+            .map(|(_, limit, e)| LimitStatus {
+                limit: **limit,
+                allowed: e.allowed,
+                remaining: e.remaining,
+                reset_at_us: e.reset_at_us,
+                retry_after_us: e.retry_after_us,
+            })
+            .collect();
+        let mut verdict = verdict(decision.charge, &limits);
+        let mut quota_balance = None;
+        if let Some(check) = &decision.quota {
+            let mut state = check
+                .quota
+                .balance(self.quotas.get(&check.key).copied(), now);
+            state.balance = (state.balance + check.add).max(0);
+            if verdict == Verdict::Admitted {
+                if state.balance < i64::from(decision.cost) {
+                    verdict = Verdict::QuotaExceeded;
+                } else {
+                    state.balance -= i64::from(decision.cost);
+                }
+            }
+            self.quotas.insert(check.key.clone(), state);
+            quota_balance = Some(state.balance);
+        }
+        if verdict == Verdict::Admitted {
+            for (key, _, e) in &evaluations {
+                self.limits
+                    .insert((*key).clone(), (e.next, e.expires_at_us));
+            }
+        }
+        if let Some(usage) = &decision.usage {
+            let code = match verdict {
+                Verdict::RateLimited => ValidationCode::RateLimited,
+                Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
+                _ => usage.code,
+            };
+            let secs = now.div_euclid(1_000_000);
+            for (granularity, ttl) in [
+                (Granularity::Hour, usage.retention.hourly_secs),
+                (Granularity::Day, usage.retention.daily_secs),
+            ] {
+                let key = bucket_key(&usage.base, granularity, secs / granularity.seconds());
+                let (counts, expires) = self.counters.entry(key).or_default();
+                *counts.entry(code).or_default() += 1;
+                *expires = now + ttl * 1_000_000;
+            }
+            let (log, expires) = self.logs.entry(format!("{}:log", usage.base)).or_default();
+            log.push_front(RecentRequest {
+                context: usage.context.clone(),
+                code,
+                at_ms: now / 1000,
+            });
+            log.truncate(usage.retention.recent_requests as usize);
+            *expires = now + usage.retention.daily_secs * 1_000_000;
+        }
+        Outcome {
+            verdict,
+            now_us: now,
+            limits,
+            quota_balance,
+        }
+    }
+}
+
+fn bucket_key(base: &str, granularity: Granularity, index: i64) -> String {
+    format!("{base}:{}:{index}", granularity.code())
+}
+
+#[tonic::async_trait]
+impl RateLimitStore for MemoryStore {
+    async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError> {
+        let mut state = self.state.lock().expect("limiter lock poisoned");
+        Ok(state.decide(decision, now_us()))
+    }
+
+    async fn usage(
+        &self,
+        base: &str,
+        granularity: Granularity,
+        first: i64,
+        last: i64,
+        recent: u32,
+    ) -> Result<KeyUsage, StoreError> {
+        let state = self.state.lock().expect("limiter lock poisoned");
+        let now = now_us();
+        let live = |expires: &i64| *expires > now;
+        let buckets = (first..=last)
+            .map(|index| {
+                let mut counts: Vec<(ValidationCode, u64)> = state
+                    .counters
+                    .get(&bucket_key(base, granularity, index))
+                    .filter(|(_, expires)| live(expires))
+                    .map(|(counts, _)| counts.iter().map(|(c, n)| (*c, *n)).collect())
+                    .unwrap_or_default();
+                counts.sort_by_key(|(code, _)| code.as_str());
+                UsageBucket {
+                    start_secs: index * granularity.seconds(),
+                    counts,
+                }
+            })
+            .collect();
+        let recent = state
+            .logs
+            .get(&format!("{base}:log"))
+            .filter(|(_, expires)| live(expires))
+            .map(|(log, _)| log.iter().take(recent as usize).cloned().collect())
+            .unwrap_or_default();
+        Ok(KeyUsage { buckets, recent })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,287 @@
+//! The Redis store, on a single node or a Redis Cluster. Each decision is one
+//! `EVALSHA` of `decide.lua` (redis-rs loads the script again on NOSCRIPT),
+//! so a `Validate` with limits, quota and usage costs one round trip, and
+//! every replica shares one count and one clock (the server's `TIME`).
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use super::quota::RefillInterval;
+use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict};
+use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
+use crate::domain::ValidationCode;
+
+const DECIDE: &str = include_str!("decide.lua");
+const USAGE: &str = include_str!("usage.lua");
+
+pub struct RedisStore {
+    target: Target,
+    decide: Script,
+    usage: Script,
+}
+
+enum Target {
+    /// One node behind a manager that reconnects by itself.
+    Single(ConnectionManager),
+    /// A cluster; the connection is made on first use and then keeps itself
+    /// up to date with the cluster's slots and nodes.
+    Cluster {
+        client: Box<ClusterClient>,
+        connection: RwLock<Option<ClusterConnection>>,
+    },
+}
+
+/// Either kind of connection, so that scripts run the same on both.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down at start is an outage like any
+    /// other, not a reason to refuse to start. `urls` holds one URL, or for
+    /// a cluster one or more seed nodes separated by commas.
+    pub fn new(urls: &str, cluster: bool, timeout: Duration) -> anyhow::Result<RedisStore> {
+        let target = if cluster {
+            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()?;
+            Target::Cluster {
+                client: Box::new(client),
+                connection: RwLock::new(None),
+            }
+        } else {
+            let client = redis::Client::open(urls)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Target::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+        };
+        Ok(RedisStore {
+            target,
+            decide: Script::new(DECIDE),
+            usage: Script::new(USAGE),
+        })
+    }
+
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        match &self.target {
+            Target::Single(manager) => Ok(Connection::Single(manager.clone())),
+            Target::Cluster { client, connection } => {
+                if let Some(c) = connection.read().expect("lock poisoned").clone() {
+                    return Ok(Connection::Cluster(c));
+                }
+                let c = client.get_async_connection().await?;
+                *connection.write().expect("lock poisoned") = Some(c.clone());
+                Ok(Connection::Cluster(c))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitStore for RedisStore {
+    async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError> {
+        let mut invocation = self.decide.prepare_invoke();
+        invocation
+            .arg(decision.cost)
+            .arg(u8::from(decision.charge))
+            .arg(decision.limits.len());
+        for (key, limit) in &decision.limits {
+            invocation
+                .key(key)
+                .arg(limit.algorithm.code())
+                .arg(limit.limit)
+                .arg(limit.window_us());
+        }
+        match &decision.quota {
+            Some(check) => {
+                invocation
+                    .key(&check.key)
+                    .arg(1)
+                    .arg(check.quota.version)
+                    .arg(check.quota.remaining)
+                    .arg(check.quota.refill_amount)
+                    .arg(RefillInterval::code(check.quota.refill_interval))
+                    .arg(check.add);
+            }
+            None => {
+                invocation.arg(&[0, 0, 0, 0, 0, 0]);
+            }
+        }
+        match &decision.usage {
+            Some(usage) => {
+                invocation
+                    .key(&usage.base)
+                    .arg(1)
+                    .arg(usage.code.as_str())
+                    .arg(usage.retention.hourly_secs)
+                    .arg(usage.retention.daily_secs)
+                    .arg(usage.retention.recent_requests)
+                    .arg(usage.retention.daily_secs)
+                    .arg(&usage.context.endpoint)
+                    .arg(&usage.context.method)
+                    .arg(&usage.context.ip)
+                    .arg(&usage.context.user_agent);
+            }
+            None => {
+                invocation.arg(0);
+            }
+        }
+        let mut connection = self.connection().await?;
+        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
+        parse_outcome(decision, &reply)
+    }
+
+    async fn usage(
+        &self,
+        base: &str,
+        granularity: Granularity,
+        first: i64,
+        last: i64,
+        recent: u32,
+    ) -> Result<KeyUsage, StoreError> {
+        let mut connection = self.connection().await?;
+        let (buckets, log): (Vec<Vec<String>>, Vec<String>) = self
+            .usage
+            .key(base)
+            .arg(granularity.code())
+            .arg(first)
+            .arg(last)
+            .arg(recent)
+            .invoke_async(&mut connection)
+            .await?;
+        let bad = |what: &str| StoreError::BadReply(what.to_owned());
+        let mut usage = KeyUsage::default();
+        for (offset, fields) in buckets.iter().enumerate() {
+            let mut counts = Vec::new();
+            for pair in fields.chunks(2) {
+                let [code, count] = pair else {
+                    return Err(bad("odd usage hash"));
+                };
+                let code = ValidationCode::from_name(code).ok_or_else(|| bad("unknown code"))?;
+                counts.push((code, count.parse().map_err(|_| bad("usage count"))?));
+            }
+            counts.sort_by_key(|(code, _)| code.as_str());
+            usage.buckets.push(UsageBucket {
+                start_secs: (first + offset as i64) * granularity.seconds(),
+                counts,
+            });
+        }
+        for entry in log {
+            usage
+                .recent
+                .push(parse_log_entry(&entry).ok_or_else(|| bad("log entry"))?);
+        }
+        Ok(usage)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+fn parse_outcome(decision: &Decision, reply: &[i64]) -> Result<Outcome, StoreError> {
+    let n = decision.limits.len();
+    if reply.len() != 3 + 4 * n {
+        return Err(StoreError::BadReply(format!(
+            "{} numbers for {n} limits",
+            reply.len()
+        )));
+    }
+    let verdict = match reply[0] {
+        0 => Verdict::Admitted,
+        1 => Verdict::RateLimited,
+        2 => Verdict::QuotaExceeded,
+        _ => Verdict::NotCharged,
+    };
+    let limits = decision
+        .limits
+        .iter()
+        .zip(reply[3..].chunks(4))
+        .map(|((_, limit), r)| LimitStatus {
+            limit: *limit,
+            allowed: r[0] == 1,
+            remaining: r[1].clamp(0, i64::from(u32::MAX)) as u32,
+            reset_at_us: r[2],
+            retry_after_us: r[3],
+        })
+        .collect();
+    Ok(Outcome {
+        verdict,
+        now_us: reply[1],
+        limits,
+        quota_balance: decision.quota.as_ref().map(|_| reply[2]),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct LogEntry {
+    e: String,
+    m: String,
+    i: String,
+    u: String,
+    c: String,
+    t: i64,
+}
+
+fn parse_log_entry(raw: &str) -> Option<RecentRequest> {
+    let entry: LogEntry = serde_json::from_str(raw).ok()?;
+    Some(RecentRequest {
+        context: RequestContext {
+            endpoint: entry.e,
+            method: entry.m,
+            ip: entry.i,
+            user_agent: entry.u,
+        },
+        code: ValidationCode::from_name(&entry.c)?,
+        at_ms: entry.t,
+    })
+}

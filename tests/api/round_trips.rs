@@ -1,0 +1,145 @@
+//! A Validate with limits, a quota and usage costs one Redis round trip:
+//! one EVALSHA, seen with MONITOR (every command a client sends, and the
+//! commands scripts run, marked `lua`) on a Redis this test owns.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use apikeyd::config::RedisUrl;
+use apikeyd::grpc::pb::{self, RateLimitAlgorithm};
+
+use crate::helpers::{Backend, spawn_app_with};
+use crate::limiter_harness::{RedisServer, rate_limit, redis_cli_bin, redis_connection};
+
+const VALIDATIONS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
+    let test = async {
+        let redis = RedisServer::start(false);
+        let url = redis.url();
+        let app = spawn_app_with(Backend::Sqlite, |settings| {
+            settings.redis_url = Some(RedisUrl::from(url.as_str()));
+            settings.redis_timeout_ms = 2_000;
+        })
+        .await;
+        app.keys
+            .clone()
+            .set_owner_limits(app.authed(pb::SetOwnerLimitsRequest {
+                owner_id: "owner".into(),
+                tier: "pro".into(),
+                rate_limits: vec![],
+            }))
+            .await
+            .unwrap();
+        let mut request = crate::helpers::create_request("owner", &["*"]);
+        request.rate_limits = vec![
+            rate_limit(100, 1_000, RateLimitAlgorithm::TokenBucket),
+            rate_limit(1_000, 3_600_000, RateLimitAlgorithm::SlidingWindow),
+        ];
+        request.quota = Some(pb::UsageQuota {
+            remaining: 1_000,
+            refill_amount: 1_000,
+            refill_interval: pb::RefillInterval::Monthly as i32,
+        });
+        let key = app
+            .keys
+            .clone()
+            .create_key(app.authed(request))
+            .await
+            .unwrap()
+            .into_inner()
+            .key;
+        let validate = || {
+            let mut client = app.validation.clone();
+            let key = key.clone();
+            async move {
+                client
+                    .validate(pb::ValidateRequest {
+                        key,
+                        context: Some(pb::RequestContext {
+                            endpoint: "/v1/posts".into(),
+                            method: "GET".into(),
+                            ip: "192.0.2.1".into(),
+                            user_agent: "bench".into(),
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        // The first call loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+        assert!(validate().await.valid);
+        let mut admin = redis_connection(&url);
+        ::redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query::<()>(&mut admin)
+            .unwrap();
+        let mut monitor = Command::new(redis_cli_bin())
+            .args(["-p", &redis.port.to_string(), "monitor"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli monitor");
+        let lines = BufReader::new(monitor.stdout.take().unwrap());
+        let reader =
+            std::thread::spawn(move || lines.lines().map_while(Result::ok).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        for _ in 0..VALIDATIONS {
+            assert!(validate().await.valid);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+        let seen = reader.join().unwrap();
+
+        // Top-level commands (not run by a script), apart from the health probe's PING.
+        let sent: Vec<&String> = seen
+            .iter()
+            .filter(|l| {
+                l.contains(" [")
+                    && !l.contains(" lua]")
+                    && !l.contains("\"PING\"")
+                    && !l.contains("\"ping\"")
+            })
+            .collect();
+        assert_eq!(
+            sent.len(),
+            VALIDATIONS,
+            "one round trip per Validate: {sent:#?}"
+        );
+        assert!(
+            sent.iter()
+                .all(|l| l.to_lowercase().contains("\"evalsha\"")),
+            "{sent:#?}"
+        );
+
+        // What the script runs inside, per Validate, from INFO commandstats.
+        let info: String = ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut admin)
+            .unwrap();
+        let mut per_call = BTreeMap::new();
+        for line in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+            let (name, stats) = line.split_once(':').unwrap();
+            let calls: usize = stats
+                .split(',')
+                .find_map(|s| s.strip_prefix("calls="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            if !["ping", "config|resetstat", "info", "monitor"].contains(&name) {
+                per_call.insert(name.to_owned(), calls as f64 / VALIDATIONS as f64);
+            }
+        }
+        eprintln!("Redis commands per Validate (1 round trip): {per_call:?}");
+        assert_eq!(per_call.get("evalsha"), Some(&1.0));
+    };
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the test finished within 2 minutes");
+}
