@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
+use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::ratelimit::LimitSource;
 
 /// What the store said about an id, and when.
@@ -40,6 +41,8 @@ pub struct KeyCache {
     invalidations_flowing: AtomicBool,
     /// How long an entry is trusted while invalidations may be missed.
     degraded_ttl: Duration,
+    /// Where this replica's invalidations go, when replicas share Redis.
+    bus: std::sync::OnceLock<Arc<InvalidationBus>>,
 }
 
 /// Owners whose shared limits are cached; each entry is small.
@@ -87,6 +90,7 @@ impl KeyCache {
                 .build(),
             invalidations_flowing: AtomicBool::new(false),
             degraded_ttl,
+            bus: std::sync::OnceLock::new(),
         }
     }
 
@@ -147,12 +151,34 @@ impl KeyCache {
             || loaded_at.elapsed() < self.degraded_ttl
     }
 
+    /// Evicts a changed key here and, when a bus is attached, on every replica.
     pub async fn invalidate(&self, id: &KeyId) {
+        self.evict(id).await;
+        if let Some(bus) = self.bus.get() {
+            bus.publish(Invalidation::Key(id.clone()));
+        }
+    }
+
+    /// Evicts an owner's changed limits here and on every replica.
+    pub async fn invalidate_owner(&self, owner_id: &str) {
+        self.evict_owner(owner_id).await;
+        if let Some(bus) = self.bus.get() {
+            bus.publish(Invalidation::Owner(owner_id.to_owned()));
+        }
+    }
+
+    /// Evicts a key on this replica only (what a received invalidation does).
+    pub async fn evict(&self, id: &KeyId) {
         self.entries.invalidate(id).await;
     }
 
-    pub async fn invalidate_owner(&self, owner_id: &str) {
+    pub async fn evict_owner(&self, owner_id: &str) {
         self.owners.invalidate(owner_id).await;
+    }
+
+    /// Sends this replica's invalidations to the others from now on.
+    pub fn attach_bus(&self, bus: Arc<InvalidationBus>) {
+        let _ = self.bus.set(bus);
     }
 
     pub fn invalidate_all(&self) {

@@ -16,6 +16,7 @@
 //! - [`access`]: root keys and the permission each management call needs.
 //! - [`key_cache`]: key records cached for Validate, and the guard that
 //!   caps argon2 runs on wrong secrets.
+//! - [`invalidation`]: cache invalidation between replicas over Redis pub/sub.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
 //! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
 //!   quotas and usage counters, decided in one round trip by Redis (single
@@ -32,6 +33,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
 pub mod ratelimit;

@@ -25,6 +25,7 @@ use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::invalidation::InvalidationBus;
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::memory::MemoryStore;
@@ -56,6 +57,10 @@ const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
+    /// Key records for Validate; the invalidation subscription feeds it.
+    key_cache: Arc<KeyCache>,
+    /// Present when replicas share Redis.
+    invalidation_bus: Option<Arc<InvalidationBus>>,
     listener: TcpListener,
     http_listener: TcpListener,
     db: DatabaseConnection,
@@ -105,21 +110,39 @@ impl Application {
             KEY_CACHE_TTL,
             Duration::from_secs(settings.key_cache_degraded_ttl_secs),
         ));
-        // One process owns an SQLite file, so its own evictions are all there
-        // is. With a shared PostgreSQL, other replicas change keys too, and
-        // until a channel carries their invalidations, entries stay short-lived.
-        let single_process = settings
-            .database_url
-            .as_ref()
-            .is_none_or(|url| url.expose().starts_with("sqlite:"));
-        key_cache.set_invalidations_flowing(single_process);
+        // With Redis, replicas tell each other what changed and the
+        // subscription decides how far the cache is trusted. Without it, one
+        // process owning an SQLite file sees every change itself; replicas
+        // sharing a PostgreSQL do not, so their entries stay short-lived.
+        let invalidation_bus = match &settings.redis_url {
+            Some(url) => {
+                let bus = InvalidationBus::connect(
+                    url.expose(),
+                    &settings.redis_key_prefix,
+                    Duration::from_millis(settings.redis_timeout_ms),
+                )
+                .await
+                .with_context(|| format!("invalid Redis URL {url}"))?;
+                let bus = Arc::new(bus);
+                key_cache.attach_bus(bus.clone());
+                Some(bus)
+            }
+            None => {
+                let single_process = settings
+                    .database_url
+                    .as_ref()
+                    .is_none_or(|url| url.expose().starts_with("sqlite:"));
+                key_cache.set_invalidations_flowing(single_process);
+                None
+            }
+        };
         let limiter = Arc::new(build_limiter(&settings)?);
         let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
         let authority = Arc::new(KeyAuthority::new(
             store.clone(),
             hasher.clone(),
             last_used.clone(),
-            key_cache,
+            key_cache.clone(),
             limiter.clone(),
             tiers,
             AuthorityPolicy {
@@ -138,6 +161,8 @@ impl Application {
             gate,
             last_used,
             limiter,
+            key_cache,
+            invalidation_bus,
         })
     }
 
@@ -184,6 +209,12 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
+        if let Some(bus) = &self.invalidation_bus {
+            background.push(tokio::spawn(bus.clone().subscribe_forever(
+                self.key_cache.clone(),
+                self.limiter.watch_reachable(),
+            )));
+        }
         if self.limiter.is_remote() {
             health_reporter
                 .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
