@@ -84,13 +84,18 @@ impl RateLimiter {
     /// The second value is false when the policy decided.
     pub async fn decide(&self, decision: &Decision) -> (Outcome, bool) {
         if !self.in_outage() {
-            match self.bounded(self.store.decide(decision)).await {
-                Ok(outcome) => return (outcome, true),
+            match self.bounded("decide", self.store.decide(decision)).await {
+                Ok(outcome) => {
+                    count_decision(&outcome, "store");
+                    return (outcome, true);
+                }
                 Err(error) => self.outage_began(&error),
             }
         }
         self.count_policy_decision();
-        (self.by_policy(decision), false)
+        let outcome = self.by_policy(decision);
+        count_decision(&outcome, "policy");
+        (outcome, false)
     }
 
     /// CheckRateLimit: `cost` against one limit of one identifier.
@@ -124,7 +129,10 @@ impl RateLimiter {
     ) -> Result<KeyUsage, StoreError> {
         let recent = self.retention.recent_requests;
         let result = self
-            .bounded(self.store.usage(base, granularity, first, last, recent))
+            .bounded(
+                "usage",
+                self.store.usage(base, granularity, first, last, recent),
+            )
             .await;
         if let Err(error) = &result {
             self.outage_began(error);
@@ -138,20 +146,47 @@ impl RateLimiter {
         let mut ticks = tokio::time::interval(PROBE_INTERVAL);
         loop {
             ticks.tick().await;
-            match self.bounded(self.store.ping()).await {
+            match self.bounded("ping", self.store.ping()).await {
                 Ok(()) => self.outage_ended(),
                 Err(error) => self.outage_began(&error),
             }
         }
     }
 
+    /// One store call: bounded by the timeout, in its own span (a child of
+    /// the RPC's), and for Redis timed and counted in the metrics.
     async fn bounded<T>(
         &self,
+        operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
+        use tracing::Instrument;
+        let remote = self.store.is_remote();
+        // A child span inside a traced call; the background probe, which
+        // runs outside any call, makes none.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "rate_limit_store",
+                otel.name = operation,
+                otel.kind = "client",
+                db.system = if remote { "redis" } else { "memory" },
+            )
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call.instrument(span))
             .await
-            .unwrap_or(Err(StoreError::Timeout(self.timeout)))
+            .unwrap_or(Err(StoreError::Timeout(self.timeout)));
+        if remote {
+            ::metrics::histogram!("apikeyd_redis_duration_seconds", "operation" => operation)
+                .record(started.elapsed());
+            if result.is_err() {
+                ::metrics::counter!("apikeyd_redis_errors_total", "operation" => operation)
+                    .increment(1);
+            }
+        }
+        result
     }
 
     fn in_outage(&self) -> bool {
@@ -223,4 +258,16 @@ impl RateLimiter {
             quota_balance: None,
         }
     }
+}
+
+/// `apikeyd_rate_limit_decisions_total`, by verdict and by who decided.
+fn count_decision(outcome: &Outcome, decided_by: &'static str) {
+    let verdict = match outcome.verdict {
+        Verdict::Admitted => "admitted",
+        Verdict::RateLimited => "rate_limited",
+        Verdict::QuotaExceeded => "quota_exceeded",
+        Verdict::NotCharged => "not_charged",
+    };
+    ::metrics::counter!("apikeyd_rate_limit_decisions_total", "verdict" => verdict, "decided_by" => decided_by)
+        .increment(1);
 }

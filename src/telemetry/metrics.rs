@@ -11,6 +11,10 @@
 //! | `apikeyd_argon2_duration_seconds` | histogram | `operation` (`hash`, `verify`) |
 //! | `apikeyd_db_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_db_errors_total` | counter | `operation` |
+//! | `apikeyd_rate_limit_decisions_total` | counter | `verdict`, `decided_by` (`store`, `policy`) |
+//! | `apikeyd_redis_duration_seconds` | histogram | `operation` |
+//! | `apikeyd_redis_errors_total` | counter | `operation` |
+//! | `apikeyd_invalidations_lost_total` | counter | |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -84,6 +88,23 @@ fn describe() {
         "apikeyd_argon2_duration_seconds",
         Unit::Seconds,
         "argon2 time, queueing included"
+    );
+    describe_counter!(
+        "apikeyd_rate_limit_decisions_total",
+        "Limit and quota decisions, by verdict and by who decided (the store, or the failure policy during an outage)"
+    );
+    describe_histogram!(
+        "apikeyd_redis_duration_seconds",
+        Unit::Seconds,
+        "Redis call latency, by operation"
+    );
+    describe_counter!(
+        "apikeyd_redis_errors_total",
+        "Redis calls that failed or timed out, by operation"
+    );
+    describe_counter!(
+        "apikeyd_invalidations_lost_total",
+        "Cache invalidations that could not be published after retries"
     );
     describe_histogram!(
         "apikeyd_db_duration_seconds",

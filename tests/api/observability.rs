@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apikeyd::domain::{GeneratedKey, KeyKind};
 use apikeyd::grpc::pb;
 use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
@@ -70,7 +69,16 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
         ],
     );
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let key = GeneratedKey::generate(KeyKind::Live).into_full_key();
+    let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let key = KeyServiceClient::new(connect(server.addr).await)
+        .create_key(with_bearer(create_request("traced", &["*"]), &root_key))
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
     let mut request = tonic::Request::new(pb::ValidateRequest {
         key: key.clone(),
         ..Default::default()
@@ -87,7 +95,7 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(verdict.code, pb::ValidationCode::NotFound as i32);
+    assert_eq!(verdict.code, pb::ValidationCode::Valid as i32);
     // SIGTERM flushes buffered spans before exit.
     let (status, _) = server.terminate();
     assert!(status.success());
@@ -116,6 +124,11 @@ async fn spans_reach_an_otlp_receiver_with_the_callers_trace_id() {
         .find(|s| s.name == "find_key")
         .expect("a database child span");
     assert_eq!(db.parent_span_id, rpc.span_id);
+    let limiter = ours
+        .iter()
+        .find(|s| s.name == "decide")
+        .expect("a rate-limit store child span");
+    assert_eq!(limiter.parent_span_id, rpc.span_id);
     let secret = &key[key.rfind('_').unwrap() + 1..];
     assert!(
         !format!("{spans:?}").contains(secret),
