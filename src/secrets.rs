@@ -104,15 +104,8 @@ impl SecretHasher {
 
     /// An argon2id PHC string for `secret`, with a fresh random salt.
     pub async fn hash(&self, secret: &Secret) -> Result<String> {
-        let _slot = ArgonSlot::enter("hash");
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
-        let argon2 = self.argon2.clone();
         let secret = secret.clone();
-        tokio::task::spawn_blocking(move || {
+        self.on_pool("hash", move |argon2| {
             let salt = SaltString::generate(&mut OsRng);
             argon2
                 .hash_password(secret.expose(), &salt)
@@ -120,7 +113,6 @@ impl SecretHasher {
                 .map_err(|e| Error::Internal(format!("argon2 hashing failed: {e}")))
         })
         .await
-        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
     }
 
     /// Whether `secret` (of key `id`) matches `stored_hash`. The comparison
@@ -133,25 +125,19 @@ impl SecretHasher {
         secret: &Secret,
         stored_hash: &str,
     ) -> Result<bool> {
-        if self.remembers(kind, id, secret, stored_hash).await {
+        let digest = self.digest(kind, id, secret);
+        if self.memo_holds(&digest, stored_hash).await {
             return Ok(true);
         }
-        let digest = self.digest(kind, id, secret);
-        let _slot = ArgonSlot::enter("verify");
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
-        let argon2 = self.argon2.clone();
         let (secret, stored) = (secret.clone(), stored_hash.to_owned());
-        let matched = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&stored)
-                .map_err(|e| Error::Internal(format!("stored hash is not a PHC string: {e}")))?;
-            Ok::<_, Error>(argon2.verify_password(secret.expose(), &parsed).is_ok())
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("verification task failed: {e}")))??;
+        let matched = self
+            .on_pool("verify", move |argon2| {
+                let parsed = PasswordHash::new(&stored).map_err(|e| {
+                    Error::Internal(format!("stored hash is not a PHC string: {e}"))
+                })?;
+                Ok(argon2.verify_password(secret.expose(), &parsed).is_ok())
+            })
+            .await?;
         if matched {
             self.verified.insert(digest, Arc::from(stored_hash)).await;
         }
@@ -167,15 +153,38 @@ impl SecretHasher {
         secret: &Secret,
         stored_hash: &str,
     ) -> bool {
-        let digest = self.digest(kind, id, secret);
+        self.memo_holds(&self.digest(kind, id, secret), stored_hash)
+            .await
+    }
+
+    async fn memo_holds(&self, digest: &Digest, stored_hash: &str) -> bool {
         let hit = self
             .verified
-            .get(&digest)
+            .get(digest)
             .await
             .is_some_and(|hash| *hash == *stored_hash);
         let result = if hit { "hit" } else { "miss" };
         ::metrics::counter!("apikeyd_secret_memo_total", "result" => result).increment(1);
         hit
+    }
+
+    /// Runs argon2 work on the blocking pool, at most one run per core at a
+    /// time, counted in the queue-depth gauge and timed.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce(&Argon2<'static>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let _slot = ArgonSlot::enter(operation);
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        let argon2 = self.argon2.clone();
+        tokio::task::spawn_blocking(move || work(&argon2))
+            .await
+            .map_err(|e| Error::Internal(format!("argon2 {operation} task failed: {e}")))?
     }
 
     fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> Digest {
@@ -259,6 +268,29 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn the_memo_never_holds_a_raw_key() {
+        let hasher = cheap();
+        let key = GeneratedKey::generate(KeyKind::Live);
+        let hash = hasher.hash(&key.secret).await.unwrap();
+        let full = key.into_full_key();
+        let presented = PresentedKey::parse(&full).unwrap();
+        assert!(
+            hasher
+                .verify(presented.kind, &presented.id, &presented.secret, &hash)
+                .await
+                .unwrap()
+        );
+        hasher.verified.run_pending_tasks().await;
+        assert_eq!(hasher.verified.entry_count(), 1);
+        let secret = presented.secret.expose();
+        for (digest, remembered) in hasher.verified.iter() {
+            assert!(!digest.windows(secret.len()).any(|w| w == secret));
+            assert!(!remembered.contains(std::str::from_utf8(secret).unwrap()));
+            assert!(!remembered.contains(&full));
+        }
     }
 
     #[test]

@@ -401,3 +401,21 @@ pub fn sample(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// `key`'s public part (prefix and id) with another secret and a correct
+/// checksum: well formed, so it reaches the lookup, but wrong.
+pub fn wrong_secret_for(key: &str) -> String {
+    use apikeyd::domain::{GeneratedKey, KeyKind};
+    let public_part = &key[..key.rfind('_').expect("a key has a separator") + 1];
+    let other = GeneratedKey::generate(KeyKind::Live).into_full_key();
+    let other_secret = &other[other.rfind('_').unwrap() + 1..other.len() - 6];
+    let signed = format!("{public_part}{other_secret}");
+    let mut value = u64::from(crc32fast::hash(signed.as_bytes()));
+    let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = alphabet[(value % 62) as usize];
+        value /= 62;
+    }
+    format!("{signed}{}", String::from_utf8(digits.to_vec()).unwrap())
+}

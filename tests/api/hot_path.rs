@@ -7,7 +7,7 @@ use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 
 use crate::helpers::{
-    ServerProcess, code_of, connect, create_request, sample, scrape, with_bearer,
+    ServerProcess, code_of, connect, create_request, sample, scrape, with_bearer, wrong_secret_for,
 };
 
 const ARGON2_VERIFICATIONS: &str = r#"apikeyd_argon2_duration_seconds_count{operation="verify"}"#;
@@ -54,20 +54,6 @@ impl Server {
     async fn metric(&self, series: &str) -> f64 {
         sample(&scrape(self.process.http_addr).await, series)
     }
-}
-
-/// The key's id with another secret, re-checksummed: well formed, wrong.
-fn wrong_secret_for(key: &str) -> String {
-    let other = GeneratedKey::generate(KeyKind::Live).into_full_key();
-    let signed = format!("{}{}", &key[..25], &other[25..other.len() - 6]);
-    let mut value = u64::from(crc32fast::hash(signed.as_bytes()));
-    let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = alphabet[(value % 62) as usize];
-        value /= 62;
-    }
-    format!("{signed}{}", String::from_utf8(digits.to_vec()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
