@@ -220,6 +220,9 @@ impl Application {
                 .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
                 .await;
             background.push(tokio::spawn(self.limiter.clone().probe_periodically()));
+            background.push(tokio::spawn(
+                self.limiter.clone().flush_usage_periodically(),
+            ));
             background.push(tokio::spawn(watch_limiter(
                 self.limiter.clone(),
                 health_reporter.clone(),
@@ -311,6 +314,7 @@ impl Application {
         for task in background {
             task.abort();
         }
+        self.limiter.flush_usage().await;
         if let Err(e) = self.last_used.flush(&self.store).await {
             tracing::warn!(error = %e, "could not write the last batch of last_used_at");
         }

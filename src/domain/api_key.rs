@@ -89,21 +89,6 @@ const CODES: [ValidationCode; 9] = [
 ];
 
 impl ValidationCode {
-    /// A stable lower-case name, for metric labels and usage counters.
-    pub fn label(self) -> &'static str {
-        match self {
-            ValidationCode::Valid => "valid",
-            ValidationCode::Malformed => "malformed",
-            ValidationCode::NotFound => "not_found",
-            ValidationCode::Revoked => "revoked",
-            ValidationCode::Disabled => "disabled",
-            ValidationCode::Expired => "expired",
-            ValidationCode::InsufficientScope => "insufficient_scope",
-            ValidationCode::RateLimited => "rate_limited",
-            ValidationCode::UsageExceeded => "usage_exceeded",
-        }
-    }
-
     /// The sentence a caller may pass on to its own client.
     pub fn message(self) -> &'static str {
         match self {

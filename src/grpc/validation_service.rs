@@ -48,7 +48,7 @@ impl ValidationService for ValidationApi {
             ),
         };
         let verdict = self.authority.validate(&req.key, request).await?;
-        ::metrics::counter!("apikeyd_validations_total", "code" => verdict.code.label())
+        ::metrics::counter!("apikeyd_validations_total", "code" => verdict.code.as_str())
             .increment(1);
         let message = match verdict.code {
             ValidationCode::Malformed if req.key.is_empty() => "Missing API key",

@@ -16,6 +16,10 @@ use super::limit::Limit;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict};
 use super::usage::{Granularity, KeyUsage, Retention};
 
+/// How often usage gathered in the background is written.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// The longest one flush may take.
+const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an unreachable store is probed (and a reachable one checked).
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// The wait a fail-closed refusal suggests.
@@ -138,6 +142,26 @@ impl RateLimiter {
             self.outage_began(error);
         }
         result
+    }
+
+    /// Writes usage the store gathered in the background (validations with
+    /// no limit or quota). A failure starts an outage like any other.
+    pub async fn flush_usage(&self) {
+        let flushed = tokio::time::timeout(USAGE_FLUSH_TIMEOUT, self.store.flush())
+            .await
+            .unwrap_or(Err(StoreError::Timeout(USAGE_FLUSH_TIMEOUT)));
+        if let Err(error) = flushed {
+            self.outage_began(&error);
+        }
+    }
+
+    /// Flushes gathered usage every [`USAGE_FLUSH_INTERVAL`], forever.
+    pub async fn flush_usage_periodically(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+        loop {
+            ticks.tick().await;
+            self.flush_usage().await;
+        }
     }
 
     /// Probes the store forever: ends an outage when it answers again, and

@@ -22,6 +22,7 @@ pub mod quota;
 pub mod redis;
 pub mod store;
 pub mod usage;
+pub mod usage_buffer;
 
 pub use limit::{Algorithm, Limit, LimitSource, Tiers};
 pub use limiter::{FailurePolicy, RateLimiter};

@@ -12,17 +12,24 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::quota::RefillInterval;
-use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict};
+use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
+use super::usage_buffer::UsageBuffer;
 use crate::domain::ValidationCode;
 
 const DECIDE: &str = include_str!("decide.lua");
 const USAGE: &str = include_str!("usage.lua");
+const USAGE_BATCH: &str = include_str!("usage_batch.lua");
+/// Keys written at once by a flush.
+const FLUSH_CONCURRENCY: usize = 32;
 
 pub struct RedisStore {
     target: Target,
     decide: Script,
     usage: Script,
+    usage_batch: Script,
+    /// Usage of decisions with nothing to decide, written in the background.
+    buffer: UsageBuffer,
 }
 
 enum Target {
@@ -100,6 +107,8 @@ impl RedisStore {
             target,
             decide: Script::new(DECIDE),
             usage: Script::new(USAGE),
+            usage_batch: Script::new(USAGE_BATCH),
+            buffer: UsageBuffer::default(),
         })
     }
 
@@ -121,6 +130,19 @@ impl RedisStore {
 #[tonic::async_trait]
 impl RateLimitStore for RedisStore {
     async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError> {
+        if decision.limits.is_empty() && decision.quota.is_none() {
+            // Nothing to decide: the usage waits for the next flush, and the
+            // caller no round trip.
+            if let Some(usage) = &decision.usage {
+                self.buffer.add(usage);
+            }
+            return Ok(Outcome {
+                verdict: verdict(decision.charge, &[]),
+                now_us: chrono::Utc::now().timestamp_micros(),
+                limits: Vec::new(),
+                quota_balance: None,
+            });
+        }
         let mut invocation = self.decide.prepare_invoke();
         invocation
             .arg(decision.cost)
@@ -180,6 +202,8 @@ impl RateLimitStore for RedisStore {
         last: i64,
         recent: u32,
     ) -> Result<KeyUsage, StoreError> {
+        // A replica always sees its own validations.
+        self.flush().await?;
         let mut connection = self.connection().await?;
         let (buckets, log): (Vec<Vec<String>>, Vec<String>) = self
             .usage
@@ -225,6 +249,54 @@ impl RateLimitStore for RedisStore {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    /// One `usage_batch.lua` per key with gathered usage, several at once.
+    /// A failed batch is dropped (and counted), as usage is during an outage.
+    async fn flush(&self) -> Result<(), StoreError> {
+        use futures_util::stream::{self, StreamExt};
+        let pending = self.buffer.take();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let connection = self.connection().await?;
+        let results: Vec<Result<i64, StoreError>> = stream::iter(pending)
+            .map(|(base, usage)| {
+                let mut connection = connection.clone();
+                let mut invocation = self.usage_batch.prepare_invoke();
+                invocation
+                    .key(&base)
+                    .arg(usage.retention.hourly_secs)
+                    .arg(usage.retention.daily_secs)
+                    .arg(usage.retention.recent_requests)
+                    .arg(usage.retention.daily_secs)
+                    .arg(usage.counts.len());
+                for (code, count) in &usage.counts {
+                    invocation.arg(*code).arg(*count);
+                }
+                invocation.arg(usage.recent.len());
+                for (context, code, at) in &usage.recent {
+                    invocation
+                        .arg(&context.endpoint)
+                        .arg(&context.method)
+                        .arg(&context.ip)
+                        .arg(&context.user_agent)
+                        .arg(*code)
+                        .arg(at.elapsed().as_millis() as u64);
+                }
+                async move { Ok(invocation.invoke_async::<i64>(&mut connection).await?) }
+            })
+            .buffer_unordered(FLUSH_CONCURRENCY)
+            .collect()
+            .await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            ::metrics::counter!("apikeyd_usage_dropped_total").increment(failed as u64);
+        }
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 }
 

@@ -106,6 +106,11 @@ pub trait RateLimitStore: Send + Sync {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Writes usage gathered in the background, if the store gathers any.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether the store is remote and may fail (and so has a health entry).
     fn is_remote(&self) -> bool;
 }

@@ -143,3 +143,96 @@ async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
         .await
         .expect("the test finished within 2 minutes");
 }
+
+/// Top-level commands apikeyd sends while `work` runs (the health probe's
+/// PING aside), seen with MONITOR on `redis`.
+async fn commands_sent_during(
+    redis: &RedisServer,
+    work: impl std::future::Future<Output = ()>,
+) -> Vec<String> {
+    let mut monitor = Command::new(redis_cli_bin())
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli monitor");
+    let lines = BufReader::new(monitor.stdout.take().unwrap());
+    let reader =
+        std::thread::spawn(move || lines.lines().map_while(Result::ok).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    work.await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    reader
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|l| {
+            l.contains(" [") && !l.contains(" lua]") && !l.to_lowercase().contains("\"ping\"")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validate_without_limits_costs_no_round_trip_and_its_usage_still_arrives() {
+    let test = async {
+        let redis = RedisServer::start(false);
+        let url = redis.url();
+        let app = spawn_app_with(Backend::Sqlite, |settings| {
+            settings.redis_url = Some(RedisUrl::from(url.as_str()));
+            settings.redis_timeout_ms = 2_000;
+        })
+        .await;
+        let (key, created) = app.create_key("owner", &["*"]).await;
+        app.keys
+            .clone()
+            .update_key(app.authed(pb::UpdateKeyRequest {
+                id: created.id.clone(),
+                limits: Some(pb::update_key_request::Limits::RateLimits(
+                    pb::RateLimitList {
+                        rate_limits: vec![],
+                    },
+                )),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert!(app.validate(&key, &[]).await.valid);
+        let usage = || async {
+            app.keys
+                .clone()
+                .get_key_usage(app.authed(pb::GetKeyUsageRequest {
+                    id: created.id.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+        };
+        // Reading usage flushes what was gathered (and loads the script).
+        usage().await;
+
+        let sent = commands_sent_during(&redis, async {
+            for _ in 0..VALIDATIONS {
+                assert!(app.validate(&key, &[]).await.valid);
+            }
+        })
+        .await;
+
+        // The background flush may land inside the window; never one per call.
+        assert!(
+            sent.len() <= 2,
+            "validations without limits went to Redis: {sent:#?}"
+        );
+        let usage = usage().await;
+        let total: u64 = usage.buckets.iter().map(|b| b.total).sum();
+        assert_eq!(
+            total,
+            VALIDATIONS as u64 + 1,
+            "every validation was counted"
+        );
+        assert_eq!(usage.recent_requests.len(), VALIDATIONS + 1);
+    };
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the test finished within 2 minutes");
+}
