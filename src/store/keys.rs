@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryIntoModel,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    TryIntoModel,
 };
 
 use super::entities::{api_key, key_owner};
@@ -65,6 +66,10 @@ pub struct ListQuery {
     pub after: Option<ListCursor>,
     pub page_size: u64,
 }
+
+/// Keys per `last_used_at` statement (two parameters each, well under
+/// either database's limit).
+const LAST_USED_CHUNK: usize = 500;
 
 #[derive(Clone)]
 pub struct KeyStore {
@@ -289,18 +294,35 @@ impl KeyStore {
         Ok((to_domain(new)?, old))
     }
 
-    /// Writes a batch of last-use times, never moving one backwards.
+    /// Writes a batch of last-use times, never moving one backwards: one
+    /// UPDATE per [`LAST_USED_CHUNK`] keys, joined to the new times.
     pub async fn record_last_used(&self, uses: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
-        for (id, used_at) in uses {
-            api_key::Entity::update_many()
-                .col_expr(api_key::Column::LastUsedAt, Expr::value(*used_at))
-                .filter(api_key::Column::Id.eq(id.as_str()))
-                .filter(
-                    Condition::any()
-                        .add(api_key::Column::LastUsedAt.is_null())
-                        .add(api_key::Column::LastUsedAt.lt(*used_at)),
-                )
-                .exec(&self.db)
+        let backend = self.db.get_database_backend();
+        for chunk in uses.chunks(LAST_USED_CHUNK) {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 2);
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (i, (id, used_at)) in chunk.iter().enumerate() {
+                let (a, b) = match backend {
+                    DbBackend::Postgres => (format!("${}", 2 * i + 1), format!("${}", 2 * i + 2)),
+                    _ => ("?".to_owned(), "?".to_owned()),
+                };
+                rows.push(if i == 0 {
+                    format!("SELECT {a} AS id, {b} AS used_at")
+                } else {
+                    format!("SELECT {a}, {b}")
+                });
+                values.push(id.as_str().into());
+                values.push((*used_at).into());
+            }
+            let sql = format!(
+                "UPDATE api_keys SET last_used_at = batch.used_at \
+                 FROM ({}) AS batch \
+                 WHERE api_keys.id = batch.id \
+                 AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < batch.used_at)",
+                rows.join(" UNION ALL ")
+            );
+            self.db
+                .execute(Statement::from_sql_and_values(backend, sql, values))
                 .await?;
         }
         Ok(())
