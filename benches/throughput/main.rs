@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use apikeyd::grpc::pb;
+use apikeyd::grpc::pb::rate_limit_service_client::RateLimitServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::secrets::Argon2Cost;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -31,7 +33,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use load::{Attempt, Load, Outcome};
-use server::{ApikeydProcess, FreshDatabase};
+use server::{ApikeydProcess, FreshDatabase, KeyLimits};
 
 const USAGE: &str = "\
 cargo bench --bench throughput [-- OPTIONS]
@@ -61,6 +63,8 @@ struct Options {
     main_part: bool,
     scale_part: bool,
     postgres_url: String,
+    /// The Redis the server counts limits in (and gathers usage into).
+    redis_url: String,
 }
 
 impl Options {
@@ -136,6 +140,8 @@ impl Options {
                 || matches!(scale_env.as_str(), "1" | "true" | "yes"),
             postgres_url: std::env::var("APIKEYD_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+            redis_url: std::env::var("APIKEYD_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
         };
         anyhow::ensure!(
             options.load.concurrency >= 1
@@ -200,8 +206,9 @@ async fn print_machine(options: &Options) {
         load_average()
     );
     println!(
-        "database: {postgres} at {} (a fresh database per part)",
-        redact(&options.postgres_url)
+        "database: {postgres} at {} (a fresh database per part); Redis at {}",
+        redact(&options.postgres_url),
+        redact(&options.redis_url)
     );
     println!(
         "load: {} requests in flight over {} HTTP/2 connections; {} s warm-up + {} s measured per scenario; \
@@ -321,9 +328,6 @@ const COLD_BURST: &str = "  the cold burst itself";
 const CHECK_RATE_LIMIT: &str = "CheckRateLimit";
 const SEED: &str = "seed design (SELECT+UPDATE+INSERT)";
 
-/// Why the rate-limit scenarios print no figures yet.
-const RATE_LIMITS_PENDING: &str = "not yet available (rate limits not merged)";
-
 /// The scenarios of issue 4, in the order they run and print.
 enum Scenario {
     /// `grpc.health.v1.Health/Check`: the floor any RPC pays.
@@ -334,34 +338,25 @@ enum Scenario {
     ValidateCold,
     /// Warm `Validate` while `cold_burst` cold ones are in flight beside it.
     ValidateWarmBesideColdBurst,
+    /// Warm `Validate` of keys with one limit no run can reach, counted in
+    /// Redis on every call (one round trip).
+    ValidateWarmLimited,
+    /// `RateLimitService.CheckRateLimit` of one identifier per warm key,
+    /// under a limit no run can reach.
+    CheckRateLimit,
     /// The seed design on the same database, at the same concurrency.
     SeedBaseline,
-    /// A scenario whose API has not landed; printed, never faked.
-    NotYetAvailable(&'static str),
 }
 
-/// The scenarios of issue 4 with their printed names. When rate limits
-/// (issue 3) land, the two `NotYetAvailable` entries become:
-/// - `WARM_WITH_LIMIT`: start apikeyd with `APIKEYD_REDIS_URL`, create its
-///   keys with `CreateKeyRequest.rate_limits` set to one limit no run can
-///   reach (1,000,000,000 per hour), and drive them as `ValidateWarm` does;
-/// - `CHECK_RATE_LIMIT`: `RateLimitService.CheckRateLimit` with a fixed
-///   namespace, one identifier per key of the warm set and the same
-///   unreachable limit, counting `allowed` answers as successes.
+/// The scenarios of issue 4 with their printed names.
 fn scenarios() -> Vec<(&'static str, Scenario)> {
     vec![
         (EMPTY_RPC, Scenario::EmptyRpc),
         (WARM, Scenario::ValidateWarm),
-        (
-            WARM_WITH_LIMIT,
-            Scenario::NotYetAvailable(RATE_LIMITS_PENDING),
-        ),
+        (WARM_WITH_LIMIT, Scenario::ValidateWarmLimited),
         (COLD, Scenario::ValidateCold),
         (WARM_BESIDE_COLD, Scenario::ValidateWarmBesideColdBurst),
-        (
-            CHECK_RATE_LIMIT,
-            Scenario::NotYetAvailable(RATE_LIMITS_PENDING),
-        ),
+        (CHECK_RATE_LIMIT, Scenario::CheckRateLimit),
         (SEED, Scenario::SeedBaseline),
     ]
 }
@@ -376,6 +371,8 @@ struct Bench {
     /// Connections to the seed-design server.
     seed_channels: Vec<Channel>,
     warm_keys: Arc<Vec<String>>,
+    /// Warm keys with a limit counted in Redis.
+    limited_keys: Arc<Vec<String>>,
     cold_keys: Arc<Vec<String>>,
     burst_keys: Arc<Vec<String>>,
     burst_load: Load,
@@ -399,15 +396,37 @@ async fn throughput(options: &Options, argon2: Duration) -> anyhow::Result<()> {
     });
     let setup_started = Instant::now();
     let database = FreshDatabase::create(&options.postgres_url, "main").await?;
-    let apikeyd = ApikeydProcess::start(&database.url, &[])?;
+    let key_prefix = format!("apikeyd-bench-{}", std::process::id());
+    let apikeyd = ApikeydProcess::start(
+        &database.url,
+        &[
+            ("APIKEYD_REDIS_URL", options.redis_url.as_str()),
+            ("APIKEYD_REDIS_KEY_PREFIX", key_prefix.as_str()),
+        ],
+    )?;
     let channels = load::connect(apikeyd.addr, options.load.connections).await?;
     let burst_channels = load::connect(apikeyd.addr, options.load.connections).await?;
     let setup = &channels[0];
-    let warm_keys =
-        server::create_keys(setup, &apikeyd.root_key, "bench-warm", options.warm_keys).await?;
-    let cold = server::create_keys(setup, &apikeyd.root_key, "bench-cold", cold_keys).await?;
-    let burst = server::create_keys(setup, &apikeyd.root_key, "bench-burst", cold_keys).await?;
-    for key in &warm_keys {
+    let root = &apikeyd.root_key;
+    let warm_keys = server::create_keys(
+        setup,
+        root,
+        "bench-warm",
+        options.warm_keys,
+        KeyLimits::None,
+    )
+    .await?;
+    let limited_keys = server::create_keys(
+        setup,
+        root,
+        "bench-limited",
+        options.warm_keys,
+        KeyLimits::Unreachable,
+    )
+    .await?;
+    let cold = server::create_keys(setup, root, "bench-cold", cold_keys, KeyLimits::None).await?;
+    let burst = server::create_keys(setup, root, "bench-burst", cold_keys, KeyLimits::None).await?;
+    for key in warm_keys.iter().chain(&limited_keys) {
         anyhow::ensure!(
             server::validate_once(setup, key).await?,
             "a freshly created key did not validate"
@@ -428,6 +447,7 @@ async fn throughput(options: &Options, argon2: Duration) -> anyhow::Result<()> {
         burst_channels,
         seed_channels,
         warm_keys: Arc::new(warm_keys),
+        limited_keys: Arc::new(limited_keys),
         cold_keys: Arc::new(cold),
         burst_keys: Arc::new(burst),
         burst_load: Load {
@@ -503,6 +523,19 @@ impl Bench {
                     },
                 ]
             }
+            Scenario::ValidateWarmLimited => {
+                vec![ran(load::run(
+                    &self.channels,
+                    &self.load,
+                    validate_reusing(&self.limited_keys),
+                )
+                .await)]
+            }
+            Scenario::CheckRateLimit => {
+                vec![ran(
+                    load::run(&self.channels, &self.load, check_rate_limit).await
+                )]
+            }
             Scenario::SeedBaseline => {
                 vec![ran(load::run(
                     &self.seed_channels,
@@ -511,10 +544,6 @@ impl Bench {
                 )
                 .await)]
             }
-            Scenario::NotYetAvailable(why) => vec![Row {
-                name,
-                result: Err(why),
-            }],
         }
     }
 }
@@ -527,6 +556,27 @@ async fn health_check(channel: Channel, _ticket: u64) -> Attempt {
         .await;
     match answer {
         Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => Attempt::Ok,
+        _ => Attempt::Failed,
+    }
+}
+
+/// One identifier per ticket modulo 100, under a limit no run can reach.
+async fn check_rate_limit(channel: Channel, ticket: u64) -> Attempt {
+    let answer = RateLimitServiceClient::new(channel)
+        .check_rate_limit(pb::CheckRateLimitRequest {
+            namespace: "bench".to_owned(),
+            identifier: format!("client-{}", ticket % 100),
+            limit: 1_000_000_000,
+            window: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            cost: 0,
+            algorithm: pb::RateLimitAlgorithm::SlidingWindow as i32,
+        })
+        .await;
+    match answer {
+        Ok(response) if response.get_ref().allowed => Attempt::Ok,
         _ => Attempt::Failed,
     }
 }

@@ -154,6 +154,10 @@ async fn insert_keys(
             expires_at: Set(None),
             last_used_at: Set(None),
             revoked_at: Set(None),
+            // No limits of its own and no tier: nothing for Redis to count.
+            tier: Set(None),
+            rate_limits: Set(Some(serde_json::json!([]))),
+            quota: Set(None),
         });
         keys.push(key.into_full_key());
         if rows.len() == 1000 {

@@ -182,6 +182,7 @@ fn answer(code: ValidationCode, api_key: Option<pb::ApiKey>) -> Response<pb::Val
         code: code as i32,
         message: String::new(),
         api_key,
+        rate_limit: None,
     })
 }
 
@@ -258,6 +259,7 @@ impl ValidationService for SeedValidation {
             expires_at: key.expires_at.map(timestamp),
             last_used_at: key.last_used_at.map(timestamp),
             revoked_at: None,
+            ..Default::default()
         };
         Ok(answer(ValidationCode::Valid, Some(record)))
     }

@@ -234,11 +234,22 @@ pub fn authed<T>(message: T, root_key: &str) -> Request<T> {
 /// Creates `count` keys through `KeyService.CreateKey` (a few at a time: each
 /// one hashes a secret with argon2) and returns the full keys. Each key gets
 /// its own owner, so that the per-owner key limit never interferes.
+/// The limits benchmark keys carry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum KeyLimits {
+    /// No limit and no quota: Validate needs nothing from Redis.
+    None,
+    /// One limit no run can reach (1,000,000,000 per hour), counted in Redis
+    /// on every Validate.
+    Unreachable,
+}
+
 pub async fn create_keys(
     channel: &Channel,
     root_key: &str,
     owner_prefix: &str,
     count: usize,
+    limits: KeyLimits,
 ) -> anyhow::Result<Vec<String>> {
     const AT_ONCE: usize = 8;
     let root_key: Arc<str> = Arc::from(root_key);
@@ -249,17 +260,54 @@ pub async fn create_keys(
             keys.push(pending.join_next().await.expect("a pending create")??);
         }
         let mut client = KeyServiceClient::new(channel.clone());
+        let rate_limits = match limits {
+            KeyLimits::None => vec![],
+            KeyLimits::Unreachable => vec![pb::RateLimit {
+                limit: 1_000_000_000,
+                window: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                algorithm: pb::RateLimitAlgorithm::SlidingWindow as i32,
+            }],
+        };
         let request = authed(
             pb::CreateKeyRequest {
                 owner_id: format!("{owner_prefix}-{i}"),
                 name: "benchmark".to_owned(),
                 scopes: vec!["posts:read".to_owned(), "posts:write".to_owned()],
+                rate_limits,
                 ..Default::default()
             },
             &root_key,
         );
+        let root_key = root_key.clone();
         pending.spawn(async move {
-            Ok::<_, anyhow::Error>(client.create_key(request).await?.into_inner().key)
+            let created = client.create_key(request).await?.into_inner();
+            if limits == KeyLimits::None {
+                // A key created with no limits gets the default tier; an
+                // empty list of its own makes it unlimited.
+                let id = created
+                    .api_key
+                    .as_ref()
+                    .map(|k| k.id.clone())
+                    .unwrap_or_default();
+                client
+                    .update_key(authed(
+                        pb::UpdateKeyRequest {
+                            id,
+                            limits: Some(pb::update_key_request::Limits::RateLimits(
+                                pb::RateLimitList {
+                                    rate_limits: vec![],
+                                },
+                            )),
+                            ..Default::default()
+                        },
+                        &root_key,
+                    ))
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(created.key)
         });
     }
     while let Some(created) = pending.join_next().await {
@@ -280,6 +328,7 @@ pub fn validate_request(key: String) -> pb::ValidateRequest {
             ip: "203.0.113.7".to_owned(),
             user_agent: "apikeyd-bench/1".to_owned(),
         }),
+        cost: 0,
     }
 }
 
