@@ -121,12 +121,17 @@ pub async fn observe_db<T, E>(
     work: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     use tracing::Instrument;
-    let span = tracing::info_span!(
-        "db",
-        otel.name = operation,
-        otel.kind = "client",
-        db.operation = operation
-    );
+    // A child span inside a traced call only.
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "db",
+            otel.name = operation,
+            otel.kind = "client",
+            db.operation = operation
+        )
+    };
     let started = Instant::now();
     let result = work.instrument(span).await;
     ::metrics::histogram!("apikeyd_db_duration_seconds", "operation" => operation)

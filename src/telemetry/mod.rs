@@ -69,6 +69,7 @@ pub fn init(format: LogFormat) -> Telemetry {
         .with(traces)
         .try_init();
     if installed.is_ok() {
+        tracing_context::set_exporting(tracer_provider.is_some());
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
