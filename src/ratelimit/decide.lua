@@ -1,18 +1,15 @@
 -- One limiter decision, atomically, on the Redis server's clock: every limit
--- all-or-nothing, the usage quota, the usage counters and the recent-requests
--- log. Mirrors src/ratelimit/algorithms.rs and quota.rs; keep them in step.
+-- all-or-nothing, and the usage quota. (Usage counters and the recent-requests
+-- log are gathered by the replica and written by usage_batch.lua.) Mirrors
+-- src/ratelimit/algorithms.rs and quota.rs; keep them in step.
 --
--- KEYS: one per limit, then the quota key (if ARGV says there is a quota),
--- then the usage base (if ARGV says usage is recorded). Hourly and daily
--- counters are `<usage base>:h:<hour>` and `:d:<day>`, the log `:log`; they
--- share the base's {hash tag}, so on a cluster they live in its slot.
+-- KEYS: one per limit, then the quota key (if ARGV says there is a quota).
+-- They share one {hash tag}, so on a cluster they live in one slot.
 --
 -- ARGV: cost, charge (1 or 0: peek only), number of limits n,
 --   then n x (algorithm "s"|"f"|"t", limit, window in microseconds),
 --   then has_quota, version, seed, refill_amount, refill_interval (0 none, 1 day, 2 month),
---   amount to add to the balance (UpdateKey's add_to_quota; 0 otherwise),
---   then has_usage, code if admitted, hourly ttl s, daily ttl s, log length, log ttl s,
---   endpoint, method, ip, user agent.
+--   amount to add to the balance (UpdateKey's add_to_quota; 0 otherwise).
 -- Returns: {verdict (0 admitted, 1 rate limited, 2 quota exceeded, 3 not charged),
 --   now in microseconds, quota balance (-1 without a quota),
 --   then n x (allowed, remaining, reset_at us, retry_after us)}.
@@ -137,7 +134,6 @@ end
 local balance = -1
 if ARGV[a] == '1' then
   local qkey = KEYS[k]
-  k = k + 1
   local version, seed = ARGV[a + 1], tonumber(ARGV[a + 2])
   local refill, interval = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local q = redis.call('HMGET', qkey, 'v', 'r', 'p')
@@ -155,28 +151,9 @@ if ARGV[a] == '1' then
   end
   redis.call('HSET', qkey, 'v', version, 'r', balance, 'p', p)
 end
-a = a + 6
 
 if verdict == 0 then
   for i = 1, n do commits[i]() end
-end
-
-if ARGV[a] == '1' then
-  local base = KEYS[k]
-  local code = ARGV[a + 1]
-  if verdict == 1 then code = 'rate_limited' elseif verdict == 2 then code = 'usage_exceeded' end
-  local secs = floor(now / 1000000)
-  local hour = base .. ':h:' .. floor(secs / 3600)
-  local day = base .. ':d:' .. floor(secs / 86400)
-  redis.call('HINCRBY', hour, code, 1)
-  redis.call('EXPIRE', hour, tonumber(ARGV[a + 2]))
-  redis.call('HINCRBY', day, code, 1)
-  redis.call('EXPIRE', day, tonumber(ARGV[a + 3]))
-  local log = base .. ':log'
-  local entry = cjson.encode({ e = ARGV[a + 6], m = ARGV[a + 7], i = ARGV[a + 8], u = ARGV[a + 9], c = code, t = floor(now / 1000) })
-  redis.call('LPUSH', log, entry)
-  redis.call('LTRIM', log, 0, tonumber(ARGV[a + 4]) - 1)
-  redis.call('EXPIRE', log, tonumber(ARGV[a + 5]))
 end
 
 local out = { verdict, now, balance }

@@ -12,6 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::quota::RefillInterval;
+use super::store::UsageRecord;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use super::usage_buffer::UsageBuffer;
@@ -170,28 +171,24 @@ impl RateLimitStore for RedisStore {
                 invocation.arg(&[0, 0, 0, 0, 0, 0]);
             }
         }
-        match &decision.usage {
-            Some(usage) => {
-                invocation
-                    .key(&usage.base)
-                    .arg(1)
-                    .arg(usage.code.as_str())
-                    .arg(usage.retention.hourly_secs)
-                    .arg(usage.retention.daily_secs)
-                    .arg(usage.retention.recent_requests)
-                    .arg(usage.retention.daily_secs)
-                    .arg(&usage.context.endpoint)
-                    .arg(&usage.context.method)
-                    .arg(&usage.context.ip)
-                    .arg(&usage.context.user_agent);
-            }
-            None => {
-                invocation.arg(0);
-            }
-        }
+        // Usage is gathered and flushed in the background (below), so the
+        // script does only what the caller waits for: limits and quota.
         let mut connection = self.connection().await?;
         let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        parse_outcome(decision, &reply)
+        let outcome = parse_outcome(decision, &reply)?;
+        if let Some(usage) = &decision.usage {
+            // A denial records its own code, as decide.lua would.
+            let code = match outcome.verdict {
+                Verdict::RateLimited => ValidationCode::RateLimited,
+                Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
+                Verdict::Admitted | Verdict::NotCharged => usage.code,
+            };
+            self.buffer.add(&UsageRecord {
+                code,
+                ..usage.clone()
+            });
+        }
+        Ok(outcome)
     }
 
     async fn usage(

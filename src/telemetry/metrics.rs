@@ -15,6 +15,7 @@
 //! | `apikeyd_redis_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_redis_errors_total` | counter | `operation` |
 //! | `apikeyd_invalidations_lost_total` | counter | |
+//! | `apikeyd_usage_dropped_total` | counter | |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -101,6 +102,10 @@ fn describe() {
     describe_counter!(
         "apikeyd_redis_errors_total",
         "Redis calls that failed or timed out, by operation"
+    );
+    describe_counter!(
+        "apikeyd_usage_dropped_total",
+        "Validations whose usage could not be written (Redis unreachable, or the buffer full)"
     );
     describe_counter!(
         "apikeyd_invalidations_lost_total",

@@ -1,8 +1,8 @@
-//! A Validate with limits, a quota and usage costs one Redis round trip:
-//! one EVALSHA, seen with MONITOR (every command a client sends, and the
-//! commands scripts run, marked `lua`) on a Redis this test owns.
+//! A Validate with limits and a quota costs one Redis round trip (one
+//! EVALSHA), and one without costs none; usage reaches Redis in background
+//! flushes, one per key. Seen with MONITOR (every command a client sends, and
+//! the commands scripts run, marked `lua`) on a Redis this test owns.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use apikeyd::config::RedisUrl;
 use apikeyd::grpc::pb::{self, RateLimitAlgorithm};
 
 use crate::helpers::{Backend, spawn_app_with};
-use crate::limiter_harness::{RedisServer, rate_limit, redis_cli_bin, redis_connection};
+use crate::limiter_harness::{RedisServer, rate_limit, redis_cli_bin};
 
 const VALIDATIONS: usize = 20;
 
@@ -44,14 +44,14 @@ async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
             refill_amount: 1_000,
             refill_interval: pb::RefillInterval::Monthly as i32,
         });
-        let key = app
+        let created = app
             .keys
             .clone()
             .create_key(app.authed(request))
             .await
             .unwrap()
-            .into_inner()
-            .key;
+            .into_inner();
+        let (key, id) = (created.key, created.api_key.unwrap().id);
         let validate = || {
             let mut client = app.validation.clone();
             let key = key.clone();
@@ -72,72 +72,56 @@ async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
                     .into_inner()
             }
         };
-        // The first call loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+        // The first call loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD,
+        // EVALSHA); reading usage flushes what was gathered (and loads that
+        // script too).
         assert!(validate().await.valid);
-        let mut admin = redis_connection(&url);
-        ::redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query::<()>(&mut admin)
-            .unwrap();
-        let mut monitor = Command::new(redis_cli_bin())
-            .args(["-p", &redis.port.to_string(), "monitor"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-cli monitor");
-        let lines = BufReader::new(monitor.stdout.take().unwrap());
-        let reader =
-            std::thread::spawn(move || lines.lines().map_while(Result::ok).collect::<Vec<_>>());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let read_usage = || async {
+            app.keys
+                .clone()
+                .get_key_usage(app.authed(pb::GetKeyUsageRequest {
+                    id: id.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+        };
+        read_usage().await;
 
-        for _ in 0..VALIDATIONS {
-            assert!(validate().await.valid);
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = monitor.kill();
-        let _ = monitor.wait();
-        let seen = reader.join().unwrap();
+        let sent = commands_sent_during(&redis, async {
+            for _ in 0..VALIDATIONS {
+                assert!(validate().await.valid);
+            }
+        })
+        .await;
 
-        // Top-level commands (not run by a script), apart from the health probe's PING.
-        let sent: Vec<&String> = seen
-            .iter()
-            .filter(|l| {
-                l.contains(" [")
-                    && !l.contains(" lua]")
-                    && !l.contains("\"PING\"")
-                    && !l.contains("\"ping\"")
-            })
-            .collect();
+        // Decisions name the limit and quota keys; background usage flushes
+        // name the key's usage base.
+        let (flushes, decisions): (Vec<&String>, Vec<&String>) =
+            sent.iter().partition(|l| l.contains(":usage\""));
         assert_eq!(
-            sent.len(),
+            decisions.len(),
             VALIDATIONS,
-            "one round trip per Validate: {sent:#?}"
+            "one round trip per Validate: {decisions:#?}"
         );
         assert!(
-            sent.iter()
+            decisions
+                .iter()
                 .all(|l| l.to_lowercase().contains("\"evalsha\"")),
-            "{sent:#?}"
+            "{decisions:#?}"
         );
-
-        // What the script runs inside, per Validate, from INFO commandstats.
-        let info: String = ::redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut admin)
-            .unwrap();
-        let mut per_call = BTreeMap::new();
-        for line in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
-            let (name, stats) = line.split_once(':').unwrap();
-            let calls: usize = stats
-                .split(',')
-                .find_map(|s| s.strip_prefix("calls="))
-                .unwrap()
-                .parse()
-                .unwrap();
-            if !["ping", "config|resetstat", "info", "monitor"].contains(&name) {
-                per_call.insert(name.to_owned(), calls as f64 / VALIDATIONS as f64);
-            }
-        }
-        eprintln!("Redis commands per Validate (1 round trip): {per_call:?}");
-        assert_eq!(per_call.get("evalsha"), Some(&1.0));
+        assert!(
+            flushes.len() <= 2,
+            "usage is flushed per key, not per call: {flushes:#?}"
+        );
+        let usage = read_usage().await;
+        let total: u64 = usage.buckets.iter().map(|b| b.total).sum();
+        assert_eq!(
+            total,
+            VALIDATIONS as u64 + 1,
+            "every validation was counted"
+        );
     };
     tokio::time::timeout(Duration::from_secs(120), test)
         .await
