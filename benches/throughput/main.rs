@@ -177,7 +177,13 @@ async fn run(options: Options) -> anyhow::Result<()> {
         throughput(&options, fastest).await?;
     }
     if options.scale_part {
-        scale::run(&options.postgres_url, &options.load, argon2).await?;
+        scale::run(
+            &options.postgres_url,
+            &options.redis_url,
+            &options.load,
+            argon2,
+        )
+        .await?;
     }
     println!(
         "\ntotal time {:.0} s; load average {} at the end",

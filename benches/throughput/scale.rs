@@ -51,15 +51,30 @@ fn size_from_env(name: &str, default: usize) -> anyhow::Result<usize> {
     }
 }
 
-pub async fn run(postgres_url: &str, load: &Load, argon2: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    postgres_url: &str,
+    redis_url: &str,
+    load: &Load,
+    argon2: Duration,
+) -> anyhow::Result<()> {
     let warm_count = size_from_env("APIKEYD_BENCH_SCALE_WARM_KEYS", DEFAULT_WARM_KEYS)?;
     let total = size_from_env("APIKEYD_BENCH_SCALE_TOTAL_KEYS", DEFAULT_TOTAL_KEYS)?
         .max(warm_count + COLD_SAMPLES);
     println!("\nscale (opt-in)");
     println!("{}", "-".repeat(91));
     let database = FreshDatabase::create(postgres_url, "scale").await?;
-    // Default settings: the rows below carry their own argon2 cost.
-    let apikeyd = ApikeydProcess::start(&database.url, &[])?;
+    // Default settings, with Redis as a deployment of this size has it (so
+    // usage counters live there, not in the server): the rows below carry
+    // their own argon2 cost.
+    let key_prefix = format!("apikeyd-bench-scale-{}", std::process::id());
+    let apikeyd = ApikeydProcess::start(
+        &database.url,
+        &[
+            ("APIKEYD_REDIS_URL", redis_url),
+            ("APIKEYD_REDIS_KEY_PREFIX", key_prefix.as_str()),
+            ("APIKEYD_REDIS_TIMEOUT_MS", "1000"),
+        ],
+    )?;
     let db = database.connect().await?;
 
     let started = Instant::now();
