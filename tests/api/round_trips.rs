@@ -10,21 +10,27 @@ use std::time::Duration;
 use apikeyd::config::RedisUrl;
 use apikeyd::grpc::pb::{self, RateLimitAlgorithm};
 
-use crate::helpers::{Backend, spawn_app_with};
+use crate::helpers::{Backend, TestApp, spawn_app_with};
 use crate::limiter_harness::{RedisServer, rate_limit, redis_cli_bin};
 
 const VALIDATIONS: usize = 20;
 
+/// A server whose limiter is a Redis this test owns (so MONITOR sees only it).
+async fn server_with_own_redis() -> (RedisServer, TestApp) {
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    let app = spawn_app_with(Backend::Sqlite, |settings| {
+        settings.redis_url = Some(RedisUrl::from(url.as_str()));
+        settings.redis_timeout_ms = 2_000;
+    })
+    .await;
+    (redis, app)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
     let test = async {
-        let redis = RedisServer::start(false);
-        let url = redis.url();
-        let app = spawn_app_with(Backend::Sqlite, |settings| {
-            settings.redis_url = Some(RedisUrl::from(url.as_str()));
-            settings.redis_timeout_ms = 2_000;
-        })
-        .await;
+        let (redis, app) = server_with_own_redis().await;
         app.keys
             .clone()
             .set_owner_limits(app.authed(pb::SetOwnerLimitsRequest {
@@ -159,13 +165,7 @@ async fn commands_sent_during(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validate_without_limits_costs_no_round_trip_and_its_usage_still_arrives() {
     let test = async {
-        let redis = RedisServer::start(false);
-        let url = redis.url();
-        let app = spawn_app_with(Backend::Sqlite, |settings| {
-            settings.redis_url = Some(RedisUrl::from(url.as_str()));
-            settings.redis_timeout_ms = 2_000;
-        })
-        .await;
+        let (redis, app) = server_with_own_redis().await;
         let (key, created) = app.create_key("owner", &["*"]).await;
         app.keys
             .clone()
