@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use subtle::ConstantTimeEq;
 
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{
@@ -13,7 +14,7 @@ use crate::domain::{
     ValidationCode,
 };
 use crate::error::{Error, Result};
-use crate::key_cache::{KeyCache, WrongSecretGuard};
+use crate::key_cache::{CachedLookup, KeyCache, WrongSecretGuard};
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
 use crate::ratelimit::{
@@ -399,14 +400,11 @@ impl KeyAuthority {
         if presented.kind != api_key.environment.key_kind() {
             return Ok(not_found);
         }
-        let (kind, id, secret) = (presented.kind, &presented.id, &presented.secret);
-        let matches = if self.wrong_secrets.exhausted(id) {
-            self.hasher.remembers(kind, id, secret, secret_hash).await
-        } else {
-            self.hasher.verify(kind, id, secret, secret_hash).await?
-        };
-        if !matches {
-            self.wrong_secrets.record_failure(id);
+        if !self
+            .secret_matches(&presented, &lookup, secret_hash)
+            .await?
+        {
+            self.wrong_secrets.record_failure(&presented.id);
             return Ok(not_found);
         }
         let now = domain::now();
@@ -421,6 +419,40 @@ impl KeyAuthority {
             api_key: Some(api_key),
             rate_limit,
         })
+    }
+
+    /// Whether the presented secret is the key's: a constant-time digest
+    /// comparison once the cached record has been verified, argon2 before
+    /// that, and no argon2 at all for an id past its wrong-secret limit.
+    async fn secret_matches(
+        &self,
+        presented: &PresentedKey,
+        lookup: &CachedLookup,
+        secret_hash: &str,
+    ) -> Result<bool> {
+        let digest = self
+            .hasher
+            .digest(presented.kind, &presented.id, &presented.secret);
+        let remembered = lookup
+            .verified
+            .get()
+            .is_some_and(|known| bool::from(known.ct_eq(&digest)));
+        let result = if remembered { "hit" } else { "miss" };
+        ::metrics::counter!("apikeyd_secret_memo_total", "result" => result).increment(1);
+        if remembered {
+            return Ok(true);
+        }
+        if self.wrong_secrets.exhausted(&presented.id) {
+            return Ok(false);
+        }
+        let matched = self
+            .hasher
+            .verify_with_argon2(&presented.secret, secret_hash)
+            .await?;
+        if matched {
+            let _ = lookup.verified.set(digest);
+        }
+        Ok(matched)
     }
 
     /// The limiter's part of Validate: a key refused by an earlier check only

@@ -19,11 +19,17 @@ use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::ratelimit::LimitSource;
+use crate::secrets::SecretDigest;
 
 /// What the store said about an id, and when.
 pub struct CachedLookup {
     /// The record and its secret hash, or `None` for "no such key".
     pub found: Option<(ApiKey, Arc<str>)>,
+    /// The keyed digest of the secret that matched the hash, once argon2 has
+    /// said so: a warm key is checked against it instead of argon2. It
+    /// lives and dies with the record, so a rotated or changed key starts
+    /// cold again.
+    pub verified: std::sync::OnceLock<SecretDigest>,
     loaded_at: Instant,
 }
 
@@ -73,7 +79,7 @@ fn weight(id: &KeyId, lookup: &Arc<CachedLookup>) -> u32 {
             + hash.len()
             + std::mem::size_of::<ApiKey>()
     });
-    u32::try_from(id.as_str().len() + record + 96).unwrap_or(u32::MAX)
+    u32::try_from(id.as_str().len() + record + 128).unwrap_or(u32::MAX)
 }
 
 impl KeyCache {
@@ -100,21 +106,37 @@ impl KeyCache {
     where
         F: Future<Output = Result<Option<(ApiKey, String)>>>,
     {
+        let mut stale = None;
         if let Some(cached) = self.entries.get(id).await {
             if self.trusted(cached.loaded_at) {
                 ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit").increment(1);
                 return Ok(cached);
             }
             self.entries.invalidate(id).await;
+            stale = Some(cached);
         }
         ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss").increment(1);
         self.entries
             .try_get_with_by_ref(id, async {
                 let found = load.await?;
-                Ok::<_, Error>(Arc::new(CachedLookup {
+                let fresh = CachedLookup {
                     found: found.map(|(key, hash)| (key, Arc::from(hash))),
+                    verified: std::sync::OnceLock::new(),
                     loaded_at: Instant::now(),
-                }))
+                };
+                // A record refreshed only because it was old keeps its
+                // verified digest while its hash is the same, so a degraded
+                // cache re-reads the database but does not re-run argon2.
+                if let Some(stale) = stale {
+                    let same_hash = match (&stale.found, &fresh.found) {
+                        (Some((_, old)), Some((_, new))) => old == new,
+                        _ => false,
+                    };
+                    if let (true, Some(digest)) = (same_hash, stale.verified.get()) {
+                        let _ = fresh.verified.set(*digest);
+                    }
+                }
+                Ok::<_, Error>(Arc::new(fresh))
             })
             .await
             .map_err(unshare)
@@ -288,6 +310,61 @@ mod tests {
         cache.set_invalidations_flowing(true);
         cache.entries.run_pending_tasks().await;
         assert_eq!(cache.entry_count(), 0);
+    }
+
+    fn record(hash: &str) -> Option<(ApiKey, String)> {
+        use crate::domain::{Environment, ScopeSet};
+        let now = chrono::Utc::now();
+        let key = ApiKey {
+            id: id(),
+            owner_id: "owner".into(),
+            name: "test".into(),
+            prefix: "sk_live_0123456789abcdef".into(),
+            scopes: ScopeSet::default(),
+            environment: Environment::Live,
+            metadata: Default::default(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+            limits: LimitSource::Own(Vec::new()),
+            quota: None,
+        };
+        Some((key, hash.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_degraded_refresh_keeps_the_verified_digest_only_for_the_same_hash() {
+        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_millis(20));
+        let first = cache
+            .get_or_load(&id(), async { Ok(record("hash-a")) })
+            .await
+            .unwrap();
+        first.verified.set([7; 32]).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+
+        let same = cache
+            .get_or_load(&id(), async { Ok(record("hash-a")) })
+            .await
+            .unwrap();
+        assert_eq!(
+            same.verified.get(),
+            Some(&[7; 32]),
+            "same hash: no argon2 again"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+
+        let changed = cache
+            .get_or_load(&id(), async { Ok(record("hash-b")) })
+            .await
+            .unwrap();
+        assert_eq!(
+            changed.verified.get(),
+            None,
+            "a new hash must be verified anew"
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl Argon2Cost {
     }
 }
 
-type Digest = [u8; 32];
+/// HMAC-SHA256 of a presented key under the per-process key.
+pub type SecretDigest = [u8; 32];
+type Digest = SecretDigest;
 
 /// Counts an argon2 run in the queue-depth gauge and times it, queueing
 /// included, from creation until drop.
@@ -129,32 +131,11 @@ impl SecretHasher {
         if self.memo_holds(&digest, stored_hash).await {
             return Ok(true);
         }
-        let (secret, stored) = (secret.clone(), stored_hash.to_owned());
-        let matched = self
-            .on_pool("verify", move |argon2| {
-                let parsed = PasswordHash::new(&stored).map_err(|e| {
-                    Error::Internal(format!("stored hash is not a PHC string: {e}"))
-                })?;
-                Ok(argon2.verify_password(secret.expose(), &parsed).is_ok())
-            })
-            .await?;
+        let matched = self.verify_with_argon2(secret, stored_hash).await?;
         if matched {
             self.verified.insert(digest, Arc::from(stored_hash)).await;
         }
         Ok(matched)
-    }
-
-    /// Whether `secret` was already verified against `stored_hash` in this
-    /// process: the memo alone, never argon2.
-    pub async fn remembers(
-        &self,
-        kind: KeyKind,
-        id: &KeyId,
-        secret: &Secret,
-        stored_hash: &str,
-    ) -> bool {
-        self.memo_holds(&self.digest(kind, id, secret), stored_hash)
-            .await
     }
 
     async fn memo_holds(&self, digest: &Digest, stored_hash: &str) -> bool {
@@ -187,7 +168,20 @@ impl SecretHasher {
             .map_err(|e| Error::Internal(format!("argon2 {operation} task failed: {e}")))?
     }
 
-    fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> Digest {
+    /// Checks `secret` against `stored_hash` with argon2 alone, on the pool
+    /// (the caller keeps its own record of what verified).
+    pub async fn verify_with_argon2(&self, secret: &Secret, stored_hash: &str) -> Result<bool> {
+        let (secret, stored) = (secret.clone(), stored_hash.to_owned());
+        self.on_pool("verify", move |argon2| {
+            let parsed = PasswordHash::new(&stored)
+                .map_err(|e| Error::Internal(format!("stored hash is not a PHC string: {e}")))?;
+            Ok(argon2.verify_password(secret.expose(), &parsed).is_ok())
+        })
+        .await
+    }
+
+    /// The keyed digest of a presented key: what caches may hold instead of it.
+    pub fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> Digest {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
         mac.update(kind.prefix().as_bytes());

@@ -37,10 +37,13 @@ use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
 use crate::telemetry::tracing_context;
 
-/// Verified secrets remembered by digest; about 100 bytes each.
-const VERIFIED_SECRET_MEMO: u64 = 200_000;
-/// The backstop on cached key records, however invalidations fare.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Verified root-key secrets remembered by digest (API keys keep theirs in
+/// the key cache); about 100 bytes each.
+const VERIFIED_SECRET_MEMO: u64 = 10_000;
+/// The backstop on cached key records, however invalidations fare. Each
+/// expiry costs the key one argon2 run, so it is long: invalidations, not
+/// this, keep the cache current.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
