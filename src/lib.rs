@@ -9,13 +9,13 @@
 //!   ([`domain::api_key`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
 //!   validate, usage, owner limits) over the store, the hasher and the limiter.
-//! - [`secrets`]: argon2id hashing on a bounded pool, and the memo of
-//!   verified secrets.
+//! - [`secrets`]: argon2id hashing on a bounded pool, keyed digests of
+//!   presented keys, and the memo of verified root-key secrets.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
-//! - [`key_cache`]: key records cached for Validate, and the guard that
-//!   caps argon2 runs on wrong secrets.
+//! - [`key_cache`]: key records (with the digest of their verified secret)
+//!   cached for Validate, and the guard that caps argon2 runs on wrong secrets.
 //! - [`invalidation`]: cache invalidation between replicas over Redis pub/sub.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
 //! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage

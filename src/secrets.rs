@@ -4,10 +4,11 @@
 //! blocking pool behind a semaphore sized to the cores: a burst of cold keys
 //! queues here instead of starving the async runtime. A verified secret is
 //! remembered by a keyed digest (HMAC-SHA256 under a per-process random key,
-//! never the secret itself) together with the hash it matched, so a warm key
-//! costs one HMAC instead of one argon2 run. The memo is safe without
-//! invalidation: a secret that matched a hash once always matches it, and
-//! revocation is judged on the record, not here.
+//! never the secret itself), so a warm key costs one HMAC instead of one
+//! argon2 run: API keys keep the digest in their key-cache entry
+//! ([`crate::key_cache`]); root keys in the small memo here, next to the hash
+//! it matched. The memo is safe without invalidation: a secret that matched
+//! a hash once always matches it, and revocation is judged on the record.
 
 use std::sync::Arc;
 use std::time::Duration;
