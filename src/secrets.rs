@@ -51,7 +51,6 @@ impl Argon2Cost {
 
 /// HMAC-SHA256 of a presented key under the per-process key.
 pub type SecretDigest = [u8; 32];
-type Digest = SecretDigest;
 
 /// Counts an argon2 run in the queue-depth gauge and times it, queueing
 /// included, from creation until drop.
@@ -85,7 +84,7 @@ pub struct SecretHasher {
     /// Per-process HMAC key for the memo: digests mean nothing elsewhere.
     digest_key: [u8; 32],
     /// digest of (kind, id, secret) → the PHC hash it was verified against.
-    verified: moka::future::Cache<Digest, Arc<str>>,
+    verified: moka::future::Cache<SecretDigest, Arc<str>>,
 }
 
 impl SecretHasher {
@@ -139,7 +138,7 @@ impl SecretHasher {
         Ok(matched)
     }
 
-    async fn memo_holds(&self, digest: &Digest, stored_hash: &str) -> bool {
+    async fn memo_holds(&self, digest: &SecretDigest, stored_hash: &str) -> bool {
         let hit = self
             .verified
             .get(digest)
@@ -182,7 +181,7 @@ impl SecretHasher {
     }
 
     /// The keyed digest of a presented key: what caches may hold instead of it.
-    pub fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> Digest {
+    pub fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> SecretDigest {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
         mac.update(kind.prefix().as_bytes());

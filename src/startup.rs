@@ -86,18 +86,26 @@ impl Application {
             settings.argon2_cost(),
             VERIFIED_SECRET_MEMO,
         )?);
-        let (bootstrap_key, bootstrap_row) =
-            mint_root_key(&hasher, "bootstrap".to_owned(), everything()).await?;
-        if store::prepare(&db, Some(bootstrap_row))
+        store::prepare(&db, None)
             .await
-            .context("cannot migrate the database")?
-        {
-            let path = write_bootstrap_key(&settings.data_dir, &bootstrap_key)?;
-            tracing::warn!(
-                path = %path.display(),
-                "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
-                 keep it somewhere safe and delete the file"
-            );
+            .context("cannot migrate the database")?;
+        // Only an empty database gets a bootstrap key (so only then is one
+        // hashed); `prepare` checks again under its lock, so replicas starting
+        // together on an empty database still create one between them.
+        if store::count_root_keys(&db).await? == 0 {
+            let (bootstrap_key, bootstrap_row) =
+                mint_root_key(&hasher, "bootstrap".to_owned(), everything()).await?;
+            if store::prepare(&db, Some(bootstrap_row))
+                .await
+                .context("cannot migrate the database")?
+            {
+                let path = write_bootstrap_key(&settings.data_dir, &bootstrap_key)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
+                     keep it somewhere safe and delete the file"
+                );
+            }
         }
         let listener = TcpListener::bind(settings.grpc_addr)
             .await

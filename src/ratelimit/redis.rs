@@ -12,7 +12,6 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::quota::RefillInterval;
-use super::store::UsageRecord;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use super::usage_buffer::UsageBuffer;
@@ -135,7 +134,7 @@ impl RateLimitStore for RedisStore {
             // Nothing to decide: the usage waits for the next flush, and the
             // caller no round trip.
             if let Some(usage) = &decision.usage {
-                self.buffer.add(usage);
+                self.buffer.add(usage, usage.code);
             }
             return Ok(Outcome {
                 verdict: verdict(decision.charge, &[]),
@@ -183,10 +182,7 @@ impl RateLimitStore for RedisStore {
                 Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
                 Verdict::Admitted | Verdict::NotCharged => usage.code,
             };
-            self.buffer.add(&UsageRecord {
-                code,
-                ..usage.clone()
-            });
+            self.buffer.add(usage, code);
         }
         Ok(outcome)
     }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::store::UsageRecord;
 use super::usage::{RequestContext, Retention};
+use crate::domain::ValidationCode;
 
 /// Keys with usage waiting; past this, new usage is dropped (and counted)
 /// until the next flush, so memory stays bounded whatever the traffic.
@@ -36,20 +37,26 @@ pub struct UsageBuffer {
 }
 
 impl UsageBuffer {
-    pub fn add(&self, record: &UsageRecord) {
+    /// Adds one validation of `record`'s key, under `code` (the record's own
+    /// code, or the denial a decision turned it into).
+    pub fn add(&self, record: &UsageRecord, code: ValidationCode) {
         let mut pending = self.pending.lock().expect("usage buffer lock poisoned");
-        if !pending.contains_key(&record.base) && pending.len() >= MAX_PENDING_KEYS {
-            ::metrics::counter!("apikeyd_usage_dropped_total").increment(1);
-            return;
+        if !pending.contains_key(&record.base) {
+            if pending.len() >= MAX_PENDING_KEYS {
+                ::metrics::counter!("apikeyd_usage_dropped_total").increment(1);
+                return;
+            }
+            pending.insert(
+                record.base.clone(),
+                PendingUsage {
+                    retention: record.retention,
+                    counts: BTreeMap::new(),
+                    recent: VecDeque::new(),
+                },
+            );
         }
-        let key = pending
-            .entry(record.base.clone())
-            .or_insert_with(|| PendingUsage {
-                retention: record.retention,
-                counts: BTreeMap::new(),
-                recent: VecDeque::new(),
-            });
-        let code = record.code.as_str();
+        let key = pending.get_mut(&record.base).expect("inserted above");
+        let code = code.as_str();
         *key.counts.entry(code).or_default() += 1;
         if key.retention.recent_requests > 0 {
             if key.recent.len() == key.retention.recent_requests as usize {
@@ -69,7 +76,6 @@ impl UsageBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ValidationCode;
 
     fn record(base: &str, code: ValidationCode, endpoint: &str) -> UsageRecord {
         UsageRecord {
@@ -88,9 +94,15 @@ mod tests {
     fn counts_add_up_per_code_and_the_log_keeps_the_newest() {
         let buffer = UsageBuffer::default();
         for endpoint in ["/a", "/b", "/c"] {
-            buffer.add(&record("k1", ValidationCode::Valid, endpoint));
+            buffer.add(
+                &record("k1", ValidationCode::Valid, endpoint),
+                ValidationCode::Valid,
+            );
         }
-        buffer.add(&record("k1", ValidationCode::Revoked, "/d"));
+        buffer.add(
+            &record("k1", ValidationCode::Revoked, "/d"),
+            ValidationCode::Revoked,
+        );
 
         let taken = buffer.take();
         let k1 = &taken["k1"];

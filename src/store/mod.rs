@@ -106,4 +106,4 @@ pub async fn prepare(
     Ok(bootstrapped)
 }
 
-pub use root_keys::{find as find_root_key, insert as insert_root_key};
+pub use root_keys::{count as count_root_keys, find as find_root_key, insert as insert_root_key};

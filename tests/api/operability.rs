@@ -22,6 +22,35 @@ async fn health(app: &TestApp, service: &str) -> ServingStatus {
     ServingStatus::try_from(response.status).unwrap()
 }
 
+/// `list_services` over one version of the reflection protocol; v1 and
+/// v1alpha have the same shape in different modules.
+macro_rules! list_services {
+    ($version:ident, $app:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(connect($app.addr).await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        match responses.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
+}
+
 on_every_backend! {
     async fn every_service_reports_serving(app) {
         for service in ["", "apikeyd.v1.KeyService", "apikeyd.v1.RateLimitService", "apikeyd.v1.ValidationService"] {
@@ -31,8 +60,8 @@ on_every_backend! {
 
     async fn reflection_lists_our_services_and_health_in_both_versions(app) {
         let expected = ["apikeyd.v1.KeyService", "apikeyd.v1.RateLimitService", "apikeyd.v1.ValidationService", "grpc.health.v1.Health"];
-        let v1 = list_services_v1(&app).await;
-        let v1alpha = list_services_v1alpha(&app).await;
+        let v1 = list_services!(v1, app);
+        let v1alpha = list_services!(v1alpha, app);
         for service in expected {
             assert!(v1.iter().any(|s| s == service), "v1 lacks {service}: {v1:?}");
             assert!(v1alpha.iter().any(|s| s == service), "v1alpha lacks {service}: {v1alpha:?}");
@@ -92,50 +121,4 @@ async fn wait_for(app: &TestApp, status: ServingStatus) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
-}
-
-async fn list_services_v1(app: &TestApp) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(connect(app.addr).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    match responses.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
-async fn list_services_v1alpha(app: &TestApp) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(connect(app.addr).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    match responses.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
 }
