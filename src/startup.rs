@@ -3,9 +3,7 @@
 //! future resolves, then drains within the grace period.
 
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +16,18 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::RootKeyGate;
-use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
-use crate::config::Settings;
-use crate::domain::{Scope, ScopeSet};
+use crate::audit::AuditTrail;
+use crate::authority::{AuthorityPolicy, KeyAuthority};
+use crate::config::{DataPlaneAuth, Settings};
+use crate::domain::Permission;
+use crate::grpc::pb::audit_service_server::AuditServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
+use crate::grpc::pb::root_key_service_server::RootKeyServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
-use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::grpc::{
+    AuditApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
+};
 use crate::invalidation::InvalidationBus;
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
@@ -32,6 +35,7 @@ use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
 use crate::ratelimit::{Keyspace, RateLimiter};
+use crate::root_keys::RootKeys;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
@@ -47,9 +51,11 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 5] = [
+    "apikeyd.v1.AuditService",
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
+    "apikeyd.v1.RootKeyService",
     "apikeyd.v1.ValidationService",
 ];
 /// The health name for liveness probes.
@@ -69,6 +75,7 @@ pub struct Application {
     db: DatabaseConnection,
     store: KeyStore,
     authority: Arc<KeyAuthority>,
+    root_keys: Arc<RootKeys>,
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
     limiter: Arc<RateLimiter>,
@@ -89,23 +96,14 @@ impl Application {
         store::prepare(&db, None)
             .await
             .context("cannot migrate the database")?;
-        // Only an empty database gets a bootstrap key (so only then is one
-        // hashed); `prepare` checks again under its lock, so replicas starting
-        // together on an empty database still create one between them.
-        if store::count_root_keys(&db).await? == 0 {
-            let (bootstrap_key, bootstrap_row) =
-                mint_root_key(&hasher, "bootstrap".to_owned(), everything()).await?;
-            if store::prepare(&db, Some(bootstrap_row))
-                .await
-                .context("cannot migrate the database")?
-            {
-                let path = write_bootstrap_key(&settings.data_dir, &bootstrap_key)?;
-                tracing::warn!(
-                    path = %path.display(),
-                    "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
-                     keep it somewhere safe and delete the file"
-                );
-            }
+        if let Some(path) =
+            crate::bootstrap::bootstrap_root_key(&db, &hasher, &settings.data_dir).await?
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
+                 keep it somewhere safe and delete the file"
+            );
         }
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -161,7 +159,8 @@ impl Application {
                 wrong_secret_limit: settings.wrong_secret_limit,
             },
         ));
-        let gate = RootKeyGate::new(db.clone(), hasher);
+        let gate = RootKeyGate::new(db.clone(), hasher.clone());
+        let root_keys = Arc::new(RootKeys::new(db.clone(), hasher, gate.clone()));
         Ok(Application {
             settings,
             listener,
@@ -169,6 +168,7 @@ impl Application {
             db,
             store,
             authority,
+            root_keys,
             gate,
             last_used,
             limiter,
@@ -219,6 +219,10 @@ impl Application {
                 self.store.clone(),
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
+            tokio::spawn(crate::audit::prune_periodically(
+                self.db.clone(),
+                self.settings.audit_retention_days,
+            )),
         ];
         if let Some(bus) = &self.invalidation_bus {
             background.push(tokio::spawn(bus.clone().subscribe_forever(
@@ -259,13 +263,33 @@ impl Application {
             .add_service(KeyServiceServer::new(KeyApi {
                 authority: self.authority.clone(),
                 gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
             }))
-            .add_service(ValidationServiceServer::new(ValidationApi {
-                authority: self.authority.clone(),
+            .add_service(RootKeyServiceServer::new(RootKeyApi {
+                root_keys: self.root_keys.clone(),
+                gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
             }))
-            .add_service(RateLimitServiceServer::new(RateLimitApi {
-                limiter: self.limiter.clone(),
+            .add_service(AuditServiceServer::new(AuditApi {
+                gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
             }))
+            .add_service(data_plane(
+                ValidationServiceServer::new(ValidationApi {
+                    authority: self.authority.clone(),
+                }),
+                self.settings.data_plane_auth,
+                &self.gate,
+                Permission::Validate,
+            ))
+            .add_service(data_plane(
+                RateLimitServiceServer::new(RateLimitApi {
+                    limiter: self.limiter.clone(),
+                }),
+                self.settings.data_plane_auth,
+                &self.gate,
+                Permission::RateLimit,
+            ))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(
@@ -339,6 +363,20 @@ impl Application {
     }
 }
 
+/// A data-plane service, behind a service credential when configured.
+fn data_plane<S>(
+    service: S,
+    auth: DataPlaneAuth,
+    gate: &RootKeyGate,
+    permission: Permission,
+) -> ServiceCredential<S> {
+    let gate = match auth {
+        DataPlaneAuth::None => None,
+        DataPlaneAuth::RootKey => Some(gate.clone()),
+    };
+    ServiceCredential::new(service, gate, permission)
+}
+
 /// The HTTP listener's routes: Prometheus metrics (the web console joins here).
 fn http_routes() -> axum::Router {
     axum::Router::new().route(
@@ -377,10 +415,6 @@ async fn watch_limiter(limiter: Arc<RateLimiter>, reporter: HealthReporter) {
         };
         reporter.set_service_status(REDIS_HEALTH, status).await;
     }
-}
-
-fn everything() -> ScopeSet {
-    ScopeSet::new(vec![Scope::parse("*").expect("* is a scope")])
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -424,20 +458,4 @@ async fn flush_last_used_periodically(
             tracing::warn!(error = %e, "could not write last_used_at; will retry");
         }
     }
-}
-
-/// Writes the bootstrap root key to `<data_dir>/bootstrap-root-key`, mode 0600.
-fn write_bootstrap_key(data_dir: &Path, key: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("bootstrap-root-key");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write the bootstrap root key to {}", path.display()))?;
-    writeln!(file, "{key}")?;
-    Ok(path)
 }

@@ -1,13 +1,19 @@
 //! The gRPC layer: generated types, and thin services that convert requests
 //! into domain calls and domain results into responses.
 
+mod audit_service;
 pub mod convert;
 mod key_service;
 mod rate_limit_service;
+mod root_key_service;
+mod service_credential;
 mod validation_service;
 
+pub use audit_service::AuditApi;
 pub use key_service::KeyApi;
 pub use rate_limit_service::RateLimitApi;
+pub use root_key_service::RootKeyApi;
+pub use service_credential::ServiceCredential;
 pub use validation_service::ValidationApi;
 
 /// Code generated from `proto/apikeyd/v1`.

@@ -172,7 +172,8 @@ impl Tiers {
             Err(Error::invalid(
                 field,
                 format!(
-                    "unknown tier {raw:?}; configured tiers: {}",
+                    "unknown tier {}; configured tiers: {}",
+                    crate::domain::quote(raw),
                     self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             ))
