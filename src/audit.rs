@@ -18,7 +18,7 @@ use tonic::{Code, Request, Status};
 
 use crate::access::require_owner;
 use crate::domain::audit::AuditEvent;
-use crate::domain::{self, RootKey};
+use crate::domain::{self, KeyId, RootKey};
 use crate::error::{Error, Result};
 use crate::store::{self, AuditQuery, StoredAuditEvent};
 use crate::telemetry::metrics::observe_db;
@@ -55,6 +55,28 @@ impl AuditedCall {
 
     pub fn actor(&mut self, root_key: &RootKey) {
         self.event.set_actor(root_key);
+    }
+
+    /// Records the API key a request names, if it is an id at all, before
+    /// anything is checked: a refused call still says what it was aimed at.
+    pub fn target_key(&mut self, raw: &str) {
+        if let Some(id) = KeyId::parse(raw) {
+            self.event.set_key(&id);
+        }
+    }
+
+    /// Records the owner a request names (bounded), if any.
+    pub fn target_owner(&mut self, raw: &str) {
+        if !raw.is_empty() {
+            self.event.set_owner(raw);
+        }
+    }
+
+    /// Records the root key a request names, if it is an id at all.
+    pub fn target_root_key(&mut self, raw: &str) {
+        if let Some(id) = KeyId::parse(raw) {
+            self.event.set_target_root_key(&id);
+        }
     }
 }
 

@@ -39,6 +39,7 @@ impl AuditApi {
         request: Request<pb::ListAuditEventsRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::ListAuditEventsResponse> {
+        call.target_owner(&request.get_ref().owner_id);
         let caller = caller(&self.gate, &request, call, Permission::AuditRead).await?;
         let req = request.into_inner();
         let id_filter = |field: &'static str, raw: &str| -> Result<Option<String>> {

@@ -154,9 +154,9 @@ impl KeyApi {
         request: Request<pb::CreateKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::CreateKeyResponse> {
+        call.target_owner(&request.get_ref().owner_id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
-        call.event.set_owner(&req.owner_id);
         let new = NewKey {
             owner_id: key_settings::parse_owner_id(&req.owner_id)?,
             name: key_settings::parse_name(&req.name)?,
@@ -207,9 +207,9 @@ impl KeyApi {
         request: Request<pb::GetKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::GetKeyResponse> {
+        call.target_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let id = convert::parse_key_id("id", &request.get_ref().id)?;
-        call.event.set_key(&id);
         let key = self.authority.get_key(&caller, &id).await?;
         Ok(pb::GetKeyResponse {
             api_key: Some(convert::api_key(key)),
@@ -221,6 +221,7 @@ impl KeyApi {
         request: Request<pb::ListKeysRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::ListKeysResponse> {
+        call.target_owner(&request.get_ref().owner_id);
         let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let req = request.into_inner();
         let page_size = parse_page_size(req.page_size)?;
@@ -228,9 +229,6 @@ impl KeyApi {
             "" => None,
             raw => Some(key_settings::parse_owner_id(raw)?),
         };
-        if let Some(owner_id) = &owner_id {
-            call.event.set_owner(owner_id);
-        }
         let query = ListQuery {
             owner_id,
             scope: OwnerScope::All,
@@ -250,10 +248,10 @@ impl KeyApi {
         request: Request<pb::UpdateKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::UpdateKeyResponse> {
+        call.target_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
-        call.event.set_key(&id);
         let changes = KeyChanges {
             name: req
                 .name
@@ -328,10 +326,10 @@ impl KeyApi {
         request: Request<pb::RevokeKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::RevokeKeyResponse> {
+        call.target_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
-        call.event.set_key(&id);
         let owner_id = (!req.owner_id.is_empty()).then_some(req.owner_id.as_str());
         call.event.set_field("revoked", "true");
         let key = self
@@ -348,10 +346,10 @@ impl KeyApi {
         request: Request<pb::RotateKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::RotateKeyResponse> {
+        call.target_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
-        call.event.set_key(&id);
         let grace = match req.grace_period {
             None => Duration::zero(),
             Some(raw) => convert::parse_bounded_duration("grace_period", &raw, MAX_ROTATION_GRACE)?,
@@ -374,10 +372,10 @@ impl KeyApi {
         request: Request<pb::GetKeyUsageRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::GetKeyUsageResponse> {
+        call.target_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
-        call.event.set_key(&id);
         let granularity = match pb::UsageGranularity::try_from(req.granularity) {
             Ok(pb::UsageGranularity::Unspecified | pb::UsageGranularity::Hour) => Granularity::Hour,
             Ok(pb::UsageGranularity::Day) => Granularity::Day,
@@ -439,10 +437,10 @@ impl KeyApi {
         request: Request<pb::SetOwnerLimitsRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::SetOwnerLimitsResponse> {
+        call.target_owner(&request.get_ref().owner_id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let owner_id = key_settings::parse_owner_id(&req.owner_id)?;
-        call.event.set_owner(&owner_id);
         let limits =
             convert::parse_limit_source(self.authority.tiers(), &req.tier, &req.rate_limits)?;
         record_limits(&mut call.event, "owner_limits", limits.as_ref());
@@ -459,9 +457,9 @@ impl KeyApi {
         request: Request<pb::GetOwnerLimitsRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::GetOwnerLimitsResponse> {
+        call.target_owner(&request.get_ref().owner_id);
         let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let owner_id = key_settings::parse_owner_id(&request.get_ref().owner_id)?;
-        call.event.set_owner(&owner_id);
         let limits = self.authority.owner_limits(&caller, &owner_id).await?;
         Ok(pb::GetOwnerLimitsResponse {
             owner_limits: Some(convert::owner_limits(owner_id, limits)),

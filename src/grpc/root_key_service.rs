@@ -95,9 +95,9 @@ impl RootKeyApi {
         request: Request<pb::GetRootKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::GetRootKeyResponse> {
+        call.target_root_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::RootKeysRead).await?;
         let id = parse_root_key_id(&request.get_ref().id)?;
-        call.event.set_target_root_key(&id);
         let found = self.root_keys.get(&caller, &id).await?;
         Ok(pb::GetRootKeyResponse {
             root_key: Some(convert::root_key(found)),
@@ -128,9 +128,9 @@ impl RootKeyApi {
         request: Request<pb::RevokeRootKeyRequest>,
         call: &mut AuditedCall,
     ) -> Result<pb::RevokeRootKeyResponse> {
+        call.target_root_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::RootKeysWrite).await?;
         let id = parse_root_key_id(&request.get_ref().id)?;
-        call.event.set_target_root_key(&id);
         call.event.set_field("revoked", "true");
         let revoked = self.root_keys.revoke(&caller, &id, &mut call.event).await?;
         Ok(pb::RevokeRootKeyResponse {
