@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
 use crate::access::require_owner;
 use crate::domain::audit::AuditEvent;
 use crate::domain::{self, KeyId, RootKey};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{self, AuditQuery, StoredAuditEvent};
-use crate::telemetry::metrics::observe_db;
+use crate::telemetry::metrics::{code_label, observe_db};
 
 /// How often old events are deleted when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -105,12 +105,11 @@ impl AuditTrail {
             }
             Err(error) => {
                 let status = Status::from(error);
-                event.set_outcome(code_name(status.code()), status.message());
-                let written = observe_db("insert_audit_event", async {
-                    store::insert_audit_event(&self.db, &event)
-                        .await
-                        .map_err(Error::from)
-                })
+                event.set_outcome(code_label(status.code()), status.message());
+                let written = observe_db(
+                    "insert_audit_event",
+                    store::insert_audit_event(&self.db, &event),
+                )
                 .await;
                 if let Err(e) = &written {
                     tracing::error!(error = %e, "could not write a refused call to the audit trail; the next line is its only record");
@@ -201,33 +200,9 @@ pub async fn prune(
     now: DateTime<Utc>,
 ) -> Result<u64> {
     let cutoff = now - chrono::Duration::days(i64::from(retention_days));
-    observe_db("prune_audit_events", async {
-        store::delete_audit_events_before(db, cutoff)
-            .await
-            .map_err(Error::from)
-    })
-    .await
-}
-
-/// The canonical name of a gRPC status code, as the audit trail records it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    Ok(observe_db(
+        "prune_audit_events",
+        store::delete_audit_events_before(db, cutoff),
+    )
+    .await?)
 }

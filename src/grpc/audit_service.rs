@@ -23,13 +23,13 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let mut call = AuditedCall::start(
+        audited!(
+            self,
+            request,
             "apikeyd.v1.AuditService/ListAuditEvents",
             CallKind::Read,
-            &request,
-        );
-        let outcome = self.list(request, &mut call).await;
-        self.audit.finish(call, outcome).await.map(Response::new)
+            list
+        )
     }
 }
 

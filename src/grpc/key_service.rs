@@ -67,64 +67,97 @@ fn record_limits(event: &mut AuditEvent, field: &str, limits: Option<&LimitSourc
     event.set_field(field, &value);
 }
 
-macro_rules! audited {
-    ($self:ident, $request:ident, $method:literal, $kind:expr, $inner:ident) => {{
-        let mut call =
-            AuditedCall::start(concat!("apikeyd.v1.KeyService/", $method), $kind, &$request);
-        let outcome = $self.$inner($request, &mut call).await;
-        $self.audit.finish(call, outcome).await.map(Response::new)
-    }};
-}
-
 #[tonic::async_trait]
 impl KeyService for KeyApi {
     async fn create_key(
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        audited!(self, request, "CreateKey", CallKind::Change, create)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/CreateKey",
+            CallKind::Change,
+            create
+        )
     }
 
     async fn get_key(
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        audited!(self, request, "GetKey", CallKind::Read, get)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/GetKey",
+            CallKind::Read,
+            get
+        )
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        audited!(self, request, "ListKeys", CallKind::Read, list)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/ListKeys",
+            CallKind::Read,
+            list
+        )
     }
 
     async fn update_key(
         &self,
         request: Request<pb::UpdateKeyRequest>,
     ) -> Result<Response<pb::UpdateKeyResponse>, Status> {
-        audited!(self, request, "UpdateKey", CallKind::Change, update)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/UpdateKey",
+            CallKind::Change,
+            update
+        )
     }
 
     async fn revoke_key(
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        audited!(self, request, "RevokeKey", CallKind::Change, revoke)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/RevokeKey",
+            CallKind::Change,
+            revoke
+        )
     }
 
     async fn rotate_key(
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        audited!(self, request, "RotateKey", CallKind::Change, rotate)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/RotateKey",
+            CallKind::Change,
+            rotate
+        )
     }
 
     async fn get_key_usage(
         &self,
         request: Request<pb::GetKeyUsageRequest>,
     ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
-        audited!(self, request, "GetKeyUsage", CallKind::Read, usage)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/GetKeyUsage",
+            CallKind::Read,
+            usage
+        )
     }
 
     async fn set_owner_limits(
@@ -134,7 +167,7 @@ impl KeyService for KeyApi {
         audited!(
             self,
             request,
-            "SetOwnerLimits",
+            "apikeyd.v1.KeyService/SetOwnerLimits",
             CallKind::Change,
             set_limits
         )
@@ -144,7 +177,13 @@ impl KeyService for KeyApi {
         &self,
         request: Request<pb::GetOwnerLimitsRequest>,
     ) -> Result<Response<pb::GetOwnerLimitsResponse>, Status> {
-        audited!(self, request, "GetOwnerLimits", CallKind::Read, get_limits)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/GetOwnerLimits",
+            CallKind::Read,
+            get_limits
+        )
     }
 }
 

@@ -1,6 +1,20 @@
 //! The gRPC layer: generated types, and thin services that convert requests
 //! into domain calls and domain results into responses.
 
+/// Runs `$self.$inner(request, &mut call)` as one audited management call
+/// to `$method`, and answers with its outcome.
+macro_rules! audited {
+    ($self:ident, $request:ident, $method:literal, $kind:expr, $inner:ident) => {{
+        let mut call = $crate::audit::AuditedCall::start($method, $kind, &$request);
+        let outcome = $self.$inner($request, &mut call).await;
+        $self
+            .audit
+            .finish(call, outcome)
+            .await
+            .map(tonic::Response::new)
+    }};
+}
+
 mod audit_service;
 pub mod convert;
 mod key_service;

@@ -21,46 +21,58 @@ pub struct RootKeyApi {
     pub audit: AuditTrail,
 }
 
-macro_rules! audited {
-    ($self:ident, $request:ident, $method:literal, $kind:expr, $inner:ident) => {{
-        let mut call = AuditedCall::start(
-            concat!("apikeyd.v1.RootKeyService/", $method),
-            $kind,
-            &$request,
-        );
-        let outcome = $self.$inner($request, &mut call).await;
-        $self.audit.finish(call, outcome).await.map(Response::new)
-    }};
-}
-
 #[tonic::async_trait]
 impl RootKeyService for RootKeyApi {
     async fn create_root_key(
         &self,
         request: Request<pb::CreateRootKeyRequest>,
     ) -> Result<Response<pb::CreateRootKeyResponse>, Status> {
-        audited!(self, request, "CreateRootKey", CallKind::Change, create)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.RootKeyService/CreateRootKey",
+            CallKind::Change,
+            create
+        )
     }
 
     async fn get_root_key(
         &self,
         request: Request<pb::GetRootKeyRequest>,
     ) -> Result<Response<pb::GetRootKeyResponse>, Status> {
-        audited!(self, request, "GetRootKey", CallKind::Read, get)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.RootKeyService/GetRootKey",
+            CallKind::Read,
+            get
+        )
     }
 
     async fn list_root_keys(
         &self,
         request: Request<pb::ListRootKeysRequest>,
     ) -> Result<Response<pb::ListRootKeysResponse>, Status> {
-        audited!(self, request, "ListRootKeys", CallKind::Read, list)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.RootKeyService/ListRootKeys",
+            CallKind::Read,
+            list
+        )
     }
 
     async fn revoke_root_key(
         &self,
         request: Request<pb::RevokeRootKeyRequest>,
     ) -> Result<Response<pb::RevokeRootKeyResponse>, Status> {
-        audited!(self, request, "RevokeRootKey", CallKind::Change, revoke)
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.RootKeyService/RevokeRootKey",
+            CallKind::Change,
+            revoke
+        )
     }
 }
 
