@@ -34,6 +34,8 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(capacity: usize) -> Publisher {
         let (queue, waiting) = mpsc::channel(capacity);
+        // Exported from the start, so that "none lost" reads as 0.
+        ::metrics::counter!("apikeyd_invalidations_lost_total").increment(0);
         Publisher {
             queue,
             waiting: Mutex::new(waiting),
