@@ -18,8 +18,8 @@
 //! - Redis reachable: one `XREAD` round trip after the change commits.
 //! - A replica cannot read the stream (Redis down, paused or cut off): it
 //!   distrusts its cache within D, then serves no entry older than the
-//!   degraded TTL; a change is refused there within degraded TTL + D + 1 s
-//!   (the last second: the publisher's retry once Redis is back).
+//!   degraded TTL; a change is refused there within max(degraded TTL, D)
+//!   plus about 1 s (the append's retry, if Redis comes back before that).
 //! - Anything else (the changing replica alone cut off from Redis, or
 //!   stopped before its append): the cache's TTL backstop, 60 s.
 

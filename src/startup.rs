@@ -62,7 +62,7 @@ const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
-    /// Key records for Validate; the invalidation subscription feeds it.
+    /// Key records for Validate; the invalidation follower feeds it.
     key_cache: Arc<KeyCache>,
     /// Present when replicas share Redis.
     invalidation_bus: Option<Arc<InvalidationBus>>,
@@ -124,7 +124,7 @@ impl Application {
             Duration::from_secs(settings.key_cache_degraded_ttl_secs),
         ));
         // With Redis, replicas tell each other what changed and the
-        // subscription decides how far the cache is trusted. Without it, one
+        // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
         let invalidation_bus = match &settings.redis_url {
