@@ -320,10 +320,6 @@ impl KeyCache {
     pub fn set_invalidations_flowing(&self, flowing: bool) {
         self.invalidations_flowing.store(flowing, Ordering::Release);
     }
-
-    pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
-    }
 }
 
 /// A fresh lookup, keeping the previous entry's verified digest when the
