@@ -6,11 +6,13 @@
 //! Data-plane calls (Validate, CheckRateLimit, when the server requires a
 //! service credential) are on the hot path: they use a record cached for at
 //! most [`SERVICE_RECORD_TTL`] and the hasher's digest memo, so a warm
-//! credential costs no database read and no argon2 run. A revocation evicts
-//! the record at once on the replica that made it, and within the TTL on
-//! the others.
+//! credential costs no database read and no argon2 run. A revocation makes
+//! every replica distrust its cached records: at once on the replica that
+//! made it, through the invalidation bus on the others, and by the TTL when
+//! the bus is not there (no Redis) or missed it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
@@ -23,13 +25,18 @@ use crate::store;
 use crate::telemetry::metrics::observe_db;
 
 /// How long a data-plane replica trusts a root key's cached record: the
-/// bound on how late it sees another replica's revocation.
+/// bound on how late it sees a revocation the invalidation bus did not
+/// bring (no Redis, or the bus was down).
 pub const SERVICE_RECORD_TTL: Duration = Duration::from_secs(5);
 /// Root-key records cached for the data plane (known and unknown ids).
 const SERVICE_RECORDS: u64 = 10_000;
 
-/// A root key's record and hash as last read; `None` for an unknown id.
-type CachedRootKey = Arc<Option<(RootKey, Arc<str>)>>;
+/// A root key's record and hash as read, and the revocation epoch the read
+/// began in; `found` is `None` for an unknown id.
+struct CachedRootKey {
+    found: Option<(RootKey, Arc<str>)>,
+    epoch: u64,
+}
 
 /// Checks root keys presented to the API.
 #[derive(Clone)]
@@ -37,7 +44,10 @@ pub struct RootKeyGate {
     db: DatabaseConnection,
     hasher: Arc<SecretHasher>,
     /// Records for data-plane calls, so a warm credential reads no database.
-    service_records: moka::future::Cache<KeyId, CachedRootKey>,
+    service_records: moka::future::Cache<KeyId, Arc<CachedRootKey>>,
+    /// Bumped by every root-key revocation: records read before it are read
+    /// again (root keys are few and revocations rare, so one counter does).
+    revocations: Arc<AtomicU64>,
 }
 
 impl RootKeyGate {
@@ -49,6 +59,7 @@ impl RootKeyGate {
                 .max_capacity(SERVICE_RECORDS)
                 .time_to_live(SERVICE_RECORD_TTL)
                 .build(),
+            revocations: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -73,15 +84,22 @@ impl RootKeyGate {
         permission: Permission,
     ) -> Result<RootKey> {
         let presented = bearer_root_key(headers)?;
+        let epoch = self.revocations.load(Ordering::Acquire);
+        if let Some(stale) = self.service_records.get(&presented.id).await {
+            if stale.epoch < epoch {
+                self.service_records.invalidate(&presented.id).await;
+            }
+        }
         let db = self.db.clone();
         let id = presented.id.clone();
         let cached = self
             .service_records
             .try_get_with_by_ref(&presented.id, async move {
                 let found = observe_db("find_root_key", store::find_root_key(&db, &id)).await?;
-                Ok::<_, Error>(Arc::new(
-                    found.map(|(key, hash)| (key, Arc::<str>::from(hash))),
-                ))
+                Ok::<_, Error>(Arc::new(CachedRootKey {
+                    found: found.map(|(key, hash)| (key, Arc::<str>::from(hash))),
+                    epoch,
+                }))
             })
             .await
             .map_err(|shared| {
@@ -92,16 +110,17 @@ impl RootKeyGate {
         let root_key = self
             .admit(
                 &presented,
-                cached.as_ref().as_ref().map(|(key, hash)| (key, &**hash)),
+                cached.found.as_ref().map(|(key, hash)| (key, &**hash)),
             )
             .await?;
         require(&root_key, permission)?;
         Ok(root_key)
     }
 
-    /// Forgets this replica's cached record of a root key (after a revocation).
-    pub async fn forget(&self, id: &KeyId) {
-        self.service_records.invalidate(id).await;
+    /// A root key was revoked (here, or on another replica): every cached
+    /// record is read again before it admits another data-plane call.
+    pub fn root_key_revoked(&self) {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The record, when the presented secret is its and it is still live.

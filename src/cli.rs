@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,6 +11,7 @@ use crate::config::{Cli, Command, ConfigCommand, RootKeyCommand, Settings};
 use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::{self, ExpiryChange};
 use crate::domain::{self, KeyId, RootKey};
+use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::root_keys::{self, NewRootKey};
 use crate::secrets::SecretHasher;
 use crate::startup::Application;
@@ -132,6 +134,7 @@ async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Resul
             event.set_field("revoked", "true");
             let revoked = store::revoke_root_key_audited(&db, &id, now, &event).await?;
             audit::log(&event, true);
+            tell_replicas(settings, Invalidation::RootKey(id)).await?;
             eprintln!(
                 "revoked root key {} ({}); it is refused from its next call on",
                 revoked.id, revoked.name
@@ -140,6 +143,30 @@ async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Resul
     }
     Ok(())
 }
+
+/// Publishes a change to the replicas' caches when they share Redis, waiting
+/// until Redis has taken it (or a few seconds: then their TTL bounds it).
+async fn tell_replicas(settings: &Settings, change: Invalidation) -> anyhow::Result<()> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(());
+    };
+    let bus = Arc::new(
+        InvalidationBus::connect(
+            url.expose(),
+            settings.redis_cluster,
+            &settings.redis_key_prefix,
+            Duration::from_millis(settings.redis_timeout_ms),
+        )
+        .with_context(|| format!("invalid Redis URL {url}"))?,
+    );
+    bus.publish(change);
+    let publisher = bus.spawn_publisher();
+    bus.finish(publisher, REPLICA_NOTICE_WAIT).await;
+    Ok(())
+}
+
+/// The longest `root-key revoke` waits for Redis to take the invalidation.
+const REPLICA_NOTICE_WAIT: Duration = Duration::from_secs(3);
 
 /// One tab-separated line of `root-key list`; never a secret.
 fn listing_line(key: &RootKey) -> String {

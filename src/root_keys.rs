@@ -12,6 +12,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{self, GeneratedKey, KeyId, KeyKind, OwnerScope, PermissionSet, RootKey};
 use crate::error::{Error, Result};
+use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::secrets::SecretHasher;
 use crate::store::{self, ListCursor, NewRootKeyRow, RootKeyPageQuery};
 use crate::telemetry::metrics::observe_db;
@@ -63,11 +64,24 @@ pub struct RootKeys {
     hasher: Arc<SecretHasher>,
     /// Told of revocations, so this replica's data plane refuses at once.
     gate: RootKeyGate,
+    /// Tells the other replicas' data planes, when replicas share Redis.
+    invalidations: Option<Arc<InvalidationBus>>,
 }
 
 impl RootKeys {
     pub fn new(db: DatabaseConnection, hasher: Arc<SecretHasher>, gate: RootKeyGate) -> Self {
-        RootKeys { db, hasher, gate }
+        RootKeys {
+            db,
+            hasher,
+            gate,
+            invalidations: None,
+        }
+    }
+
+    /// Publishes every revocation on `bus` from now on.
+    pub fn publishing_to(mut self, bus: Option<Arc<InvalidationBus>>) -> Self {
+        self.invalidations = bus;
+        self
     }
 
     /// Issues a root key no wider than `caller`. (Callers hold the permission
@@ -154,7 +168,10 @@ impl RootKeys {
             store::revoke_root_key_audited(&self.db, id, domain::now(), audit),
         )
         .await?;
-        self.gate.forget(id).await;
+        self.gate.root_key_revoked();
+        if let Some(bus) = &self.invalidations {
+            bus.publish(Invalidation::RootKey(id.clone()));
+        }
         Ok(revoked)
     }
 

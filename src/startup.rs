@@ -162,7 +162,9 @@ impl Application {
             .publishing_to(invalidation_bus.clone()),
         );
         let gate = RootKeyGate::new(db.clone(), hasher.clone());
-        let root_keys = Arc::new(RootKeys::new(db.clone(), hasher, gate.clone()));
+        let root_keys = Arc::new(
+            RootKeys::new(db.clone(), hasher, gate.clone()).publishing_to(invalidation_bus.clone()),
+        );
         Ok(Application {
             settings,
             listener,
@@ -227,10 +229,13 @@ impl Application {
             )),
         ];
         let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
-            background.push(tokio::spawn(
-                bus.clone()
-                    .follow_forever(self.key_cache.clone(), self.limiter.watch_reachable()),
-            ));
+            background.push(tokio::spawn(bus.clone().follow_forever(
+                Arc::new(Caches {
+                    keys: self.key_cache.clone(),
+                    root_keys: self.gate.clone(),
+                }),
+                self.limiter.watch_reachable(),
+            )));
             bus.spawn_publisher()
         });
         if self.limiter.is_remote() {
@@ -383,19 +388,28 @@ fn data_plane<S>(
     ServiceCredential::new(service, gate, permission)
 }
 
-/// The key cache as the invalidation bus feeds it: the two modules do not
-/// know each other.
-impl InvalidationSink for KeyCache {
+/// What the invalidation bus feeds: the key cache, and the root-key records
+/// of the data plane. The caches and the bus do not know each other.
+struct Caches {
+    keys: Arc<KeyCache>,
+    root_keys: RootKeyGate,
+}
+
+impl InvalidationSink for Caches {
     fn apply(&self, change: &Invalidation) {
         match change {
-            Invalidation::Key(id) => self.evict(id),
-            Invalidation::Owner(owner_id) => self.evict_owner(owner_id),
-            Invalidation::All => self.evict_all(),
+            Invalidation::Key(id) => self.keys.evict(id),
+            Invalidation::Owner(owner_id) => self.keys.evict_owner(owner_id),
+            Invalidation::RootKey(_) => self.root_keys.root_key_revoked(),
+            Invalidation::All => {
+                self.keys.evict_all();
+                self.root_keys.root_key_revoked();
+            }
         }
     }
 
     fn set_trusted(&self, trusted: bool) {
-        self.set_invalidations_flowing(trusted);
+        self.keys.set_invalidations_flowing(trusted);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::helpers::{
     Backend, ServerProcess, TestApp, assert_status, code_of, connect, create_request,
     fresh_postgres_database, sample, scrape, spawn_app_with, with_bearer,
 };
-use crate::limiter_harness::{check_request, unique};
+use crate::limiter_harness::{check_request, shared_redis_url, unique};
 use crate::root_keys::{create_root_key, root_key_client};
 
 fn validate_request(key: &str) -> pb::ValidateRequest {
@@ -224,5 +224,97 @@ async fn a_warm_service_credential_costs_no_database_read_and_no_argon2(backend:
         sample(&after, verifies),
         sample(&before, verifies),
         "a warm credential ran argon2"
+    );
+}
+
+/// Two replicas sharing PostgreSQL and Redis: a credential revoked on one is
+/// refused by the other through the invalidation stream, well within the
+/// 5 s its cached record would otherwise be trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_service_credential_is_refused_on_every_replica_within_the_stream_delay() {
+    let database_url = fresh_postgres_database().await;
+    let prefix = unique("apikeyd-creds");
+    let redis_url = shared_redis_url();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let replicas: Vec<ServerProcess> = dirs
+        .iter()
+        .map(|dir| {
+            ServerProcess::start(
+                dir.path(),
+                &[
+                    ("APIKEYD_DATABASE_URL", database_url.as_str()),
+                    ("APIKEYD_REDIS_URL", redis_url.as_str()),
+                    ("APIKEYD_REDIS_KEY_PREFIX", prefix.as_str()),
+                    ("APIKEYD_DATA_PLANE_AUTH", "root-key"),
+                ],
+            )
+        })
+        .collect();
+    let root_key = std::fs::read_to_string(dirs[0].path().join("bootstrap-root-key")).unwrap();
+    let root_key = root_key.trim();
+    let first = connect(replicas[0].addr).await;
+    let created = pb::key_service_client::KeyServiceClient::new(first.clone())
+        .create_key(with_bearer(
+            create_request("user_1", &["posts:read"]),
+            root_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let credential = pb::root_key_service_client::RootKeyServiceClient::new(first.clone())
+        .create_root_key(with_bearer(
+            crate::root_keys::root_key_request(&["validate"], &[]),
+            root_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut validations = Vec::new();
+    for replica in &replicas {
+        let mut validation = pb::validation_service_client::ValidationServiceClient::new(
+            connect(replica.addr).await,
+        );
+        validation
+            .validate(with_bearer(validate_request(&created.key), &credential.key))
+            .await
+            .expect("a warm credential on every replica");
+        validations.push(validation);
+    }
+
+    let started = std::time::Instant::now();
+    pb::root_key_service_client::RootKeyServiceClient::new(first)
+        .revoke_root_key(with_bearer(
+            pb::RevokeRootKeyRequest {
+                id: credential.root_key.unwrap().id,
+            },
+            root_key,
+        ))
+        .await
+        .unwrap();
+
+    let mut other = validations.pop().unwrap();
+    let refused_after = loop {
+        match other
+            .validate(with_bearer(validate_request(&created.key), &credential.key))
+            .await
+        {
+            Err(status) if status.code() == Code::Unauthenticated => break started.elapsed(),
+            answer => {
+                assert!(answer.is_ok(), "{answer:?}");
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(2),
+                    "still admitted after 2 s: the stream did not carry the revocation"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    };
+    println!("revoked service credential refused by the other replica after {refused_after:?}");
+    assert_status(
+        validations[0]
+            .validate(with_bearer(validate_request(&created.key), &credential.key))
+            .await,
+        Code::Unauthenticated,
+        "revoked",
     );
 }
