@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::domain::LimitSource;
 use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::ratelimit::LimitSource;
 use crate::secrets::SecretDigest;
 
 /// What the store said about an id, and when.
