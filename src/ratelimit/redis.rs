@@ -120,9 +120,13 @@ impl Target {
     fn new(settings: &ConnectionSettings) -> anyhow::Result<Target> {
         Ok(if settings.cluster {
             let nodes: Vec<&str> = settings.urls.split(',').map(str::trim).collect();
+            // One quick retry (a redirect, a reconnect), so that a failing
+            // cluster is reported in milliseconds, not after a backoff.
             let client = ClusterClient::builder(nodes)
                 .connection_timeout(settings.connect_timeout)
                 .retries(1)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
                 .build()?;
             Target::Cluster {
                 client: Box::new(client),

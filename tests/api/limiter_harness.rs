@@ -268,6 +268,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers,
+    /// as with a hung Redis or a network that drops packets.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
     /// Starts it again on the same port (empty: no persistence) and waits for PING.
     pub fn restart(&mut self) {
         self.stop();
@@ -351,6 +371,13 @@ impl RedisCluster {
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// Kills every node (as a crash of the whole cluster would).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
     }
 
     /// Every node's URL, comma-separated (the seed list apikeyd takes).
