@@ -70,7 +70,8 @@ pub async fn spawn_limited_app_with(
         settings.redis_url = urls_for_settings.as_deref().map(RedisUrl::from);
         settings.redis_cluster = limiter == Limiter::Cluster;
         settings.redis_key_prefix = prefix_for_settings;
-        // Generous: a loaded two-core CI machine must not look like an outage.
+        // Generous: on a loaded two-core CI machine answers come late, and a
+        // call without a deadline would fail UNAVAILABLE past this wait.
         settings.redis_timeout_ms = 2_000;
         adjust(settings);
     })
