@@ -316,7 +316,7 @@ impl RateLimiter {
     pub async fn probe_periodically(self: Arc<Self>) {
         let timeout = self.settings.probe_timeout;
         let Some(mut probes) = self.store.start_probe(PROBE_INTERVAL, timeout) else {
-            return;
+            return self.probe_from_here().await;
         };
         while let Some(probe) = probes.recv().await {
             match probe {
@@ -327,6 +327,21 @@ impl RateLimiter {
                     }
                 }
                 Ok(()) => {}
+            }
+        }
+    }
+
+    /// Without a probe of its own (its thread could not start), the store
+    /// is pinged from this runtime, where only a failure of Redis, never a
+    /// late answer, counts.
+    async fn probe_from_here(&self) {
+        let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            match tokio::time::timeout(self.settings.probe_timeout, self.store.ping()).await {
+                Ok(Ok(())) => self.outage_ended(),
+                Ok(Err(error)) if error.means_unreachable() => self.outage_began(&error),
+                Ok(Err(_)) | Err(_) => {}
             }
         }
     }

@@ -18,6 +18,7 @@ use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::rate_limit_service_client::RateLimitServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, RateLimitAlgorithm, ValidationCode};
+use apikeyd::ratelimit::limiter::PROBE_INTERVAL;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -40,8 +41,6 @@ const NOISE_PER_CORE: usize = 24;
 const DEADLINE: Duration = Duration::from_secs(10);
 /// One hour, as in the issue.
 const WINDOW_MS: u64 = 3_600_000;
-/// `ratelimit::limiter::PROBE_INTERVAL`: a crash is an outage within two.
-const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const ALGORITHMS: [RateLimitAlgorithm; 3] = [
     RateLimitAlgorithm::FixedWindow,
     RateLimitAlgorithm::SlidingWindow,

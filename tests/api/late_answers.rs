@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use apikeyd::grpc::pb::rate_limit_service_client::RateLimitServiceClient;
 use apikeyd::grpc::pb::{self, RateLimitAlgorithm};
+use apikeyd::ratelimit::limiter::PROBE_INTERVAL;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
@@ -19,8 +20,6 @@ use crate::limiter_harness::{RedisServer, check_request, millis, unique};
 
 /// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
 const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
-/// How often the probe pings (`ratelimit::limiter::PROBE_INTERVAL`).
-const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 fn limited(identifier: &str) -> pb::CheckRateLimitRequest {
     check_request(
