@@ -53,8 +53,11 @@ struct Shared {
 
 /// A decision waiting in its lane, and where its answer goes.
 struct Waiting {
+    /// Shared with the caller, which needs it for the policy if it stops waiting.
     decision: Arc<Decision>,
+    /// For the `queue` stage of the decision's time.
     queued_at: Instant,
+    /// Dropped unheard when the caller stopped waiting.
     answer: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
