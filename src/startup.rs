@@ -31,7 +31,7 @@ use crate::last_used::LastUsedTracker;
 use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
-use crate::ratelimit::{Keyspace, RateLimiter};
+use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
@@ -371,10 +371,15 @@ fn http_routes() -> axum::Router {
 
 /// Redis when a URL is configured, else the in-process store.
 fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let limiter = LimiterSettings {
+        policy: settings.redis_failure_policy,
+        default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),
+        probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
+        retention: settings.usage_retention(),
+    };
     let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
         Some(url) => Arc::new(
-            RedisStore::new(url.expose(), settings.redis_cluster, timeout)
+            RedisStore::new(url.expose(), settings.redis_cluster, limiter.probe_timeout)
                 .with_context(|| format!("invalid Redis URL {url}"))?,
         ),
         None => Arc::new(MemoryStore::default()),
@@ -382,9 +387,7 @@ fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
     Ok(RateLimiter::new(
         store,
         Keyspace::new(&settings.redis_key_prefix)?,
-        settings.redis_failure_policy,
-        timeout,
-        settings.usage_retention(),
+        limiter,
     ))
 }
 
