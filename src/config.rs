@@ -343,7 +343,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// Address of the HTTP listener: Prometheus metrics at /metrics [default: 127.0.0.1:8080].
+    /// Address of the HTTP listener: Prometheus metrics at /metrics and the API over HTTP/JSON [default: 127.0.0.1:8080].
     #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,

@@ -22,6 +22,8 @@
 //!   quotas and usage counters, decided in one round trip by Redis (single
 //!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`http`]: the same services over HTTP/JSON (Connect unary calls);
+//!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line.
@@ -33,9 +35,11 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
+pub mod proto_json;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;

@@ -7,6 +7,7 @@ mod limiter_harness;
 mod access;
 mod bad_input;
 mod hot_path;
+mod http_json;
 mod invalidation;
 mod key_lifecycle;
 mod listing;
