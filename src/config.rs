@@ -305,6 +305,12 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage API keys on a running server, as a client of its gRPC API.
+    Keys(crate::client::args::KeysArgs),
+    /// Ask a running server's general-purpose rate limiter.
+    Ratelimit(crate::client::args::RatelimitArgs),
+    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
+    Validate(crate::client::args::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]

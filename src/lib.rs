@@ -26,11 +26,13 @@
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
-//!   signals and the command line.
+//!   signals and the command line; [`client`]: the operator's commands
+//!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
 pub mod authority;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;

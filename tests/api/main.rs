@@ -6,6 +6,7 @@ mod limiter_harness;
 
 mod access;
 mod bad_input;
+mod cli;
 mod hot_path;
 mod http_json;
 mod invalidation;
