@@ -9,8 +9,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::Request;
 use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
 use bytes::{Buf, Bytes};
@@ -56,13 +56,6 @@ impl Connected<IncomingStream<'_, TcpListener>> for ConnectionAddrs {
     }
 }
 
-/// `POST /{service}/{method}` for every unary RPC of our services.
-pub fn router(services: GrpcServices) -> axum::Router {
-    axum::Router::new()
-        .route("/{service}/{method}", axum::routing::post(unary))
-        .with_state(services)
-}
-
 /// The encodings of a unary Connect body; the answer uses the request's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Codec {
@@ -100,7 +93,8 @@ impl Codec {
     }
 }
 
-async fn unary(State(services): State<GrpcServices>, request: Request) -> Response {
+/// One Connect unary call, answered in the request's encoding.
+pub(super) async fn unary(services: GrpcServices, request: Request) -> Response {
     match call(services, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -287,13 +281,20 @@ fn grpc_request(
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    if let Some(ConnectInfo(addrs)) = parts.extensions.get::<ConnectInfo<ConnectionAddrs>>() {
-        request.extensions_mut().insert(TcpConnectInfo {
-            local_addr: addrs.local,
-            remote_addr: Some(addrs.remote),
-        });
+    if let Some(peer) = peer(&parts.extensions) {
+        request.extensions_mut().insert(peer);
     }
     request
+}
+
+/// The connection's addresses where tonic looks for them
+/// (`Request::remote_addr`), from where the HTTP listener put them.
+pub(super) fn peer(extensions: &http::Extensions) -> Option<TcpConnectInfo> {
+    let ConnectInfo(addrs) = extensions.get::<ConnectInfo<ConnectionAddrs>>()?;
+    Some(TcpConnectInfo {
+        local_addr: addrs.local,
+        remote_addr: Some(addrs.remote),
+    })
 }
 
 /// Whether a request header is the caller's metadata rather than HTTP's or
@@ -423,7 +424,10 @@ mod tests {
         services: GrpcServices,
         request: http::Request<axum::body::Body>,
     ) -> (StatusCode, HeaderMap, serde_json::Value) {
-        let response = router(services).oneshot(request).await.unwrap();
+        let response = super::super::router(services)
+            .oneshot(request)
+            .await
+            .unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
@@ -517,7 +521,7 @@ mod tests {
             .body(axum::body::Body::from(message.encode_to_vec()))
             .unwrap();
 
-        let response = router(services(seen, Ok(validate_reply())))
+        let response = super::super::router(services(seen, Ok(validate_reply())))
             .oneshot(request)
             .await
             .unwrap();

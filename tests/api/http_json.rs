@@ -264,3 +264,62 @@ async fn an_unreachable_database_is_503_unavailable() {
         .unwrap();
     answer.assert_error(503, "unavailable", "retry");
 }
+
+/// gRPC-Web (browser gRPC clients) on the same listener, to the same services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_calls_reach_the_same_services() {
+    use prost::Message;
+    let app = spawn_app(crate::helpers::Backend::Sqlite).await;
+    let (key, _) = app.create_key("user_1", &["posts:read"]).await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let grpc_web = |procedure: &str, message: Vec<u8>| {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        http::Request::post(format!("http://{}/{procedure}", app.http_addr))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(Full::new(Bytes::from(framed)))
+            .unwrap()
+    };
+    let request = apikeyd::grpc::pb::ValidateRequest {
+        key: key.clone(),
+        required_scopes: vec!["posts:read".to_owned()],
+        ..Default::default()
+    };
+
+    let answered = client
+        .request(grpc_web(
+            "apikeyd.v1.ValidationService/Validate",
+            request.encode_to_vec(),
+        ))
+        .await
+        .unwrap();
+    let refused = client
+        .request(grpc_web(
+            "apikeyd.v1.KeyService/ListKeys",
+            apikeyd::grpc::pb::ListKeysRequest::default().encode_to_vec(),
+        ))
+        .await
+        .unwrap();
+
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert_eq!(
+        answered.headers()["content-type"],
+        "application/grpc-web+proto"
+    );
+    let body = answered.into_body().collect().await.unwrap().to_bytes();
+    let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    assert_eq!(body[0], 0, "a message frame first");
+    let response = apikeyd::grpc::pb::ValidateResponse::decode(&body[5..5 + length]).unwrap();
+    assert!(response.valid, "{response:?}");
+    let trailers = String::from_utf8_lossy(&body[5 + length + 5..]).to_lowercase();
+    assert_eq!(body[5 + length], 0x80, "then the trailers frame");
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    assert_eq!(
+        refused.headers()["grpc-status"],
+        (tonic::Code::Unauthenticated as i32).to_string().as_str(),
+        "no root key, as over gRPC"
+    );
+}
