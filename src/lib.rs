@@ -15,14 +15,19 @@
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
 //! - [`key_cache`]: key records (with the digest of their verified secret)
-//!   cached for Validate, and the guard that caps argon2 runs on wrong secrets.
-//! - [`invalidation`]: cache invalidation between replicas over Redis pub/sub.
+//!   cached for Validate: per-id generations against loads racing a change,
+//!   a 60 s backstop, the degraded TTL while invalidations may be missed;
+//!   and the guard that caps argon2 runs on wrong secrets.
+//! - [`invalidation`]: cache invalidation between replicas over a Redis
+//!   Stream: appends retried until taken, each replica replaying from its
+//!   last entry and knowing when it may have missed one; staleness bounds in
+//!   its module doc.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
 //! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
 //!   quotas and usage counters, decided in one round trip by Redis (single
 //!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
-//! - [`http`]: the same services over HTTP/JSON (Connect unary calls);
+//! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
