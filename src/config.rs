@@ -312,6 +312,12 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage API keys on a running server, as a client of its gRPC API.
+    Keys(crate::client::args::KeysArgs),
+    /// Ask a running server's general-purpose rate limiter.
+    Ratelimit(crate::client::args::RatelimitArgs),
+    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
+    Validate(crate::client::args::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,7 +356,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// Address of the HTTP listener: Prometheus metrics at /metrics [default: 127.0.0.1:8080].
+    /// Address of the HTTP listener: Prometheus metrics at /metrics and the API over HTTP/JSON [default: 127.0.0.1:8080].
     #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,

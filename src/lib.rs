@@ -30,20 +30,26 @@
 //!   one script call) or in-process; waits bounded by the caller's deadline,
 //!   and the failure policy for real Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
+//!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
-//!   signals and the command line.
+//!   signals and the command line; [`client`]: the operator's commands
+//!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
 pub mod authority;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
+pub mod proto_json;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -25,6 +26,7 @@ use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::http::{ConnectionAddrs, GrpcServices};
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
@@ -251,24 +253,20 @@ impl Application {
                 let _ = drain_rx.changed().await;
             }
         };
-        let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
+        let api = self.api_services();
+        let http = axum::serve(
+            self.http_listener,
+            http_routes(api.clone()).into_make_service_with_connect_info::<ConnectionAddrs>(),
+        )
+        .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
             .trace_fn(tracing_context::rpc_span)
             .layer(GrpcMetricsLayer)
+            .add_routes(api)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(KeyServiceServer::new(KeyApi {
-                authority: self.authority.clone(),
-                gate: self.gate.clone(),
-            }))
-            .add_service(ValidationServiceServer::new(ValidationApi {
-                authority: self.authority.clone(),
-            }))
-            .add_service(RateLimitServiceServer::new(RateLimitApi {
-                limiter: self.limiter.clone(),
-            }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(
@@ -361,12 +359,34 @@ impl InvalidationSink for KeyCache {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics (the web console joins here).
-fn http_routes() -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async { metrics::prometheus().render() }),
-    )
+impl Application {
+    /// Our API's services, served on both listeners: over gRPC, and over
+    /// HTTP/JSON by delegation to these same services.
+    fn api_services(&self) -> Routes {
+        Routes::new(KeyServiceServer::new(KeyApi {
+            authority: self.authority.clone(),
+            gate: self.gate.clone(),
+        }))
+        .add_service(ValidationServiceServer::new(ValidationApi {
+            authority: self.authority.clone(),
+        }))
+        .add_service(RateLimitServiceServer::new(RateLimitApi {
+            limiter: self.limiter.clone(),
+        }))
+    }
+}
+
+/// The HTTP listener's routes: Prometheus metrics and the API over HTTP/JSON
+/// (the web console joins here). Calls over HTTP pass the gRPC metrics layer
+/// like calls over gRPC.
+fn http_routes(api: Routes) -> axum::Router {
+    let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { metrics::prometheus().render() }),
+        )
+        .merge(crate::http::router(api))
 }
 
 /// Redis when a URL is configured, else the in-process store.
