@@ -16,7 +16,7 @@ use crate::root_keys::{self, NewRootKey};
 use crate::secrets::SecretHasher;
 use crate::startup::Application;
 use crate::store::RootKeyPageQuery;
-use crate::{audit, shutdown, store, telemetry};
+use crate::{audit, client, shutdown, store, telemetry};
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,7 +27,15 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Config(ConfigCommand::Check) = cli.command {
+    // Client commands call a running server; the server's settings give
+    // them only its local address and data directory.
+    let command = match cli.command {
+        Command::Keys(args) => return client::keys(args, &settings).await,
+        Command::Ratelimit(args) => return client::ratelimit(args, &settings).await,
+        Command::Validate(args) => return client::validate(args, &settings).await,
+        command => command,
+    };
+    if let Command::Config(ConfigCommand::Check) = command {
         return check_config(&settings);
     }
     let problems = settings.problems();
@@ -39,7 +47,7 @@ pub async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let telemetry = telemetry::init(settings.log_format);
-    let outcome = run(cli.command, settings).await;
+    let outcome = run(command, settings).await;
     // Flushing waits on the exporter task, so it must not hold a runtime worker.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match outcome {
@@ -67,7 +75,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("database schema is up to date");
             Ok(())
         }
-        Command::Config(ConfigCommand::Check) => unreachable!("handled before logging starts"),
+        Command::Config(ConfigCommand::Check)
+        | Command::Keys(_)
+        | Command::Ratelimit(_)
+        | Command::Validate(_) => unreachable!("handled before logging starts"),
         Command::RootKey(command) => root_key(command, &settings).await,
     }
 }

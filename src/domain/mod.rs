@@ -1,20 +1,25 @@
 //! The rules of the product, in plain Rust with no I/O: the key format, scopes,
-//! key settings, root keys (permissions and owner scopes), the audit record
-//! and the validation verdict. Everything here is unit-tested beside its type.
+//! key settings, limits and quotas, root keys (permissions and owner scopes),
+//! the audit record and the validation verdict. Everything here is
+//! unit-tested beside its type, and nothing here imports a module above it.
 
 pub mod api_key;
 pub mod audit;
 pub mod key_format;
 pub mod key_settings;
+pub mod limit;
 pub mod owner_scope;
 pub mod permission;
+pub mod quota;
 pub mod root_key;
 pub mod scope;
 
 pub use api_key::{ApiKey, Environment, ValidationCode};
 pub use key_format::{GeneratedKey, KeyId, KeyKind, MalformedKey, PresentedKey, Secret};
+pub use limit::{Algorithm, Limit, LimitSource, Tiers};
 pub use owner_scope::OwnerScope;
 pub use permission::{Permission, PermissionSet};
+pub use quota::{Quota, RefillInterval};
 pub use root_key::RootKey;
 pub use scope::{Scope, ScopeSet};
 

@@ -14,9 +14,8 @@ use crate::audit::{AuditTrail, AuditedCall, CallKind};
 use crate::authority::{KeyAuthority, MAX_ROTATION_GRACE, NewKey, QuotaChange};
 use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::{self, ExpiryChange};
-use crate::domain::{OwnerScope, Permission, RootKey};
+use crate::domain::{LimitSource, OwnerScope, Permission, RootKey};
 use crate::error::{Error, Result};
-use crate::ratelimit::LimitSource;
 use crate::ratelimit::usage::Granularity;
 use crate::store::{KeyChanges, ListQuery};
 

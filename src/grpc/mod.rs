@@ -17,6 +17,7 @@ macro_rules! audited {
 
 mod audit_service;
 pub mod convert;
+pub mod deadline;
 mod key_service;
 mod rate_limit_service;
 mod root_key_service;

@@ -16,9 +16,8 @@ use super::owner_limits::{limit_columns, limit_source};
 use super::within_owner_scope;
 use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::ExpiryChange;
-use crate::domain::{ApiKey, Environment, KeyId, OwnerScope, Scope, ScopeSet};
+use crate::domain::{ApiKey, Environment, KeyId, LimitSource, OwnerScope, Quota, Scope, ScopeSet};
 use crate::error::{Error, Result};
-use crate::ratelimit::{LimitSource, Quota};
 
 /// A key about to be inserted: its settings plus the hash of its secret.
 pub struct NewKeyRow {

@@ -3,15 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, EntityTrait};
-
-use sea_orm::TransactionTrait;
+use sea_orm::{ActiveValue::Set, EntityTrait, TransactionTrait};
 
 use super::entities::owner_limit;
 use super::{KeyStore, audit_events};
 use crate::domain::audit::AuditEvent;
+use crate::domain::{Limit, LimitSource};
 use crate::error::{Error, Result};
-use crate::ratelimit::{Limit, LimitSource};
 
 /// `(tier, rate_limits)` columns of a limit source.
 pub(super) fn limit_columns(source: &LimitSource) -> (Option<String>, Option<serde_json::Value>) {
