@@ -14,6 +14,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::envoy::routes::{RouteRule, RouteTable};
 use crate::ratelimit::limit::seed_tiers;
 use crate::ratelimit::usage::Retention;
 use crate::ratelimit::{Algorithm, FailurePolicy, Limit, Tiers};
@@ -50,6 +51,10 @@ pub struct Settings {
     /// Tier name → its limits (file only), e.g.
     /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
     pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
+    /// that set no `context_extensions` (file only), e.g.
+    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
+    pub envoy_routes: Vec<RouteRule>,
 }
 
 /// One limit of a tier, as written in the settings file.
@@ -107,6 +112,7 @@ impl Default for Settings {
                     (name, limits)
                 })
                 .collect(),
+            envoy_routes: Vec::new(),
         }
     }
 }
@@ -160,6 +166,9 @@ impl Settings {
         }
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
+        }
+        if let Err(e) = RouteTable::parse(&self.envoy_routes) {
+            problems.push(format!("{e}"));
         }
         problems
     }

@@ -31,6 +31,7 @@ pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod envoy;
 pub mod error;
 pub mod grpc;
 pub mod invalidation;

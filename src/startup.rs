@@ -21,6 +21,10 @@ use crate::access::RootKeyGate;
 use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
 use crate::config::Settings;
 use crate::domain::{Scope, ScopeSet};
+use crate::envoy;
+use crate::envoy::ext_authz::ExtAuthzApi;
+use crate::envoy::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::envoy::routes::RouteTable;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
@@ -47,10 +51,11 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.ValidationService",
+    "envoy.service.auth.v3.Authorization",
 ];
 /// The health name for liveness probes.
 pub const LIVENESS: &str = "liveness";
@@ -72,6 +77,8 @@ pub struct Application {
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
     limiter: Arc<RateLimiter>,
+    /// Scopes and cost of ext_authz requests whose route names none.
+    envoy_routes: Arc<RouteTable>,
 }
 
 impl Application {
@@ -162,6 +169,7 @@ impl Application {
             },
         ));
         let gate = RootKeyGate::new(db.clone(), hasher);
+        let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
         Ok(Application {
             settings,
             listener,
@@ -174,6 +182,7 @@ impl Application {
             limiter,
             key_cache,
             invalidation_bus,
+            envoy_routes,
         })
     }
 
@@ -204,10 +213,12 @@ impl Application {
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
@@ -265,6 +276,10 @@ impl Application {
             }))
             .add_service(RateLimitServiceServer::new(RateLimitApi {
                 limiter: self.limiter.clone(),
+            }))
+            .add_service(AuthorizationServer::new(ExtAuthzApi {
+                authority: self.authority.clone(),
+                routes: self.envoy_routes.clone(),
             }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.

@@ -1,11 +1,13 @@
 //! Integration tests: a real server over real gRPC on a loopback port, on
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
+mod envoy_harness;
 mod helpers;
 mod limiter_harness;
 
 mod access;
 mod bad_input;
+mod envoy_ext_authz;
 mod hot_path;
 mod invalidation;
 mod key_lifecycle;

@@ -1,0 +1,20 @@
+//! Envoy's two external services, answered by apikeyd so that an HTTP API
+//! behind Envoy gets API keys, scopes and rate limits from configuration
+//! alone.
+//!
+//! - [`ext_authz`]: `envoy.service.auth.v3.Authorization/Check`, a thin
+//!   conversion around [`crate::authority::KeyAuthority::validate`].
+//! - [`routes`]: the scopes and cost a request needs, from the route's
+//!   `context_extensions` or the route table in the settings.
+
+pub mod ext_authz;
+pub mod routes;
+
+/// Code generated from the protos vendored in `proto/third_party`.
+#[allow(clippy::all, clippy::pedantic, rustdoc::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/envoy.rs"));
+
+    /// Descriptors of the Envoy services and their imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envoy_descriptor");
+}
