@@ -6,9 +6,14 @@
 //!   conversion around [`crate::authority::KeyAuthority::validate`].
 //! - [`routes`]: the scopes and cost a request needs, from the route's
 //!   `context_extensions` or the route table in the settings.
+//! - [`ratelimit_config`]: envoyproxy/ratelimit's YAML configuration, read
+//!   with their rules (and errors that name the file and line), and matched
+//!   against request descriptors; [`yaml`] keeps every node's line.
 
 pub mod ext_authz;
+pub mod ratelimit_config;
 pub mod routes;
+pub mod yaml;
 
 /// Code generated from the protos vendored in `proto/third_party`.
 #[allow(clippy::all, clippy::pedantic, rustdoc::all)]
