@@ -14,6 +14,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::envoy::ratelimit_config::RateLimitConfig;
 use crate::envoy::routes::{RouteRule, RouteTable};
 use crate::ratelimit::limit::seed_tiers;
 use crate::ratelimit::usage::Retention;
@@ -55,6 +56,9 @@ pub struct Settings {
     /// that set no `context_extensions` (file only), e.g.
     /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
     pub envoy_routes: Vec<RouteRule>,
+    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
+    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
+    pub envoy_ratelimit_config: Option<PathBuf>,
 }
 
 /// One limit of a tier, as written in the settings file.
@@ -113,6 +117,7 @@ impl Default for Settings {
                 })
                 .collect(),
             envoy_routes: Vec::new(),
+            envoy_ratelimit_config: None,
         }
     }
 }
@@ -169,6 +174,11 @@ impl Settings {
         }
         if let Err(e) = RouteTable::parse(&self.envoy_routes) {
             problems.push(format!("{e}"));
+        }
+        if let Some(path) = &self.envoy_ratelimit_config {
+            if let Err(e) = RateLimitConfig::load(path) {
+                problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
         }
         problems
     }
@@ -466,6 +476,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_DEFAULT_TIER", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
+
+    /// envoyproxy/ratelimit's YAML configuration (a file, or a directory of .yaml files) for Envoy's ShouldRateLimit; reloaded when it changes [default: none].
+    #[arg(long, env = "APIKEYD_ENVOY_RATELIMIT_CONFIG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_ratelimit_config: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -520,6 +535,29 @@ mod tests {
         assert!(!problems.contains("hunter2"), "{problems}");
         assert!(!settings.describe().contains("hunter2"));
         assert!(Settings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn a_bad_envoy_ratelimit_file_is_a_problem_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rl.yaml");
+        std::fs::write(
+            &file,
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            envoy_ratelimit_config: Some(file.clone()),
+            ..Settings::default()
+        };
+        let problems = settings.problems().join("\n");
+        assert!(
+            problems.contains(&format!(
+                "envoy_ratelimit_config: {}:5: invalid rate limit unit 'fortnight'",
+                file.display()
+            )),
+            "{problems}"
+        );
     }
 
     #[test]

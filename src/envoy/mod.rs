@@ -9,9 +9,12 @@
 //! - [`ratelimit_config`]: envoyproxy/ratelimit's YAML configuration, read
 //!   with their rules (and errors that name the file and line), and matched
 //!   against request descriptors; [`yaml`] keeps every node's line.
+//! - [`ratelimit_source`]: that configuration in force, reloaded when its
+//!   files change (a bad change keeps the last good one).
 
 pub mod ext_authz;
 pub mod ratelimit_config;
+pub mod ratelimit_source;
 pub mod routes;
 pub mod yaml;
 

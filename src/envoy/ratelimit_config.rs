@@ -172,45 +172,7 @@ pub struct Matched<'a> {
 impl RateLimitConfig {
     /// Loads a file, or every `*.yaml` / `*.yml` file of a directory.
     pub fn load(path: &Path) -> Result<RateLimitConfig, ConfigError> {
-        let unreadable = |e: std::io::Error| ConfigError {
-            file: path.to_owned(),
-            line: 0,
-            message: format!("cannot read it: {e}"),
-        };
-        let mut files = Vec::new();
-        if path.is_dir() {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(unreadable)?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension()
-                            .is_some_and(|ext| ext == "yaml" || ext == "yml")
-                })
-                .collect();
-            paths.sort();
-            for file in paths {
-                let text = std::fs::read_to_string(&file).map_err(|e| ConfigError {
-                    file: file.clone(),
-                    line: 0,
-                    message: format!("cannot read it: {e}"),
-                })?;
-                files.push((file, text));
-            }
-            if files.is_empty() {
-                return Err(ConfigError {
-                    file: path.to_owned(),
-                    line: 0,
-                    message: "the directory holds no .yaml or .yml file".to_owned(),
-                });
-            }
-        } else {
-            files.push((
-                path.to_owned(),
-                std::fs::read_to_string(path).map_err(unreadable)?,
-            ));
-        }
-        RateLimitConfig::parse(&files)
+        RateLimitConfig::parse(&read_files(path)?)
     }
 
     /// Parses files given as (name, contents); a domain may appear once.
@@ -278,6 +240,45 @@ impl RateLimitConfig {
             counter: counter.join("|"),
         })
     }
+}
+
+/// The contents of `path`, or of every `*.yaml` / `*.yml` file in it (by name).
+pub fn read_files(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
+    let read = |file: &Path| {
+        std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: 0,
+            message: format!("cannot read it: {e}"),
+        })
+    };
+    if !path.is_dir() {
+        return Ok(vec![(path.to_owned(), read(path)?)]);
+    }
+    let listing = std::fs::read_dir(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        message: format!("cannot list it: {e}"),
+    })?;
+    let mut paths: Vec<PathBuf> = listing
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            message: "the directory holds no .yaml or .yml file".to_owned(),
+        });
+    }
+    paths
+        .into_iter()
+        .map(|file| read(&file).map(|text| (file, text)))
+        .collect()
 }
 
 /// `key=value` with the separators escaped, so no two descriptors share a name.
