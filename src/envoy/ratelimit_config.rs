@@ -828,6 +828,17 @@ descriptors:
     }
 
     #[test]
+    fn the_example_next_to_envoy_yaml_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/ratelimit.yaml");
+        let config = RateLimitConfig::load(&path).unwrap();
+        assert_eq!(limit_of(&config, "edge", &[("owner", "user_1")]), Some(600));
+        assert_eq!(
+            limit_of(&config, "edge", &[("remote_address", "198.51.100.66")]),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn a_domain_may_appear_in_one_file_only() {
         let files = [
             (PathBuf::from("a.yaml"), "domain: d\n".to_owned()),
