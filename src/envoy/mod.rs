@@ -11,10 +11,14 @@
 //!   against request descriptors; [`yaml`] keeps every node's line.
 //! - [`ratelimit_source`]: that configuration in force, reloaded when its
 //!   files change (a bad change keeps the last good one).
+//! - [`rls_plan`]: one `ShouldRateLimit` request worked out against it
+//!   (replaces, unlimited, zero limits, shadow and quota modes, hits) and
+//!   the store's answers turned into envoyproxy/ratelimit's response.
 
 pub mod ext_authz;
 pub mod ratelimit_config;
 pub mod ratelimit_source;
+pub mod rls_plan;
 pub mod routes;
 pub mod yaml;
 

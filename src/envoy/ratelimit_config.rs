@@ -204,7 +204,7 @@ impl RateLimitConfig {
     /// The rule for one request descriptor of `domain`, if one applies.
     pub fn find(&self, domain: &str, entries: &[(&str, &str)]) -> Option<Matched<'_>> {
         let mut level = self.domains.get(domain)?;
-        let mut counter = vec![domain.to_owned()];
+        let mut counted = Vec::with_capacity(entries.len());
         let mut rule = None;
         for (i, (key, value)) in entries.iter().enumerate() {
             let composite = format!("{key}_{value}");
@@ -226,7 +226,7 @@ impl RateLimitConfig {
                 Some(next) => next,
                 None => break,
             };
-            counter.push(counter_entry(key, shared_pattern.unwrap_or(value)));
+            counted.push((*key, shared_pattern.unwrap_or(value)));
             if i == entries.len() - 1 {
                 rule = next.rule.as_ref();
             }
@@ -237,7 +237,7 @@ impl RateLimitConfig {
         }
         rule.map(|rule| Matched {
             rule,
-            counter: counter.join("|"),
+            counter: counter_name(domain, counted),
         })
     }
 }
@@ -281,14 +281,25 @@ pub fn read_files(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
         .collect()
 }
 
-/// `key=value` with the separators escaped, so no two descriptors share a name.
-fn counter_entry(key: &str, value: &str) -> String {
+/// A descriptor's counter: the domain and its entries as `key=value` (the
+/// separators escaped, so no two descriptors share a name).
+pub fn counter_name<'a>(
+    domain: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
     let escape = |s: &str| {
         s.replace('%', "%25")
             .replace('|', "%7C")
             .replace('=', "%3D")
     };
-    format!("{}={}", escape(key), escape(value))
+    let mut name = escape(domain);
+    for (key, value) in entries {
+        name.push('|');
+        name.push_str(&escape(key));
+        name.push('=');
+        name.push_str(&escape(value));
+    }
+    name
 }
 
 /// Whether `value` matches a pattern split on `*` (each `*` any run of characters).
