@@ -22,6 +22,9 @@
 //!   quotas and usage counters, decided in one round trip by Redis (single
 //!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`envoy`]: Envoy's ext_authz (`Authorization/Check`, over the same
+//!   validate use case) and envoyproxy/ratelimit's configuration format, with
+//!   the protos vendored in `proto/third_party`.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line.
