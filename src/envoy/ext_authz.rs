@@ -28,6 +28,7 @@ use super::routes::RouteTable;
 use crate::authority::{KeyAuthority, ValidationRequest};
 use crate::domain::{ApiKey, ValidationCode};
 use crate::error::Error;
+use crate::grpc::deadline;
 use crate::ratelimit::LimitStatus;
 use crate::ratelimit::usage::RequestContext;
 
@@ -54,6 +55,7 @@ impl Authorization for ExtAuthzApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let answer_by = deadline::answer_by(request.metadata());
         let attributes = request.into_inner().attributes.unwrap_or_default();
         let http = attributes
             .request
@@ -85,6 +87,7 @@ impl Authorization for ExtAuthzApi {
                     required: &requirements.scopes,
                     cost: requirements.cost,
                     context,
+                    answer_by,
                 },
             )
             .await?;
@@ -348,7 +351,7 @@ fn set_header(key: &str, value: &str) -> HeaderValueOption {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::{Algorithm, Limit};
+    use crate::domain::{Algorithm, Limit};
 
     fn http(headers: &[(&str, &str)]) -> HttpRequest {
         HttpRequest {

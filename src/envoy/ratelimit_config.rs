@@ -19,8 +19,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::yaml::{self, Node, NodeValue, Scalar};
-use crate::ratelimit::Algorithm;
-use crate::ratelimit::limit::MAX_LIMIT;
+use crate::domain::Algorithm;
+use crate::domain::limit::MAX_LIMIT;
 
 const ROOT_KEYS: &[&str] = &["domain", "descriptors"];
 const DESCRIPTOR_KEYS: &[&str] = &[

@@ -20,9 +20,10 @@ use super::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use super::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use super::ratelimit_config::{RateLimitConfig, Rule, RuleLimit, Unit, counter_name};
+use crate::domain::limit::MAX_LIMIT;
+use crate::domain::{Algorithm, Limit};
 use crate::error::{Error, Result};
-use crate::ratelimit::limit::MAX_LIMIT;
-use crate::ratelimit::{Algorithm, Limit, LimitStatus};
+use crate::ratelimit::LimitStatus;
 
 /// How a counted limit weighs on the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::limit::MAX_LIMIT;
 use crate::domain::{Scope, key_settings};
 use crate::error::{Error, Result};
-use crate::ratelimit::limit::MAX_LIMIT;
 
 /// The `context_extensions` entry naming the scopes a route needs.
 pub const SCOPES_EXTENSION: &str = "scopes";
