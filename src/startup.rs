@@ -25,6 +25,9 @@ use crate::domain::{Scope, ScopeSet};
 use crate::envoy;
 use crate::envoy::ext_authz::ExtAuthzApi;
 use crate::envoy::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::envoy::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServer;
+use crate::envoy::rate_limit_service::EnvoyRateLimitApi;
+use crate::envoy::ratelimit_source::RateLimitConfigSource;
 use crate::envoy::routes::RouteTable;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
@@ -55,11 +58,12 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.ValidationService",
     "envoy.service.auth.v3.Authorization",
+    "envoy.service.ratelimit.v3.RateLimitService",
 ];
 /// The health name for liveness probes.
 pub const LIVENESS: &str = "liveness";
@@ -83,6 +87,8 @@ pub struct Application {
     limiter: Arc<RateLimiter>,
     /// Scopes and cost of ext_authz requests whose route names none.
     envoy_routes: Arc<RouteTable>,
+    /// envoyproxy/ratelimit's configuration, when one is given.
+    envoy_ratelimit: Option<Arc<RateLimitConfigSource>>,
 }
 
 impl Application {
@@ -174,6 +180,10 @@ impl Application {
         );
         let gate = RootKeyGate::new(db.clone(), hasher);
         let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
+        let envoy_ratelimit = match &settings.envoy_ratelimit_config {
+            Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
+            None => None,
+        };
         Ok(Application {
             settings,
             listener,
@@ -187,6 +197,7 @@ impl Application {
             key_cache,
             invalidation_bus,
             envoy_routes,
+            envoy_ratelimit,
         })
     }
 
@@ -235,6 +246,9 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
+        if let Some(source) = &self.envoy_ratelimit {
+            background.push(tokio::spawn(source.clone().watch()));
+        }
         let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
             background.push(tokio::spawn(
                 bus.clone()
@@ -282,6 +296,10 @@ impl Application {
             .add_service(AuthorizationServer::new(ExtAuthzApi {
                 authority: self.authority.clone(),
                 routes: self.envoy_routes.clone(),
+            }))
+            .add_service(EnvoyRateLimitServer::new(EnvoyRateLimitApi {
+                limiter: self.limiter.clone(),
+                config: self.envoy_ratelimit.clone(),
             }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.

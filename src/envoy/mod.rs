@@ -14,8 +14,11 @@
 //! - [`rls_plan`]: one `ShouldRateLimit` request worked out against it
 //!   (replaces, unlimited, zero limits, shadow and quota modes, hits) and
 //!   the store's answers turned into envoyproxy/ratelimit's response.
+//! - [`rate_limit_service`]: Envoy's `RateLimitService/ShouldRateLimit`,
+//!   every counted descriptor of a request decided at once by the limiter.
 
 pub mod ext_authz;
+pub mod rate_limit_service;
 pub mod ratelimit_config;
 pub mod ratelimit_source;
 pub mod rls_plan;

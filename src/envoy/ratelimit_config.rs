@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::yaml::{self, Node, NodeValue, Scalar};
 use crate::domain::Algorithm;
-use crate::domain::limit::MAX_LIMIT;
+use crate::domain::limit::{MAX_LIMIT, MAX_WINDOW_MS};
 
 const ROOT_KEYS: &[&str] = &["domain", "descriptors"];
 const DESCRIPTOR_KEYS: &[&str] = &[
@@ -504,12 +504,22 @@ impl Reader<'_> {
             (false, None) => {
                 return Err(self.error(line, format!("invalid rate limit unit '{unit_text}'")));
             }
-            (false, Some(unit)) => RuleLimit::PerUnit {
-                requests_per_unit: self
-                    .requests_per_unit(fields.get("requests_per_unit").copied())?,
-                unit,
-                algorithm: self.algorithm(fields.get("algorithm").copied())?,
-            },
+            (false, Some(unit)) => {
+                let algorithm = self.algorithm(fields.get("algorithm").copied())?;
+                // The sliding window's and GCRA's exact arithmetic holds to 30 days.
+                if algorithm != Algorithm::FixedWindow && unit.seconds() * 1000 > MAX_WINDOW_MS {
+                    return Err(self.error(
+                        line,
+                        "sliding_window and token_bucket windows are at most 30 days; a year needs fixed_window",
+                    ));
+                }
+                RuleLimit::PerUnit {
+                    requests_per_unit: self
+                        .requests_per_unit(fields.get("requests_per_unit").copied())?,
+                    unit,
+                    algorithm,
+                }
+            }
         };
         let name = Some(self.string(fields.get("name").copied())?).filter(|n| !n.is_empty());
         let mut replaces = Vec::new();
@@ -825,6 +835,11 @@ descriptors:
                 "domain: d\ndescriptors:\n  - key: k\n    unit: day\n",
                 4,
                 "'unit' does not belong in a descriptor",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: year\n      algorithm: sliding_window\n",
+                5,
+                "a year needs fixed_window",
             ),
         ];
         for (text, line, needle) in cases {

@@ -23,19 +23,7 @@ use super::ratelimit_config::{RateLimitConfig, Rule, RuleLimit, Unit, counter_na
 use crate::domain::limit::MAX_LIMIT;
 use crate::domain::{Algorithm, Limit};
 use crate::error::{Error, Result};
-use crate::ratelimit::LimitStatus;
-
-/// How a counted limit weighs on the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitMode {
-    /// Over it, the request is refused.
-    Enforced,
-    /// Over it, the descriptor still answers OK (`shadow_mode`).
-    Shadow,
-    /// Over it, the descriptor answers OVER_LIMIT, and the request is refused
-    /// only when every quota-mode limit of it is over (`quota_mode`).
-    Quota,
-}
+use crate::ratelimit::{Enforcement, LimitStatus};
 
 /// One limit the store counts for the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,11 +33,12 @@ pub struct PlannedLimit {
     pub limit: Limit,
     /// What this request takes from it (0: look without counting).
     pub hits: u32,
-    /// How it weighs on the store's all-or-nothing decision: a quota-mode
-    /// limit is [`LimitMode::Shadow`] there when a quota-mode descriptor
-    /// the store does not see (`requests_per_unit: 0`, no hits) is not over,
-    /// since the quota group can then never be all over.
-    pub mode: LimitMode,
+    /// How it weighs on the store's decision: `shadow_mode` is
+    /// [`Enforcement::Shadow`], `quota_mode` [`Enforcement::Collective`], or
+    /// `Shadow` when a quota-mode descriptor the store does not see
+    /// (`requests_per_unit: 0` without hits) is not over, since the quota
+    /// descriptors can then never be all over.
+    pub mode: Enforcement,
 }
 
 /// What one request descriptor comes to.
@@ -64,13 +53,13 @@ enum Planned {
         reported: ProtoLimit,
         unit: Unit,
         hits: u32,
-        mode: LimitMode,
+        mode: Enforcement,
     },
     /// Counted by the store: `index` into [`Plan::limits`].
     Counted {
         index: usize,
         reported: ProtoLimit,
-        mode: LimitMode,
+        mode: Enforcement,
     },
 }
 
@@ -139,7 +128,7 @@ impl Plan {
                 d,
                 Planned::Zero {
                     hits: 0,
-                    mode: LimitMode::Quota,
+                    mode: Enforcement::Collective,
                     ..
                 }
             )
@@ -148,9 +137,9 @@ impl Plan {
             for limit in plan
                 .limits
                 .iter_mut()
-                .filter(|l| l.mode == LimitMode::Quota)
+                .filter(|l| l.mode == Enforcement::Collective)
             {
-                limit.mode = LimitMode::Shadow;
+                limit.mode = Enforcement::Shadow;
             }
         }
         Ok(plan)
@@ -166,11 +155,11 @@ impl Plan {
             return Planned::Unlimited;
         };
         let mode = if rule.shadow_mode {
-            LimitMode::Shadow
+            Enforcement::Shadow
         } else if rule.quota_mode {
-            LimitMode::Quota
+            Enforcement::Collective
         } else {
-            LimitMode::Enforced
+            Enforcement::Enforced
         };
         let reported = ProtoLimit {
             name: rule.name.clone().unwrap_or_default(),
@@ -207,12 +196,12 @@ impl Plan {
     /// descriptor being one with hits): then the store only looks.
     pub fn refused_before_counting(&self) -> bool {
         let mut quota = self.descriptors.iter().filter_map(|d| match d {
-            Planned::Zero { hits, mode, .. } if *mode == LimitMode::Quota => Some(*hits > 0),
-            Planned::Counted { mode, .. } if *mode == LimitMode::Quota => Some(false),
+            Planned::Zero { hits, mode, .. } if *mode == Enforcement::Collective => Some(*hits > 0),
+            Planned::Counted { mode, .. } if *mode == Enforcement::Collective => Some(false),
             _ => None,
         });
         let enforced_zero = self.descriptors.iter().any(
-            |d| matches!(d, Planned::Zero { hits, mode: LimitMode::Enforced, .. } if *hits > 0),
+            |d| matches!(d, Planned::Zero { hits, mode: Enforcement::Enforced, .. } if *hits > 0),
         );
         let first = quota.next();
         enforced_zero || (first == Some(true) && quota.all(|over| over))
@@ -257,9 +246,9 @@ impl Plan {
             };
             let mut status = status;
             match mode {
-                Some(LimitMode::Enforced) => refused |= over,
-                Some(LimitMode::Shadow) => status.code = Code::Ok as i32,
-                Some(LimitMode::Quota) => {
+                Some(Enforcement::Enforced) => refused |= over,
+                Some(Enforcement::Shadow) => status.code = Code::Ok as i32,
+                Some(Enforcement::Collective) => {
                     quota_total += 1;
                     quota_over += usize::from(over);
                 }
@@ -498,7 +487,7 @@ mod tests {
             &request(vec![descriptor(&[("foo", "x"), ("baz", "shady")])]),
         )
         .unwrap();
-        assert_eq!(plan.limits[0].mode, LimitMode::Shadow);
+        assert_eq!(plan.limits[0].mode, Enforcement::Shadow);
         let response = plan.respond(&answers(&plan, &[false]), 0);
         assert_eq!(codes(&response), (OK, vec![OK]));
         assert_eq!(
@@ -579,7 +568,11 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert!(plan.limits.iter().all(|l| l.mode == LimitMode::Quota));
+        assert!(
+            plan.limits
+                .iter()
+                .all(|l| l.mode == Enforcement::Collective)
+        );
         let one_over = plan.respond(&answers(&plan, &[false, true]), 0);
         assert_eq!(codes(&one_over), (OK, vec![OVER, OK]));
         let both_over = plan.respond(&answers(&plan, &[false, false]), 0);

@@ -10,6 +10,7 @@ mod bad_input;
 mod busy_replicas;
 mod cli;
 mod envoy_ext_authz;
+mod envoy_ratelimit;
 mod hot_path;
 mod http_json;
 mod invalidation;
