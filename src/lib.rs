@@ -31,8 +31,9 @@
 //!   and the failure policy for real Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
 //! - [`envoy`]: Envoy's ext_authz (`Authorization/Check`, over the same
-//!   validate use case) and envoyproxy/ratelimit's configuration format, with
-//!   the protos vendored in `proto/third_party`.
+//!   validate use case) and an envoyproxy/ratelimit drop-in (`ShouldRateLimit`,
+//!   their YAML format, decided by the limiter), with the protos vendored in
+//!   `proto/third_party`.
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`startup`]: wiring, serving, health, draining.
