@@ -371,3 +371,34 @@ async fn wait_for_rejected_reload(app: &EnvoyLimitedApp) -> bool {
     }
     false
 }
+
+/// `apikeyd config check` and `apikeyd serve` with a file envoyproxy/ratelimit would refuse.
+#[test]
+fn a_file_their_loader_refuses_stops_config_check_and_serve_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rl.yaml");
+    std::fs::write(
+        &file,
+        "domain: edge\ndescriptors:\n  - key: tenant\n    rate_limit:\n      unit: fortnight\n",
+    )
+    .unwrap();
+    for command in [&["config", "check"][..], &["serve"][..]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_apikeyd"))
+            .args(command)
+            .env_clear()
+            .env("APIKEYD_DATA_DIR", dir.path())
+            .env("APIKEYD_GRPC_ADDR", "127.0.0.1:0")
+            .env("APIKEYD_HTTP_ADDR", "127.0.0.1:0")
+            .env("APIKEYD_ENVOY_RATELIMIT_CONFIG", &file)
+            .output()
+            .expect("run apikeyd");
+
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
+        let expected = format!(
+            "envoy_ratelimit_config: {}:5: invalid rate limit unit 'fortnight'",
+            file.display()
+        );
+        assert!(stderr.contains(&expected), "{command:?}: {stderr}");
+    }
+}
