@@ -15,8 +15,16 @@ pub struct RateLimitConfigSource {
     /// The file or directory given in the settings.
     path: PathBuf,
     current: RwLock<Arc<RateLimitConfig>>,
-    /// The files as last read, good or not: a change is a difference from them.
-    last_read: Mutex<Vec<(PathBuf, String)>>,
+    /// What the last look found, good or not: a change is a difference from it.
+    last_seen: Mutex<Seen>,
+}
+
+/// What one look at the files found.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Files(Vec<(PathBuf, String)>),
+    /// They could not be read (e.g. removed); the error says why.
+    Unreadable(String),
 }
 
 /// What one look at the files found.
@@ -36,7 +44,7 @@ impl RateLimitConfigSource {
         Ok(RateLimitConfigSource {
             path: path.to_owned(),
             current: RwLock::new(Arc::new(config)),
-            last_read: Mutex::new(files),
+            last_seen: Mutex::new(Seen::Files(files)),
         })
     }
 
@@ -49,33 +57,37 @@ impl RateLimitConfigSource {
     pub fn reload_if_changed(&self) -> Reload {
         let files = match read_files(&self.path) {
             Ok(files) => files,
-            Err(error) => return self.rejected(Vec::new(), error),
+            Err(error) => return self.rejected(Seen::Unreadable(error.to_string()), error),
         };
-        if *self.last_read.lock().expect("config lock poisoned") == files {
+        let seen = Seen::Files(files);
+        if *self.last_seen.lock().expect("config lock poisoned") == seen {
             return Reload::Unchanged;
         }
-        match RateLimitConfig::parse(&files) {
+        let Seen::Files(files) = &seen else {
+            unreachable!("just built from files")
+        };
+        match RateLimitConfig::parse(files) {
             Ok(config) => {
                 *self.current.write().expect("config lock poisoned") = Arc::new(config);
-                *self.last_read.lock().expect("config lock poisoned") = files;
+                *self.last_seen.lock().expect("config lock poisoned") = seen;
                 tracing::info!(path = %self.path.display(), "envoy rate-limit configuration reloaded");
                 ::metrics::counter!("apikeyd_envoy_ratelimit_config_reloads_total", "result" => "reloaded")
                     .increment(1);
                 Reload::Reloaded
             }
-            Err(error) => self.rejected(files, error),
+            Err(error) => self.rejected(seen, error),
         }
     }
 
-    /// Logs a bad change once (until the files change again).
-    fn rejected(&self, files: Vec<(PathBuf, String)>, error: ConfigError) -> Reload {
-        let mut last_read = self.last_read.lock().expect("config lock poisoned");
-        if *last_read != files || files.is_empty() {
+    /// Logs a bad change once (until what is seen changes again).
+    fn rejected(&self, seen: Seen, error: ConfigError) -> Reload {
+        let mut last_seen = self.last_seen.lock().expect("config lock poisoned");
+        if *last_seen != seen {
             tracing::warn!(%error, "envoy rate-limit configuration changed but does not read; keeping the last good one");
             ::metrics::counter!("apikeyd_envoy_ratelimit_config_reloads_total", "result" => "rejected")
                 .increment(1);
+            *last_seen = seen;
         }
-        *last_read = files;
         Reload::Rejected(error)
     }
 
