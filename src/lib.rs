@@ -22,6 +22,7 @@
 //!   quotas and usage counters, decided in one round trip by Redis (single
 //!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`console`]: the web console, its assets built into the binary.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line.
@@ -30,6 +31,7 @@ pub mod access;
 pub mod authority;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -248,7 +248,8 @@ impl Application {
                 let _ = drain_rx.changed().await;
             }
         };
-        let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
+        let http = axum::serve(self.http_listener, http_routes(&self.settings.console))
+            .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
             .trace_fn(tracing_context::rpc_span)
@@ -339,12 +340,14 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics (the web console joins here).
-fn http_routes() -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async { metrics::prometheus().render() }),
-    )
+/// The HTTP listener's routes: Prometheus metrics and the web console.
+fn http_routes(console: &crate::config::ConsoleSettings) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { metrics::prometheus().render() }),
+        )
+        .merge(crate::console::routes(console))
 }
 
 /// Redis when a URL is configured, else the in-process store.
