@@ -231,11 +231,10 @@ function keyItem(key) {
         el('span', { class: 'owner' }, el('span', { class: 'muted' }, 'Owner '), key.ownerId)),
       el('ul', { class: 'scopes', 'aria-label': 'Scopes' },
         ...(key.scopes ?? []).map((scope) => el('li', { class: 'badge scope' }, scope))),
-      el('p', { class: 'key-dates muted' }, ...dates),
-      el('p', { class: `last-used${lastUsed ? '' : ' never'}` },
+      el('p', { class: 'key-dates muted' }, ...dates,
         lastUsed
-          ? el('span', { title: formatDayAndTime(lastUsed) }, `Last used: ${timeAgo(lastUsed, now)}`)
-          : 'Never used')),
+          ? el('span', { class: 'last-used', title: formatDayAndTime(lastUsed) }, `Last used: ${timeAgo(lastUsed, now)}`)
+          : el('span', { class: 'last-used never' }, 'Never used'))),
     actions,
     usagePanel);
 }
@@ -355,7 +354,12 @@ function clearCreateErrors() {
 
 function showFieldError(inputId, message) {
   $(inputId).setAttribute('aria-invalid', 'true');
-  $(FIELD_ERRORS[inputId]).textContent = message;
+  $(FIELD_ERRORS[inputId]).replaceChildren(...withCode(message));
+}
+
+/** The server's messages quote syntax in `backticks`: shown as code. */
+function withCode(message) {
+  return message.split('`').map((part, i) => (i % 2 === 1 ? el('code', {}, part) : part));
 }
 
 function openCreate() {
@@ -421,7 +425,7 @@ function showCreateError(e) {
   } else if (!api.signedIn()) {
     // Signed out by `guarded`; the sign-in form says why.
   } else {
-    $('create-error').textContent = e.message;
+    $('create-error').replaceChildren(...withCode(e.message));
   }
 }
 
@@ -561,6 +565,7 @@ function start() {
   $('owner-filter').addEventListener('keydown', (e) => { if (e.key === 'Enter') applyFilters(); });
   $('show-revoked').addEventListener('change', applyFilters);
   $('load-more').addEventListener('click', loadMore);
+  $('refresh').addEventListener('click', () => guarded(reloadKeys).catch((e) => toast(e.message, 'error')));
   $('create-open').addEventListener('click', openCreate);
   $('create-form').addEventListener('submit', onCreate);
   $('create-cancel').addEventListener('click', () => closeModal($('create-dialog')));
