@@ -109,8 +109,11 @@ function drawBars(rows, range, width) {
     }
     chart.append(group);
     if ((rows.length - 1 - i) % labelEvery === 0) {
-      chart.append(svg('text', { x: x + barWidth / 2, y: height - 8, class: 'axis', 'text-anchor': 'middle' },
-        bucketLabel(row, range)));
+      // Labels centred under their bar, but never past the chart's edges.
+      const label = bucketLabel(row, range);
+      const half = label.length * 3.3;
+      const centre = Math.min(Math.max(x + barWidth / 2, pad.left + half), width - half - 1);
+      chart.append(svg('text', { x: centre, y: height - 8, class: 'axis', 'text-anchor': 'middle' }, label));
     }
   });
   return chart;

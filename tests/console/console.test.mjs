@@ -286,7 +286,11 @@ test('the copied key validates over gRPC, and its usage is charted', async () =>
   assert.equal(await item.getByRole('table', { name: 'Requests per day, last 30 days' }).getByRole('row').count(), 31);
   await item.getByRole('button', { name: 'Last 24 hours' }).click();
   await chart.waitFor();
+  // The README's picture: the top of the page, with this key's usage open.
+  await page.setViewportSize({ width: 1280, height: 1040 });
+  await page.evaluate(() => window.scrollTo(0, 0));
   await shot('readme', { fullPage: false });
+  await page.setViewportSize({ width: 1280, height: 860 });
 });
 
 test('revoking in the console asks first, and Validate then answers REVOKED', async () => {
