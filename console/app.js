@@ -189,7 +189,8 @@ function keyItem(key) {
   if (revoked) badges.push(el('span', { class: 'badge state revoked' }, 'Revoked'));
   else if (revokedAt) badges.push(el('span', { class: 'badge state rotating', title: formatDayAndTime(revokedAt) }, 'Rotating'));
   if (!revoked && expired) badges.push(el('span', { class: 'badge state expired' }, 'Expired'));
-  if (!revoked && key.enabled === false) badges.push(el('span', { class: 'badge state disabled' }, 'Disabled'));
+  // proto3 JSON leaves out fields at their default: no `enabled` means false.
+  if (!revoked && !key.enabled) badges.push(el('span', { class: 'badge state disabled' }, 'Disabled'));
 
   const dates = [
     el('span', {}, 'Created ', timeEl(created, formatDay(created))),

@@ -259,7 +259,9 @@ test('the copied key validates over gRPC, and its usage is charted', async () =>
   // Keys for a fuller list (and screenshot).
   await createOverGrpc({ owner_id: 'user_1', name: 'Staging worker', scopes: ['posts:read'],
     environment: 'ENVIRONMENT_TEST', expires_in_days: 7 });
-  await createOverGrpc({ owner_id: 'analytics', name: 'Nightly export', scopes: ['reports:read', 'users:read'] });
+  const nightly = await createOverGrpc({ owner_id: 'analytics', name: 'Nightly export',
+    scopes: ['reports:read', 'users:read'] });
+  await unary(keyService, 'UpdateKey', { id: nightly.api_key.id, enabled: false }, asRoot());
 
   // last_used_at is written in batches; refresh the list until it shows.
   const item = page.getByRole('listitem').filter({ has: page.getByRole('heading', { name: created.name }) });
@@ -268,6 +270,9 @@ test('the copied key validates over gRPC, and its usage is charted', async () =>
     await page.getByRole('status').filter({ hasText: /^\d+ keys?$/ }).waitFor();
     return item.innerText();
   }, (text) => /Last used: (just now|\d+ seconds? ago)/.test(text), 'Last used appears');
+  const disabled = page.getByRole('listitem').filter({ has: page.getByRole('heading', { name: 'Nightly export' }) });
+  await disabled.getByText('Disabled', { exact: true }).waitFor();
+  assert.equal(await item.getByText('Disabled', { exact: true }).count(), 0, 'an enabled key says nothing');
 
   await item.getByRole('button', { name: `Usage of ${created.name}` }).click();
   const chart = item.getByRole('img', { name: /^Requests per hour over the last 24 hours/ });
