@@ -439,7 +439,7 @@ function showSecretOnce(secret, apiKey) {
     id: 'secret-value',
     class: 'mono secret-value',
     readonly: '',
-    rows: '2',
+    rows: '3',
     spellcheck: 'false',
     autocomplete: 'off',
     'aria-describedby': 'secret-warning',
