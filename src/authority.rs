@@ -14,6 +14,7 @@ use crate::domain::{
     ValidationCode,
 };
 use crate::error::{Error, Result};
+use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key_cache::{CachedLookup, KeyCache, WrongSecretGuard};
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
@@ -92,6 +93,8 @@ pub struct KeyAuthority {
     store: KeyStore,
     /// Key records for Validate, evicted on every change.
     keys: Arc<KeyCache>,
+    /// Where changes are published for the other replicas, when they share Redis.
+    invalidations: Option<Arc<InvalidationBus>>,
     /// Caps argon2 runs spent on wrong secrets for one key id.
     wrong_secrets: WrongSecretGuard,
     hasher: Arc<SecretHasher>,
@@ -117,6 +120,7 @@ impl KeyAuthority {
         KeyAuthority {
             store,
             keys,
+            invalidations: None,
             wrong_secrets: WrongSecretGuard::new(policy.wrong_secret_limit, WRONG_SECRET_WINDOW),
             hasher,
             last_used,
@@ -124,6 +128,13 @@ impl KeyAuthority {
             tiers,
             max_active_keys_per_owner: policy.max_active_keys_per_owner,
         }
+    }
+
+    /// Publishes every change on `bus` from now on, so that other replicas
+    /// evict it too.
+    pub fn publishing_to(mut self, bus: Option<Arc<InvalidationBus>>) -> Self {
+        self.invalidations = bus;
+        self
     }
 
     pub fn tiers(&self) -> &Tiers {
@@ -214,7 +225,7 @@ impl KeyAuthority {
         }
         let mut key =
             observe_db("update_key", self.store.update(id, changes, domain::now())).await?;
-        self.key_changed(id).await;
+        self.key_changed(id);
         if let (Some(amount), Some(quota)) = (add, key.quota.as_mut()) {
             let decision = self.quota_decision(&key.owner_id, &key.id, *quota, amount);
             let (outcome, decided) = self.limiter.decide(&decision).await;
@@ -229,13 +240,21 @@ impl KeyAuthority {
 
     pub async fn revoke_key(&self, id: &KeyId, owner_id: Option<&str>) -> Result<ApiKey> {
         let key = observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await?;
-        self.key_changed(id).await;
+        self.key_changed(id);
         Ok(self.with_live_quota(key).await)
     }
 
-    /// Evicts a changed key from every replica's cache.
-    async fn key_changed(&self, id: &KeyId) {
-        self.keys.invalidate(id).await;
+    /// Evicts a changed key from every replica's cache: here at once, on
+    /// the others when the bus delivers it.
+    fn key_changed(&self, id: &KeyId) {
+        self.keys.evict(id);
+        self.publish(Invalidation::Key(id.clone()));
+    }
+
+    fn publish(&self, change: Invalidation) {
+        if let Some(bus) = &self.invalidations {
+            bus.publish(change);
+        }
     }
 
     /// The limits all of `owner_id`'s keys share.
@@ -255,7 +274,8 @@ impl KeyAuthority {
                 .set_owner_limits(owner_id, limits.as_ref(), domain::now()),
         )
         .await?;
-        self.keys.invalidate_owner(owner_id).await;
+        self.keys.evict_owner(owner_id);
+        self.publish(Invalidation::Owner(owner_id.to_owned()));
         Ok(())
     }
 
@@ -353,7 +373,7 @@ impl KeyAuthority {
             now,
         );
         let (api_key, previous) = observe_db("rotate_key", rotation).await?;
-        self.key_changed(id).await;
+        self.key_changed(id);
         Ok((
             IssuedKey {
                 full_key: generated.into_full_key(),
@@ -389,10 +409,9 @@ impl KeyAuthority {
         }
         let lookup = self
             .keys
-            .get_or_load(
-                &presented.id,
-                observe_db("find_key", self.store.find(&presented.id)),
-            )
+            .get_or_load(&presented.id, || {
+                observe_db("find_key", self.store.find(&presented.id))
+            })
             .await?;
         let Some((api_key, secret_hash)) = &lookup.found else {
             return Ok(not_found);
@@ -491,10 +510,9 @@ impl KeyAuthority {
             .collect();
         let owner_limits = self
             .keys
-            .owner_limits_or_load(
-                owner,
-                observe_db("owner_limits", self.store.owner_limits(owner)),
-            )
+            .owner_limits_or_load(owner, || {
+                observe_db("owner_limits", self.store.owner_limits(owner))
+            })
             .await?;
         if let Some(shared) = &owner_limits.limits {
             limits.extend(

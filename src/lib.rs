@@ -15,8 +15,13 @@
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
 //! - [`key_cache`]: key records (with the digest of their verified secret)
-//!   cached for Validate, and the guard that caps argon2 runs on wrong secrets.
-//! - [`invalidation`]: cache invalidation between replicas over Redis pub/sub.
+//!   cached for Validate: per-id generations against loads racing a change,
+//!   a 60 s backstop, the degraded TTL while invalidations may be missed;
+//!   and the guard that caps argon2 runs on wrong secrets.
+//! - [`invalidation`]: cache invalidation between replicas over a Redis
+//!   Stream: appends retried until taken, each replica replaying from its
+//!   last entry and knowing when it may have missed one; staleness bounds in
+//!   its module doc.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
 //! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
 //!   quotas and usage counters, decided in one round trip by Redis (single

@@ -15,6 +15,10 @@
 //! | `apikeyd_redis_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_redis_errors_total` | counter | `operation` |
 //! | `apikeyd_invalidations_lost_total` | counter | |
+//! | `apikeyd_invalidations_flowing` | gauge | |
+//! | `apikeyd_invalidations_replayed_total` | counter | |
+//! | `apikeyd_key_cache_flushes_total` | counter | `reason` (`start`, `gap`, `overflow`) |
+//! | `apikeyd_key_cache_superseded_loads_total` | counter | |
 //! | `apikeyd_usage_dropped_total` | counter | |
 
 use std::future::Future;
@@ -109,7 +113,23 @@ fn describe() {
     );
     describe_counter!(
         "apikeyd_invalidations_lost_total",
-        "Cache invalidations that could not be published after retries"
+        "Cache invalidations dropped from a full publish queue (every replica flushes instead) or unpublished at shutdown"
+    );
+    describe_gauge!(
+        "apikeyd_invalidations_flowing",
+        "1 while this replica has applied every cache invalidation; 0 while it may miss some"
+    );
+    describe_counter!(
+        "apikeyd_invalidations_replayed_total",
+        "Cache invalidations applied while catching up after a reconnect"
+    );
+    describe_counter!(
+        "apikeyd_key_cache_flushes_total",
+        "Key cache flushes, by reason (start, gap in the invalidation stream, overflow of a publish queue)"
+    );
+    describe_counter!(
+        "apikeyd_key_cache_superseded_loads_total",
+        "Key cache loads not cached because their id was evicted while they read"
     );
     describe_histogram!(
         "apikeyd_db_duration_seconds",
