@@ -446,6 +446,16 @@ test('dark mode follows the system setting', async () => {
   await page.emulateMedia({ colorScheme: 'light' });
 });
 
+test('signing out forgets the root key and what it showed', async () => {
+  await button('Sign out').click();
+  await page.getByLabel('Root key').waitFor();
+  assert.ok(await isFocused(page.getByLabel('Root key')), 'focus on the root key field');
+  assert.equal(await page.getByRole('heading', { name: 'API Keys' }).isVisible(), false);
+  assert.ok(!(await page.content()).includes('Staging worker'), 'the keys are gone from the page');
+  assert.ok(!(await page.content()).includes(ROOT_KEY.slice(-40)), 'the root key is not in the page');
+  await shot('signed-out');
+});
+
 test('the page fetched nothing from elsewhere and broke no policy', () => {
   const foreign = requested.filter((url) => !url.startsWith(BASE));
   assert.deepEqual(foreign, []);
