@@ -423,7 +423,17 @@ test('at 360 px nothing scrolls sideways', async () => {
   assert.ok(box.x >= 0 && box.x + box.width <= 360, `the dialog fits (${JSON.stringify(box)})`);
   assert.equal(await overflow(), 0, 'the dialog does not widen the page');
   await shot('narrow-create', { fullPage: false });
-  await dialog.getByRole('button', { name: 'Cancel' }).click();
+  await dialog.getByLabel('Name').fill('Phone key');
+  await dialog.getByRole('checkbox', { name: CATALOGUE[0], exact: true }).check();
+  await button('Create Key', dialog).click();
+  const display = page.getByRole('dialog', { name: 'Store this key securely' });
+  await display.waitFor();
+  const shown = await display.boundingBox();
+  assert.ok(shown.x >= 0 && shown.x + shown.width <= 360, `the one-time display fits (${JSON.stringify(shown)})`);
+  assert.match(await display.getByRole('textbox').inputValue(), KEY_PATTERN);
+  assert.equal(await overflow(), 0, 'the one-time display does not widen the page');
+  await shot('narrow-one-time-display', { fullPage: false });
+  await button('Done', display).click();
 
   const item = page.getByRole('listitem').filter({ has: page.getByRole('heading', { name: 'Staging worker' }) });
   await item.getByRole('button', { name: 'Usage of Staging worker' }).click();
