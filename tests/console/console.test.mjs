@@ -21,6 +21,7 @@ const require = createRequire(import.meta.url);
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
+const AXE_SOURCE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const BASE = process.env.APIKEYD_CONSOLE_URL ?? assert.fail('APIKEYD_CONSOLE_URL is not set');
 const GRPC_ADDR = process.env.APIKEYD_GRPC_ADDR ?? assert.fail('APIKEYD_GRPC_ADDR is not set');
 const ROOT_KEY = readFileSync(process.env.APIKEYD_ROOT_KEY_FILE ?? assert.fail('APIKEYD_ROOT_KEY_FILE is not set'), 'utf8').trim();
@@ -100,6 +101,22 @@ function description(locator) {
 /** The list's owner filter (the create dialog has an `Owner` field too). */
 const ownerFilter = () => page.getByRole('searchbox', { name: 'Owner' });
 
+/**
+ * axe-core's WCAG 2.1 A/AA and best-practice rules on what is on screen now;
+ * fails with each violation and the elements it concerns. The script goes in
+ * through the DevTools protocol, so the page's own policy stays as served.
+ */
+async function assertAccessible(where) {
+  await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate(async () => {
+    const result = await globalThis.axe.run(document, {
+      runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'],
+    });
+    return result.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+  });
+  assert.deepEqual(violations, [], `accessibility of ${where}`);
+}
+
 /** Whether the one element `locator` finds has the keyboard focus. */
 const isFocused = (locator) => locator.evaluate((node) => node === document.activeElement);
 
@@ -150,6 +167,7 @@ test('the console is served with a strict policy and a wrong root key says so', 
   assert.match(await alert.textContent(), /Wrong root key/);
   assert.equal(await page.getByRole('heading', { name: 'API Keys' }).count(), 0, 'still signed out');
   await shot('wrong-root-key');
+  await assertAccessible('the sign-in form with an error');
 });
 
 test('signing in keeps the root key in memory only', async () => {
@@ -187,6 +205,7 @@ test('creating a key: server validation errors appear next to their field', asyn
   assert.match(await description(other), /Scope "billing" is not resource:action/);
   assert.ok(await isFocused(other), 'focus on the field');
   await shot('create-server-error', { fullPage: false });
+  await assertAccessible('the create dialog with a field error');
 
   await other.fill('billing:read');
   await dialog.getByRole('button', { name: 'Create Key' }).click();
@@ -208,6 +227,7 @@ test('the one-time display shows the key once and copies it', async () => {
   created.key = await page.evaluate(() => navigator.clipboard.readText());
   assert.equal(created.key, key, 'the clipboard holds the key');
   await shot('copied', { fullPage: false });
+  await assertAccessible('the one-time display');
 });
 
 test('once closed, the secret is gone from the page and from memory', async () => {
@@ -284,6 +304,7 @@ test('the copied key validates over gRPC, and its usage is charted', async () =>
   assert.equal(rows.length, 25, 'a header and 24 hours');
   assert.match(rows.at(-1), /\t1\t0\t1\t2$/, 'this hour: 1 valid, 0 limited, 1 other, 2 in all');
   await shot('usage-chart');
+  await assertAccessible('the list with a usage chart and its table');
 
   await item.getByRole('button', { name: 'Last 30 days' }).click();
   await item.getByRole('img', { name: /^Requests per day over the last 30 days: 1 valid request/ }).waitFor();
@@ -304,6 +325,7 @@ test('revoking in the console asks first, and Validate then answers REVOKED', as
   const confirm = page.getByRole('dialog', { name: /Revoke/ });
   await confirm.waitFor();
   await shot('revoke-confirmation', { fullPage: false });
+  await assertAccessible('the revoke confirmation');
 
   // Escape closes it without revoking, and focus returns to the button.
   await page.keyboard.press('Escape');
@@ -327,6 +349,7 @@ test('revoking in the console asks first, and Validate then answers REVOKED', as
   await item.getByText('Revoked', { exact: true }).waitFor();
   assert.equal(await item.getByRole('button', { name: /^Revoke / }).count(), 0, 'a revoked key has no revoke button');
   await shot('show-revoked');
+  await assertAccessible('the list with a revoked key');
   await page.getByRole('checkbox', { name: 'Show revoked' }).uncheck();
 });
 
@@ -453,6 +476,7 @@ test('dark mode follows the system setting', async () => {
   await ownerFilter().press('Enter');
   await page.getByRole('heading', { name: 'Staging worker' }).waitFor();
   await shot('dark');
+  await assertAccessible('the list in dark mode');
   await page.emulateMedia({ colorScheme: 'light' });
 });
 
