@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::domain::LimitSource;
 use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
-use crate::ratelimit::LimitSource;
 use crate::secrets::SecretDigest;
 use generations::{Generations, Space, Stamp};
 
