@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::limit::seed_tiers;
 use crate::domain::{Algorithm, Limit, Tiers};
+use crate::envoy::ratelimit_config::RateLimitConfig;
+use crate::envoy::routes::{RouteRule, RouteTable};
 use crate::ratelimit::FailurePolicy;
 use crate::ratelimit::usage::Retention;
 use crate::secrets::Argon2Cost;
@@ -54,6 +56,23 @@ pub struct Settings {
     /// Tier name → its limits (file only), e.g.
     /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
     pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
+    /// that set no `context_extensions` (file only), e.g.
+    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
+    pub envoy_routes: Vec<RouteRule>,
+    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
+    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
+    pub envoy_ratelimit_config: Option<PathBuf>,
+    /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
+    pub console: ConsoleSettings,
+}
+
+/// What the web console offers; a `[console]` table in the settings file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// The scopes the create dialog offers as checkboxes (others can still be typed).
+    pub scopes: Vec<String>,
 }
 
 /// One limit of a tier, as written in the settings file.
@@ -114,6 +133,9 @@ impl Default for Settings {
                     (name, limits)
                 })
                 .collect(),
+            envoy_routes: Vec::new(),
+            envoy_ratelimit_config: None,
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -168,9 +190,22 @@ impl Settings {
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
         }
+        if let Err(e) = RouteTable::parse(&self.envoy_routes) {
+            problems.push(format!("{e}"));
+        }
+        if let Some(path) = &self.envoy_ratelimit_config {
+            if let Err(e) = RateLimitConfig::load(path) {
+                problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
+        }
         if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
             problems
                 .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
+        }
+        for scope in &self.console.scopes {
+            if let Err(e) = crate::domain::Scope::parse(scope) {
+                problems.push(format!("console.scopes: {e}"));
+            }
         }
         problems
     }
@@ -413,7 +448,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// Address of the HTTP listener: Prometheus metrics at /metrics and the API over HTTP/JSON [default: 127.0.0.1:8080].
+    /// Address of the HTTP listener: Prometheus metrics at /metrics, the API over HTTP/JSON, and the web console at / [default: 127.0.0.1:8080].
     #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
@@ -542,6 +577,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_AUDIT_RETENTION_DAYS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_retention_days: Option<u32>,
+
+    /// envoyproxy/ratelimit's YAML configuration (a file, or a directory of .yaml files) for Envoy's ShouldRateLimit; reloaded when it changes [default: none].
+    #[arg(long, env = "APIKEYD_ENVOY_RATELIMIT_CONFIG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_ratelimit_config: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -599,6 +639,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_envoy_ratelimit_file_is_a_problem_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rl.yaml");
+        std::fs::write(
+            &file,
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            envoy_ratelimit_config: Some(file.clone()),
+            ..Settings::default()
+        };
+        let problems = settings.problems().join("\n");
+        assert!(
+            problems.contains(&format!(
+                "envoy_ratelimit_config: {}:5: invalid rate limit unit 'fortnight'",
+                file.display()
+            )),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn database_passwords_are_redacted_when_printed() {
         let url = DatabaseUrl::from("postgres://app:hunter2@db:5432/keys");
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/keys");
@@ -653,6 +716,28 @@ mod tests {
         );
         assert!(shown.contains("sslmode=verify-full"), "{shown}");
         assert!(shown.contains("password=***"), "{shown}");
+    }
+
+    #[test]
+    fn console_scopes_come_from_the_file_and_are_checked() {
+        assert!(Settings::default().console.scopes.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apikeyd.toml");
+        std::fs::write(
+            &file,
+            "[console]\nscopes = [\"posts:read\", \"not a scope\"]\n",
+        )
+        .unwrap();
+        let flags = SettingsArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let settings = Settings::load(&flags).unwrap();
+        assert_eq!(settings.console.scopes, ["posts:read", "not a scope"]);
+        let problems = settings.problems().join("\n");
+        assert!(problems.contains("console.scopes"), "{problems}");
+        assert!(problems.contains("not a scope"), "{problems}");
+        assert!(!problems.contains("posts:read"), "{problems}");
     }
 
     #[test]

@@ -40,8 +40,13 @@
 //!   one script call) or in-process; waits bounded by the caller's deadline,
 //!   and the failure policy for real Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`envoy`]: Envoy's ext_authz (`Authorization/Check`, over the same
+//!   validate use case) and an envoyproxy/ratelimit drop-in (`ShouldRateLimit`,
+//!   their YAML format, decided by the limiter), with the protos vendored in
+//!   `proto/third_party`.
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
+//! - [`console`]: the web console, its assets built into the binary.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line; [`client`]: the operator's commands
@@ -54,7 +59,9 @@ pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod domain;
+pub mod envoy;
 pub mod error;
 pub mod grpc;
 pub mod http;

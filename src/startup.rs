@@ -21,6 +21,13 @@ use crate::audit::AuditTrail;
 use crate::authority::{AuthorityPolicy, KeyAuthority};
 use crate::config::{DataPlaneAuth, Settings};
 use crate::domain::Permission;
+use crate::envoy;
+use crate::envoy::ext_authz::ExtAuthzApi;
+use crate::envoy::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::envoy::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServer;
+use crate::envoy::rate_limit_service::EnvoyRateLimitApi;
+use crate::envoy::ratelimit_source::RateLimitConfigSource;
+use crate::envoy::routes::RouteTable;
 use crate::grpc::pb::audit_service_server::AuditServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
@@ -55,12 +62,14 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 7] = [
     "apikeyd.v1.AuditService",
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.RootKeyService",
     "apikeyd.v1.ValidationService",
+    "envoy.service.auth.v3.Authorization",
+    "envoy.service.ratelimit.v3.RateLimitService",
 ];
 /// The health name for liveness probes.
 pub const LIVENESS: &str = "liveness";
@@ -83,6 +92,10 @@ pub struct Application {
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
     limiter: Arc<RateLimiter>,
+    /// Scopes and cost of ext_authz requests whose route names none.
+    envoy_routes: Arc<RouteTable>,
+    /// envoyproxy/ratelimit's configuration, when one is given.
+    envoy_ratelimit: Option<Arc<RateLimitConfigSource>>,
 }
 
 impl Application {
@@ -167,6 +180,11 @@ impl Application {
         let root_keys = Arc::new(
             RootKeys::new(db.clone(), hasher, gate.clone()).publishing_to(invalidation_bus.clone()),
         );
+        let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
+        let envoy_ratelimit = match &settings.envoy_ratelimit_config {
+            Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
+            None => None,
+        };
         Ok(Application {
             settings,
             listener,
@@ -180,6 +198,8 @@ impl Application {
             limiter,
             key_cache,
             invalidation_bus,
+            envoy_routes,
+            envoy_ratelimit,
         })
     }
 
@@ -210,10 +230,12 @@ impl Application {
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
@@ -230,6 +252,9 @@ impl Application {
                 self.settings.audit_retention_days,
             )),
         ];
+        if let Some(source) = &self.envoy_ratelimit {
+            background.push(tokio::spawn(source.clone().watch()));
+        }
         let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
             background.push(tokio::spawn(bus.clone().follow_forever(
                 Arc::new(Caches {
@@ -265,7 +290,8 @@ impl Application {
         let api = self.api_services();
         let http = axum::serve(
             self.http_listener,
-            http_routes(api.clone()).into_make_service_with_connect_info::<ConnectionAddrs>(),
+            http_routes(api.clone(), &self.settings.console)
+                .into_make_service_with_connect_info::<ConnectionAddrs>(),
         )
         .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
@@ -276,6 +302,26 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
+            // Envoy's services: gRPC only (Envoy speaks nothing else to them),
+            // behind the same service credential as Validate and CheckRateLimit.
+            .add_service(data_plane(
+                AuthorizationServer::new(ExtAuthzApi {
+                    authority: self.authority.clone(),
+                    routes: self.envoy_routes.clone(),
+                }),
+                self.settings.data_plane_auth,
+                &self.gate,
+                Permission::Validate,
+            ))
+            .add_service(data_plane(
+                EnvoyRateLimitServer::new(EnvoyRateLimitApi {
+                    limiter: self.limiter.clone(),
+                    config: self.envoy_ratelimit.clone(),
+                }),
+                self.settings.data_plane_auth,
+                &self.gate,
+                Permission::RateLimit,
+            ))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(
@@ -428,10 +474,10 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics and the API over HTTP/JSON
-/// (the web console joins here). Calls over HTTP pass the gRPC metrics layer
-/// like calls over gRPC.
-fn http_routes(api: Routes) -> axum::Router {
+/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
+/// the web console. Calls over HTTP pass the gRPC metrics layer like calls
+/// over gRPC.
+fn http_routes(api: Routes, console: &crate::config::ConsoleSettings) -> axum::Router {
     let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
     axum::Router::new()
         .route(
@@ -439,6 +485,7 @@ fn http_routes(api: Routes) -> axum::Router {
             axum::routing::get(|| async { metrics::prometheus().render() }),
         )
         .merge(crate::http::router(api))
+        .merge(crate::console::routes(console))
 }
 
 /// Redis when a URL is configured, else the in-process store.

@@ -1,6 +1,7 @@
 //! Integration tests: a real server over real gRPC on a loopback port, on
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
+mod envoy_harness;
 mod helpers;
 mod limiter_harness;
 
@@ -10,6 +11,8 @@ mod bad_input;
 mod bootstrap;
 mod busy_replicas;
 mod cli;
+mod envoy_ext_authz;
+mod envoy_ratelimit;
 mod findings;
 mod hot_path;
 mod http_json;
