@@ -292,12 +292,22 @@ impl KeyAuthority {
         owner_id: Option<&str>,
         audit: &mut AuditEvent,
     ) -> Result<ApiKey> {
-        self.reachable_key(caller, id, Some(audit)).await?;
-        let key = observe_db(
+        let reach = |key: &ApiKey| {
+            if caller.reaches_owner(&key.owner_id) {
+                Ok(())
+            } else {
+                Err(key_out_of_reach(caller, id, true))
+            }
+        };
+        let revoked = observe_db(
             "revoke_key",
-            self.store.revoke(id, owner_id, domain::now(), audit),
+            self.store.revoke(id, owner_id, domain::now(), audit, reach),
         )
-        .await?;
+        .await;
+        let key = match revoked {
+            Err(Error::KeyNotFound { .. }) => return Err(key_out_of_reach(caller, id, false)),
+            other => other?,
+        };
         self.key_changed(id);
         Ok(self.with_live_quota(key).await)
     }

@@ -245,16 +245,22 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// Revokes a key now, with the event that records it. Revoking a revoked
-    /// key changes nothing and is not an error, so a retried revoke is safe.
-    /// With `owner_id`, a key of another owner is reported as not found.
+    /// Revokes a key now, with the event that records it (and the key's
+    /// owner in it). Revoking a revoked key changes nothing and is not an
+    /// error, so a retried revoke is safe. With `owner_id`, a key of another
+    /// owner is reported as not found. `reach` vets the key before anything
+    /// commits: the caller's scope is checked in the same few round trips
+    /// as the change (this is the revocation path replicas wait on).
     pub async fn revoke(
         &self,
         id: &KeyId,
         owner_id: Option<&str>,
         now: DateTime<Utc>,
-        audit: &AuditEvent,
+        audit: &mut AuditEvent,
+        reach: impl FnOnce(&ApiKey) -> Result<()>,
     ) -> Result<ApiKey> {
+        // Writing first takes the row's lock (and SQLite's write lock);
+        // a refusal below rolls it back.
         let txn = self.db.begin().await?;
         let mut update = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(now))
@@ -266,6 +272,8 @@ impl KeyStore {
         }
         update.exec(&txn).await?;
         let key = get(&txn, id).await?;
+        audit.set_owner(&key.owner_id);
+        reach(&key)?;
         if owner_id.is_some_and(|owner| owner != key.owner_id) {
             return Err(not_found(id));
         }
