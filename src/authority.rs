@@ -470,31 +470,11 @@ impl KeyAuthority {
                 });
             }
         };
-        if presented.kind == KeyKind::Root {
-            return Ok(not_found);
-        }
-        let lookup = self
-            .keys
-            .get_or_load(&presented.id, || {
-                observe_db("find_key", self.store.find(&presented.id))
-            })
-            .await?;
-        let Some((api_key, secret_hash)) = &lookup.found else {
+        let Some(mut api_key) = self.verified_key(&presented).await? else {
             return Ok(not_found);
         };
-        if presented.kind != api_key.environment.key_kind() {
-            return Ok(not_found);
-        }
-        if !self
-            .secret_matches(&presented, &lookup, secret_hash)
-            .await?
-        {
-            self.wrong_secrets.record_failure(&presented.id);
-            return Ok(not_found);
-        }
         let now = domain::now();
         let judged = api_key.judge(now, request.required);
-        let mut api_key = api_key.clone();
         let (code, rate_limit) = self.count(&mut api_key, judged, request).await?;
         if code == ValidationCode::Valid {
             self.last_used.record(&api_key.id, now);
@@ -504,6 +484,48 @@ impl KeyAuthority {
             api_key: Some(api_key),
             rate_limit,
         })
+    }
+
+    /// The record of the API key `presented` names, when the presented
+    /// secret is that key's own (whatever the key's state: revoked, expired,
+    /// …); `None` for a root key, an unknown id, another environment's
+    /// prefix or a wrong secret. Validate's lookup: the key cache, then the
+    /// secret through the verified-digest memo or argon2.
+    pub async fn verified_key(&self, presented: &PresentedKey) -> Result<Option<ApiKey>> {
+        if presented.kind == KeyKind::Root {
+            return Ok(None);
+        }
+        let lookup = self
+            .keys
+            .get_or_load(&presented.id, || {
+                observe_db("find_key", self.store.find(&presented.id))
+            })
+            .await?;
+        let Some((api_key, secret_hash)) = &lookup.found else {
+            return Ok(None);
+        };
+        if presented.kind != api_key.environment.key_kind() {
+            return Ok(None);
+        }
+        if !self.secret_matches(presented, &lookup, secret_hash).await? {
+            self.wrong_secrets.record_failure(&presented.id);
+            return Ok(None);
+        }
+        Ok(Some(api_key.clone()))
+    }
+
+    /// Revokes a key reported leaked, whose secret the reporter presented
+    /// ([`Self::verified_key`]), with the event that records it; answers
+    /// whether it was live until now (false: revoked already, and left so).
+    pub async fn revoke_leaked_key(&self, id: &KeyId, audit: &mut AuditEvent) -> Result<bool> {
+        let now = domain::now();
+        let key = observe_db(
+            "revoke_key",
+            self.store.revoke(id, None, now, audit, |_| Ok(())),
+        )
+        .await?;
+        self.key_changed(id);
+        Ok(key.revoked_at == Some(now))
     }
 
     /// Whether the presented secret is the key's: a constant-time digest

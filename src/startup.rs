@@ -36,10 +36,13 @@ use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{
     AuditApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
 };
+use crate::http::leaked_keys::LeakEndpoint;
 use crate::http::{ConnectionAddrs, GrpcServices};
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
+use crate::leak_report::LeakReports;
+use crate::leak_report::github::SigningKeySource;
 use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
@@ -96,6 +99,10 @@ pub struct Application {
     envoy_routes: Arc<RouteTable>,
     /// envoyproxy/ratelimit's configuration, when one is given.
     envoy_ratelimit: Option<Arc<RateLimitConfigSource>>,
+    /// Leaked-key reports, from GitHub (over HTTP) and internal scanners.
+    leaks: Arc<LeakReports>,
+    /// GitHub's signing keys, when leak reports from GitHub are taken.
+    leak_report_keys: Option<Arc<SigningKeySource>>,
 }
 
 impl Application {
@@ -185,7 +192,13 @@ impl Application {
             Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
             None => None,
         };
+        let leak_report_keys = match &settings.leak_report_keys {
+            Some(path) => Some(Arc::new(SigningKeySource::load(path)?)),
+            None => None,
+        };
         Ok(Application {
+            leaks: Arc::new(LeakReports::new(authority.clone())),
+            leak_report_keys,
             settings,
             listener,
             http_listener,
@@ -288,9 +301,10 @@ impl Application {
             }
         };
         let api = self.api_services();
+        let leaks = self.leak_endpoint();
         let http = axum::serve(
             self.http_listener,
-            http_routes(api.clone(), &self.settings.console)
+            http_routes(api.clone(), &self.settings.console, leaks)
                 .into_make_service_with_connect_info::<ConnectionAddrs>(),
         )
         .with_graceful_shutdown(drained());
@@ -445,6 +459,7 @@ impl Application {
             authority: self.authority.clone(),
             gate: self.gate.clone(),
             audit: AuditTrail::new(self.db.clone()),
+            leaks: self.leaks.clone(),
         }))
         .add_service(RootKeyServiceServer::new(RootKeyApi {
             root_keys: self.root_keys.clone(),
@@ -474,16 +489,30 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
-/// the web console. Calls over HTTP pass the gRPC metrics layer like calls
-/// over gRPC.
-fn http_routes(api: Routes, console: &crate::config::ConsoleSettings) -> axum::Router {
+impl Application {
+    fn leak_endpoint(&self) -> LeakEndpoint {
+        LeakEndpoint {
+            reports: self.leaks.clone(),
+            signing_keys: self.leak_report_keys.clone(),
+        }
+    }
+}
+
+/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON,
+/// GitHub's leaked-key reports and the web console. Calls over HTTP pass
+/// the gRPC metrics layer like calls over gRPC.
+fn http_routes(
+    api: Routes,
+    console: &crate::config::ConsoleSettings,
+    leaks: LeakEndpoint,
+) -> axum::Router {
     let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
     axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(|| async { metrics::prometheus().render() }),
         )
+        .merge(crate::http::leaked_keys::router(leaks))
         .merge(crate::http::router(api))
         .merge(crate::console::routes(console))
 }
