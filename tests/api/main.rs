@@ -19,6 +19,7 @@ mod http_json;
 mod invalidation;
 mod key_lifecycle;
 mod late_answers;
+mod leaked_keys;
 mod limiter_bounds;
 mod listing;
 mod observability;
