@@ -4,11 +4,15 @@
 //! own secret, is revoked at once and labelled a true positive; anything
 //! else is a false positive. Answers come in the order reported.
 //!
-//! A key is recognised the way Validate recognises it (format and checksum,
-//! then the id's record and the secret against its hash, through the same
-//! cache, memo and argon2 path), so a made-up token with a real key id
-//! revokes nothing. A key already revoked is still a true positive: it is
-//! ours and it leaked, and the report is recorded against it. Each true
+//! An API key is recognised the way Validate recognises it (format and
+//! checksum, then the id's record and the secret against its hash, through
+//! the same cache, memo and argon2 path), a root key the way the management
+//! API does; so a made-up token with a real key id revokes nothing. What a
+//! reporter may revoke: GitHub, any key of ours (it is public now); a caller
+//! of `ReportLeakedKeys`, the API keys of the owners its root key reaches
+//! and the root keys it could revoke with RevokeRootKey. A key already
+//! revoked is still a true positive: it is ours and it leaked, and the
+//! report is recorded against it. Each true
 //! positive leaves an audit event written in its revocation's transaction
 //! (the report's URL, source and type; never the token), a log line and a
 //! count in `apikeyd_leaked_keys_total`; the revocation reaches the other
@@ -24,8 +28,9 @@ use std::sync::Arc;
 
 use crate::authority::KeyAuthority;
 use crate::domain::audit::AuditEvent;
-use crate::domain::{self, ApiKey, KeyId, KeyKind, PresentedKey, RootKey};
+use crate::domain::{self, KeyId, KeyKind, Permission, PresentedKey, RootKey};
 use crate::error::Result;
+use crate::root_keys::RootKeys;
 
 /// One reported string and what the reporter says about where it was.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,8 +48,8 @@ pub struct ReportedToken {
 /// What a reported token turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeakVerdict {
-    /// One of our keys, within the reporter's reach, with its own secret:
-    /// revoked now, or revoked already.
+    /// One of our keys (an API key or a root key, `key_id` its id), within
+    /// the reporter's reach, with its own secret: revoked now, or already.
     TruePositive {
         key_id: KeyId,
         already_revoked: bool,
@@ -85,7 +90,8 @@ pub enum Reporter<'a> {
     /// key: every key of ours.
     GitHub { key_identifier: &'a str },
     /// A caller of `ReportLeakedKeys` with this root key (holding
-    /// `keys:write`): the keys of the owners it reaches.
+    /// `keys:write`): the API keys of the owners it reaches, and the root
+    /// keys it could revoke with RevokeRootKey.
     RootKey(&'a RootKey),
 }
 
@@ -94,6 +100,15 @@ impl Reporter<'_> {
         match self {
             Reporter::GitHub { .. } => true,
             Reporter::RootKey(caller) => caller.reaches_owner(owner_id),
+        }
+    }
+
+    fn may_revoke_root_key(&self, root_key: &RootKey) -> bool {
+        match self {
+            Reporter::GitHub { .. } => true,
+            Reporter::RootKey(caller) => {
+                caller.allows(Permission::RootKeysWrite) && caller.oversees(root_key)
+            }
         }
     }
 
@@ -128,11 +143,15 @@ pub struct ReportOrigin<'a> {
 /// The leaked-key report use case.
 pub struct LeakReports {
     authority: Arc<KeyAuthority>,
+    root_keys: Arc<RootKeys>,
 }
 
 impl LeakReports {
-    pub fn new(authority: Arc<KeyAuthority>) -> Self {
-        LeakReports { authority }
+    pub fn new(authority: Arc<KeyAuthority>, root_keys: Arc<RootKeys>) -> Self {
+        LeakReports {
+            authority,
+            root_keys,
+        }
     }
 
     /// Judges every token in order, revoking the true positives.
@@ -171,7 +190,7 @@ impl LeakReports {
             return Ok(LeakVerdict::FalsePositive);
         };
         if presented.kind == KeyKind::Root {
-            return Ok(LeakVerdict::FalsePositive);
+            return self.judge_root_key(origin, token, &presented).await;
         }
         let Some(key) = self.authority.verified_key(&presented).await? else {
             return Ok(LeakVerdict::FalsePositive);
@@ -179,7 +198,9 @@ impl LeakReports {
         if !origin.reporter.reaches_owner(&key.owner_id) {
             return Ok(LeakVerdict::FalsePositive);
         }
-        let mut event = leak_event(origin, token, &key);
+        let mut event = leak_event(origin, token);
+        event.set_key(&key.id);
+        event.set_owner(&key.owner_id);
         let was_live = self
             .authority
             .revoke_leaked_key(&key.id, &mut event)
@@ -199,15 +220,47 @@ impl LeakReports {
             already_revoked: !was_live,
         })
     }
+
+    /// A root key leaked is revoked like an API key, by a reporter that may
+    /// revoke it: GitHub (it is public now), or a caller that could revoke it
+    /// with RevokeRootKey.
+    async fn judge_root_key(
+        &self,
+        origin: &ReportOrigin<'_>,
+        token: &ReportedToken,
+        presented: &PresentedKey,
+    ) -> Result<LeakVerdict> {
+        let Some(root_key) = self.root_keys.verified(presented).await? else {
+            return Ok(LeakVerdict::FalsePositive);
+        };
+        if !origin.reporter.may_revoke_root_key(&root_key) {
+            return Ok(LeakVerdict::FalsePositive);
+        }
+        let mut event = leak_event(origin, token);
+        event.set_target_root_key(&root_key.id);
+        let was_live = self.root_keys.revoke_leaked(&root_key.id, &event).await?;
+        crate::audit::log(&event, true);
+        tracing::warn!(
+            root_key_id = %root_key.id,
+            root_key_name = %root_key.name,
+            reporter = origin.reporter.as_str(),
+            url = %event.fields.get("leak_url").map_or("", String::as_str),
+            source = %event.fields.get("leak_source").map_or("", String::as_str),
+            already_revoked = !was_live,
+            "a root key was reported leaked and is revoked"
+        );
+        Ok(LeakVerdict::TruePositive {
+            key_id: root_key.id,
+            already_revoked: !was_live,
+        })
+    }
 }
 
 /// The audit event of one leaked key: who reported it, from where, and
 /// where it was found (bounded, any key in those strings redacted).
-fn leak_event(origin: &ReportOrigin<'_>, token: &ReportedToken, key: &ApiKey) -> AuditEvent {
+fn leak_event(origin: &ReportOrigin<'_>, token: &ReportedToken) -> AuditEvent {
     let mut event = AuditEvent::new(origin.method, origin.peer_address, domain::now());
     origin.reporter.describe(&mut event);
-    event.set_key(&key.id);
-    event.set_owner(&key.owner_id);
     event.set_field("revoked", "true");
     event.set_field("leak_url", &token.url);
     event.set_field("leak_source", &token.source);

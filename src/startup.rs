@@ -197,7 +197,7 @@ impl Application {
             None => None,
         };
         Ok(Application {
-            leaks: Arc::new(LeakReports::new(authority.clone())),
+            leaks: Arc::new(LeakReports::new(authority.clone(), root_keys.clone())),
             leak_report_keys,
             settings,
             listener,

@@ -162,7 +162,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     a_good_report_revokes_only_our_live_keys_whose_secret_it_holds,
     unsigned_or_badly_signed_reports_are_401_and_change_nothing,
-    report_leaked_keys_revokes_only_within_the_callers_owner_scope,
+    report_leaked_keys_revokes_only_what_the_caller_could_revoke_itself,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,12 +202,16 @@ async fn a_good_report_revokes_only_our_live_keys_whose_secret_it_holds(backend:
     let (real, real_record) = app.create_key("user_2", &["posts:read"]).await;
     let made_up = wrong_secret_for(&real);
     let other_format = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+    let (leaked_root, leaked_root_record) =
+        create_root_key(&app, &app.root_key, &["keys:read"], &[]).await;
+    let made_up_root = wrong_secret_for(&app.root_key);
     let tokens = [
         live.as_str(),
         &revoked,
         &made_up,
         other_format,
-        &app.root_key,
+        &leaked_root,
+        &made_up_root,
     ];
     let body = report_body(&tokens);
 
@@ -221,8 +225,34 @@ async fn a_good_report_revokes_only_our_live_keys_whose_secret_it_holds(backend:
             {"token_raw": revoked, "token_type": "apikeyd_api_key", "label": "true_positive"},
             {"token_raw": made_up, "token_type": "apikeyd_api_key", "label": "false_positive"},
             {"token_raw": other_format, "token_type": "apikeyd_api_key", "label": "false_positive"},
-            {"token_raw": app.root_key, "token_type": "apikeyd_api_key", "label": "false_positive"},
+            {"token_raw": leaked_root, "token_type": "apikeyd_api_key", "label": "true_positive"},
+            {"token_raw": made_up_root, "token_type": "apikeyd_api_key", "label": "false_positive"},
         ])
+    );
+    assert_status(
+        app.keys
+            .clone()
+            .list_keys(with_bearer(pb::ListKeysRequest::default(), &leaked_root))
+            .await,
+        Code::Unauthenticated,
+        "revoked",
+    );
+    let root_trail = trail(
+        &app,
+        pb::ListAuditEventsRequest {
+            root_key_id: leaked_root_record.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        root_trail
+            .iter()
+            .filter(|e| e.method == REPORT_METHOD)
+            .map(|e| e.target_root_key_id.as_str())
+            .collect::<Vec<_>>(),
+        [leaked_root_record.id.as_str()],
+        "{root_trail:#?}"
     );
     assert_eq!(
         code_of(&app.validate(&live, &[]).await),
@@ -285,7 +315,7 @@ async fn a_good_report_revokes_only_our_live_keys_whose_secret_it_holds(backend:
         "{:?}",
         trail(&app, pb::ListAuditEventsRequest::default()).await
     );
-    for token in [&live, &revoked, &made_up] {
+    for token in [&live, &revoked, &made_up, &leaked_root] {
         let secret = &token[token.len() - 49..];
         assert!(
             !everything.contains(secret),
@@ -380,13 +410,13 @@ async fn a_report_over_the_size_limit_is_413_and_a_signed_non_list_is_400() {
     assert_eq!(malformed, StatusCode::BAD_REQUEST, "{malformed_answer}");
 }
 
-async fn report_leaked_keys_revokes_only_within_the_callers_owner_scope(backend: Backend) {
+async fn report_leaked_keys_revokes_only_what_the_caller_could_revoke_itself(backend: Backend) {
     let app = spawn_app(backend).await;
     let (ours, ours_record) = app.create_key("tenant-1", &["posts:read"]).await;
     let (theirs, _) = app.create_key("other-9", &["posts:read"]).await;
     let (scanner, scanner_record) =
         create_root_key(&app, &app.root_key, &["keys:write"], &["tenant-*"]).await;
-    let (reader, _) = create_root_key(&app, &app.root_key, &["keys:read"], &[]).await;
+    let (reader, reader_record) = create_root_key(&app, &app.root_key, &["keys:read"], &[]).await;
     let report = |tokens: &[&str]| pb::ReportLeakedKeysRequest {
         tokens: tokens
             .iter()
@@ -454,6 +484,36 @@ async fn report_leaked_keys_revokes_only_within_the_callers_owner_scope(backend:
             .await,
         Code::PermissionDenied,
         "keys:write",
+    );
+    let root_key_by_scanner = keys
+        .report_leaked_keys(with_bearer(report(&[&reader]), &scanner))
+        .await
+        .expect("ReportLeakedKeys succeeds")
+        .into_inner()
+        .findings;
+    let root_key_by_bootstrap = keys
+        .report_leaked_keys(app.authed(report(&[&reader])))
+        .await
+        .expect("ReportLeakedKeys succeeds")
+        .into_inner()
+        .findings;
+    assert_eq!(
+        root_key_by_scanner[0].label(),
+        pb::LeakLabel::FalsePositive,
+        "a root key the caller could not revoke with RevokeRootKey"
+    );
+    assert_eq!(
+        (
+            root_key_by_bootstrap[0].label(),
+            &root_key_by_bootstrap[0].key_id
+        ),
+        (pb::LeakLabel::TruePositive, &reader_record.id)
+    );
+    assert_status(
+        keys.report_leaked_keys(with_bearer(report(&[&theirs]), &reader))
+            .await,
+        Code::Unauthenticated,
+        "revoked",
     );
     assert_status(
         keys.report_leaked_keys(with_bearer(report(&[]), &scanner))
