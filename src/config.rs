@@ -676,6 +676,40 @@ mod tests {
     }
 
     #[test]
+    fn a_leak_report_keys_file_that_does_not_read_is_a_problem_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("github-keys.json");
+        std::fs::write(&file, r#"{"public_keys": []}"#).unwrap();
+        let missing = dir.path().join("missing.json");
+
+        let problems = [&file, &missing].map(|path| {
+            Settings {
+                leak_report_keys: Some(path.clone()),
+                ..Settings::default()
+            }
+            .problems()
+            .join("\n")
+        });
+
+        assert!(
+            problems[0].starts_with(&format!(
+                "leak_report_keys: {} lists no keys",
+                file.display()
+            )),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].starts_with(&format!(
+                "leak_report_keys: cannot read {}",
+                missing.display()
+            )),
+            "{}",
+            problems[1]
+        );
+    }
+
+    #[test]
     fn database_passwords_are_redacted_when_printed() {
         let url = DatabaseUrl::from("postgres://app:hunter2@db:5432/keys");
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/keys");

@@ -646,3 +646,92 @@ fn key_filter(id: &str) -> pb::ListAuditEventsRequest {
         ..Default::default()
     }
 }
+
+/// Two replicas sharing PostgreSQL and Redis: GitHub's report reaches one,
+/// and the other, which had the key warm in its cache, refuses it as soon
+/// as the invalidation stream brings the revocation (well before its 60 s
+/// backstop, since it waits until the replica trusts the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reported_to_one_replica_is_refused_by_the_other() {
+    use std::time::{Duration, Instant};
+
+    use crate::limiter_harness::{shared_redis_url, unique};
+
+    let github = GitHub::new();
+    let database_url = fresh_postgres_database().await;
+    let redis_url = shared_redis_url();
+    let prefix = unique("apikeyd-leak");
+    let keys_file = github.keys_file().to_str().unwrap().to_owned();
+    let env = [
+        ("APIKEYD_DATABASE_URL", database_url.as_str()),
+        ("APIKEYD_REDIS_URL", redis_url.as_str()),
+        ("APIKEYD_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("APIKEYD_REDIS_TIMEOUT_MS", "2000"),
+        ("APIKEYD_LEAK_REPORT_KEYS", keys_file.as_str()),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let reported_to = ServerProcess::start(dirs[0].path(), &env);
+    let other = ServerProcess::start(dirs[1].path(), &env);
+    let root_key = std::fs::read_to_string(dirs[0].path().join("bootstrap-root-key")).unwrap();
+    let created = pb::key_service_client::KeyServiceClient::new(connect(reported_to.addr).await)
+        .create_key(with_bearer(
+            create_request("leaky", &["*"]),
+            root_key.trim(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = created.key;
+    let mut validation =
+        pb::validation_service_client::ValidationServiceClient::new(connect(other.addr).await);
+    let mut code_on_other = async || {
+        let answer = validation
+            .validate(pb::ValidateRequest {
+                key: key.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        code_of(&answer)
+    };
+    let flowing_by = Instant::now() + Duration::from_secs(30);
+    while counter(
+        &scrape(other.http_addr).await,
+        "apikeyd_invalidations_flowing",
+    ) != 1.0
+    {
+        assert!(
+            Instant::now() < flowing_by,
+            "the other replica never trusted the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        code_on_other().await,
+        ValidationCode::Valid,
+        "warm on the other replica"
+    );
+    let body = report_body(&[&key]);
+
+    let reported_at = Instant::now();
+    let (status, answer) =
+        post_report(reported_to.http_addr, body.clone(), &github.headers(&body)).await;
+    let mut refused_after = None;
+    while reported_at.elapsed() < Duration::from_secs(5) {
+        if code_on_other().await == ValidationCode::Revoked {
+            refused_after = Some(reported_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    assert_eq!(
+        (status, &answer[0]["label"]),
+        (StatusCode::OK, &json!("true_positive"))
+    );
+    let refused_after = refused_after.expect("the other replica refuses the key within 5 s");
+    println!(
+        "the other replica refused the reported key {refused_after:?} after the report was sent"
+    );
+}
