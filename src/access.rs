@@ -10,7 +10,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::domain::{KeyKind, PresentedKey, Scope};
 use crate::error::{Error, Result};
-use crate::secrets::SecretHasher;
+use crate::secrets::{SecretCheck, SecretHasher};
 use crate::store;
 use crate::telemetry::metrics::observe_db;
 
@@ -64,17 +64,30 @@ impl RootKeyGate {
         )
         .await?
         .ok_or(Error::Unauthenticated(UNKNOWN_ROOT_KEY))?;
-        if !self
+        match self
             .hasher
-            .verify(
-                presented.kind,
-                &presented.id,
-                &presented.secret,
-                &record.secret_hash,
-            )
+            .check_root_key(&presented, &record.secret_hash)
             .await?
         {
-            return Err(Error::Unauthenticated(UNKNOWN_ROOT_KEY));
+            SecretCheck::Wrong => return Err(Error::Unauthenticated(UNKNOWN_ROOT_KEY)),
+            SecretCheck::Right { rehashed: None } => {}
+            SecretCheck::Right {
+                rehashed: Some(new_hash),
+            } => {
+                let replaced = observe_db(
+                    "rehash_root_key",
+                    store::replace_root_key_hash(
+                        &self.db,
+                        &record.id,
+                        &record.secret_hash,
+                        &new_hash,
+                    ),
+                )
+                .await;
+                if let Err(e) = replaced {
+                    tracing::warn!(root_key_id = %record.id, error = %e, "could not store the root key's rehashed secret");
+                }
+            }
         }
         if record.revoked_at.is_some_and(|at| at <= Utc::now()) {
             return Err(Error::Unauthenticated("this root key has been revoked"));

@@ -74,7 +74,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             store::prepare(&db, None)
                 .await
                 .context("migration failed")?;
-            let hasher = Arc::new(SecretHasher::new(settings.argon2_cost(), 1)?);
+            let hasher = Arc::new(SecretHasher::new(
+                settings.argon2_costs(),
+                settings.argon2_budget(),
+            )?);
             let (key, row) = mint_root_key(&hasher, name, permissions).await?;
             let id = row.id.clone();
             store::insert_root_key(&db, row).await?;

@@ -46,6 +46,13 @@ pub enum Error {
     #[error("the rate-limit store is unreachable right now; retry with backoff")]
     LimiterUnavailable,
 
+    /// RESOURCE_EXHAUSTED: the server's argon2 budget is full (its queue of
+    /// key verifications and hashes); nothing was judged, so retry.
+    #[error(
+        "this server is verifying as many keys as it can right now; retry with backoff (nothing was judged)"
+    )]
+    Overloaded,
+
     /// UNAVAILABLE (connection trouble) or INTERNAL (anything else): logged, not shown.
     #[error("database error: {0}")]
     Database(#[from] sea_orm::DbErr),
@@ -76,6 +83,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             Error::PermissionDenied { .. } => Status::permission_denied(error.to_string()),
             Error::LimiterUnavailable => Status::unavailable(error.to_string()),
+            Error::Overloaded => Status::resource_exhausted(error.to_string()),
             Error::Database(db) if is_connection_error(db) => {
                 tracing::warn!(error = %db, "database unreachable");
                 Status::new(

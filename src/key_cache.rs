@@ -19,17 +19,17 @@ use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::ratelimit::LimitSource;
-use crate::secrets::SecretDigest;
+use crate::secrets::VerifiedDigest;
 
 /// What the store said about an id, and when.
 pub struct CachedLookup {
     /// The record and its secret hash, or `None` for "no such key".
     pub found: Option<(ApiKey, Arc<str>)>,
     /// The keyed digest of the secret that matched the hash, once argon2 has
-    /// said so: a warm key is checked against it instead of argon2. It
-    /// lives and dies with the record, so a rotated or changed key starts
-    /// cold again.
-    pub verified: std::sync::OnceLock<SecretDigest>,
+    /// said so: a warm key is checked against it instead of argon2 (see
+    /// [`crate::secrets`]). It lives and dies with the record, so a rotated or
+    /// changed key starts cold again.
+    pub verified: Arc<VerifiedDigest>,
     loaded_at: Instant,
 }
 
@@ -121,7 +121,7 @@ impl KeyCache {
                 let found = load.await?;
                 let fresh = CachedLookup {
                     found: found.map(|(key, hash)| (key, Arc::from(hash))),
-                    verified: std::sync::OnceLock::new(),
+                    verified: Arc::default(),
                     loaded_at: Instant::now(),
                 };
                 // A record refreshed only because it was old keeps its
@@ -219,39 +219,6 @@ impl KeyCache {
 
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
-    }
-}
-
-/// Counts wrong secrets presented for each key id. Past the limit within the
-/// window, Validate answers NOT_FOUND without running argon2, so guessing at
-/// a known id cannot make the server burn CPU. A right secret already in the
-/// memo still validates; a cold right secret waits out the window.
-pub struct WrongSecretGuard {
-    failures: moka::sync::Cache<KeyId, Arc<std::sync::atomic::AtomicU32>>,
-    limit: u32,
-}
-
-impl WrongSecretGuard {
-    pub fn new(limit: u32, window: Duration) -> Self {
-        WrongSecretGuard {
-            failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(window)
-                .build(),
-            limit,
-        }
-    }
-
-    pub fn exhausted(&self, id: &KeyId) -> bool {
-        self.failures
-            .get(id)
-            .is_some_and(|count| count.load(Ordering::Relaxed) >= self.limit)
-    }
-
-    pub fn record_failure(&self, id: &KeyId) {
-        self.failures
-            .get_with_by_ref(id, || Arc::new(std::sync::atomic::AtomicU32::new(0)))
-            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -365,16 +332,5 @@ mod tests {
             None,
             "a new hash must be verified anew"
         );
-    }
-
-    #[test]
-    fn the_guard_trips_at_the_limit() {
-        let guard = WrongSecretGuard::new(3, Duration::from_secs(60));
-        for _ in 0..2 {
-            guard.record_failure(&id());
-        }
-        assert!(!guard.exhausted(&id()));
-        guard.record_failure(&id());
-        assert!(guard.exhausted(&id()));
     }
 }

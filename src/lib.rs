@@ -9,13 +9,16 @@
 //!   ([`domain::api_key`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
 //!   validate, usage, owner limits) over the store, the hasher and the limiter.
-//! - [`secrets`]: argon2id hashing on a bounded pool, keyed digests of
-//!   presented keys, and the memo of verified root-key secrets.
+//! - [`secrets`]: "is this the key's secret", for API keys and root keys:
+//!   argon2id at a cost per key kind (rehashed when it changes), keyed
+//!   digests of verified keys, single-flight verification.
+//! - [`argon2_pool`]: the verification budget: argon2 runs on a fixed pool of
+//!   threads behind a bounded queue that refuses, retryably, when full.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
 //! - [`key_cache`]: key records (with the digest of their verified secret)
-//!   cached for Validate, and the guard that caps argon2 runs on wrong secrets.
+//!   cached for Validate.
 //! - [`invalidation`]: cache invalidation between replicas over Redis pub/sub.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
 //! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
@@ -27,6 +30,7 @@
 //!   signals and the command line.
 
 pub mod access;
+pub mod argon2_pool;
 pub mod authority;
 pub mod cli;
 pub mod config;

@@ -37,9 +37,6 @@ use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
 use crate::telemetry::tracing_context;
 
-/// Verified root-key secrets remembered by digest (API keys keep theirs in
-/// the key cache); about 100 bytes each.
-const VERIFIED_SECRET_MEMO: u64 = 10_000;
 /// The backstop on cached key records, however invalidations fare. Each
 /// expiry costs the key one argon2 run, so it is long: invalidations, not
 /// this, keep the cache current.
@@ -82,10 +79,13 @@ impl Application {
         )
         .await
         .context("cannot connect to the database")?;
-        let hasher = Arc::new(SecretHasher::new(
-            settings.argon2_cost(),
-            VERIFIED_SECRET_MEMO,
-        )?);
+        let argon2_budget = settings.argon2_budget();
+        let hasher = Arc::new(SecretHasher::new(settings.argon2_costs(), argon2_budget)?);
+        tracing::info!(
+            max_in_flight = argon2_budget.max_in_flight,
+            max_queued = argon2_budget.max_queued,
+            "argon2 budget"
+        );
         store::prepare(&db, None)
             .await
             .context("cannot migrate the database")?;
@@ -158,7 +158,6 @@ impl Application {
             tiers,
             AuthorityPolicy {
                 max_active_keys_per_owner: settings.max_active_keys_per_owner,
-                wrong_secret_limit: settings.wrong_secret_limit,
             },
         ));
         let gate = RootKeyGate::new(db.clone(), hasher);
@@ -250,22 +249,37 @@ impl Application {
         };
         let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
+        let max_request =
+            usize::try_from(self.settings.grpc_max_request_bytes).unwrap_or(usize::MAX);
         let server = Server::builder()
+            .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
+            .timeout(Duration::from_millis(
+                self.settings.grpc_default_deadline_ms,
+            ))
             .trace_fn(tracing_context::rpc_span)
             .layer(GrpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(KeyServiceServer::new(KeyApi {
-                authority: self.authority.clone(),
-                gate: self.gate.clone(),
-            }))
-            .add_service(ValidationServiceServer::new(ValidationApi {
-                authority: self.authority.clone(),
-            }))
-            .add_service(RateLimitServiceServer::new(RateLimitApi {
-                limiter: self.limiter.clone(),
-            }))
+            .add_service(
+                KeyServiceServer::new(KeyApi {
+                    authority: self.authority.clone(),
+                    gate: self.gate.clone(),
+                })
+                .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                ValidationServiceServer::new(ValidationApi {
+                    authority: self.authority.clone(),
+                })
+                .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                RateLimitServiceServer::new(RateLimitApi {
+                    limiter: self.limiter.clone(),
+                })
+                .max_decoding_message_size(max_request),
+            )
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(

@@ -106,4 +106,7 @@ pub async fn prepare(
     Ok(bootstrapped)
 }
 
-pub use root_keys::{count as count_root_keys, find as find_root_key, insert as insert_root_key};
+pub use root_keys::{
+    count as count_root_keys, find as find_root_key, insert as insert_root_key,
+    replace_hash as replace_root_key_hash,
+};

@@ -2,7 +2,10 @@
 //! (argon2id hash, display prefix) with a list of permissions.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, PaginatorTrait};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+};
 
 use super::entities::root_key;
 use crate::domain::{KeyId, Scope, ScopeSet};
@@ -69,4 +72,22 @@ pub async fn find(db: &impl ConnectionTrait, id: &KeyId) -> Result<Option<RootKe
         permissions: ScopeSet::new(permissions),
         revoked_at: model.revoked_at,
     }))
+}
+
+/// Stores `new_hash` (the same secret under the configured argon2 cost) if
+/// the root key's hash is still `old_hash`: a compare-and-set, so replicas
+/// rehashing at once write once. Returns whether it wrote.
+pub async fn replace_hash(
+    db: &impl ConnectionTrait,
+    id: &KeyId,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool> {
+    let replaced = root_key::Entity::update_many()
+        .col_expr(root_key::Column::SecretHash, Expr::value(new_hash))
+        .filter(root_key::Column::Id.eq(id.as_str()))
+        .filter(root_key::Column::SecretHash.eq(old_hash))
+        .exec(db)
+        .await?;
+    Ok(replaced.rows_affected == 1)
 }

@@ -19,3 +19,4 @@ mod replicas;
 mod round_trips;
 mod secrets_stay_secret;
 mod validate;
+mod verification;

@@ -188,8 +188,8 @@ async fn sigterm_during_load_loses_no_call_and_exits_zero() {
     let mut server = ServerProcess::start(
         data_dir.path(),
         &[
-            ("APIKEYD_ARGON2_MEMORY_KIB", "19456"),
-            ("APIKEYD_ARGON2_ITERATIONS", "2"),
+            ("APIKEYD_API_KEY_ARGON2_MEMORY_KIB", "19456"),
+            ("APIKEYD_API_KEY_ARGON2_ITERATIONS", "2"),
             ("APIKEYD_SHUTDOWN_GRACE_SECS", "60"),
         ],
     );
