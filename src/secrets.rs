@@ -24,12 +24,13 @@
 //! the budget, an attacker changes the secret on every guess anyway, and
 //! nothing that fills up with guesses can ever turn a right secret away.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use hmac::{Hmac, Mac};
@@ -366,39 +367,96 @@ fn overloaded(_: Overloaded) -> Error {
     Error::Overloaded
 }
 
-/// Hashes `secret` under `cost` (on an argon2 thread).
-fn hash_with(cost: Argon2Cost, secret: &Secret) -> Result<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, cost.params()?)
-        .hash_password(secret.expose(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| Error::Internal(format!("argon2 hashing failed: {e}")))
+thread_local! {
+    /// Each argon2 thread's working memory, kept from run to run. Allocating
+    /// it afresh per run would leave the allocator holding many copies (19 MiB
+    /// each at OWASP's cost: hundreds of MB after a few dozen runs); kept, it
+    /// is at most one buffer of the largest cost per thread of the pool.
+    static WORKING_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Verifies `secret` against `stored` (whose own parameters apply) and, when
-/// it matches a hash made under another cost than `target`, hashes it anew
-/// (on an argon2 thread).
-fn verify_with(secret: &Secret, stored: &str, target: Argon2Cost) -> RunOutcome {
-    let failed = |cause: String| RunOutcome::Failed(Arc::from(cause));
-    let parsed = match PasswordHash::new(stored) {
-        Ok(parsed) => parsed,
-        Err(e) => return failed(format!("stored hash is not a PHC string: {e}")),
-    };
-    match Argon2::default().verify_password(secret.expose(), &parsed) {
-        Ok(()) => {}
-        Err(argon2::password_hash::Error::Password) => return RunOutcome::Wrong,
-        Err(e) => return failed(format!("stored hash cannot be verified: {e}")),
-    }
-    if target.made(&parsed) {
-        return RunOutcome::Right(None);
-    }
-    match hash_with(target, secret) {
-        Ok(rehashed) => RunOutcome::Right(Some(Arc::new(Mutex::new(Some(rehashed))))),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not rehash a verified secret; it keeps its old hash");
-            RunOutcome::Right(None)
+/// argon2 of `secret` and `salt` into `out`, in this thread's working memory.
+fn argon2_into(
+    argon2: &Argon2<'_>,
+    secret: &Secret,
+    salt: &[u8],
+    out: &mut [u8],
+) -> argon2::Result<()> {
+    WORKING_MEMORY.with_borrow_mut(|memory| {
+        let blocks = argon2.params().block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
         }
+        argon2.hash_password_into_with_memory(secret.expose(), salt, out, &mut memory[..blocks])
+    })
+}
+
+/// Hashes `secret` under `cost` into a PHC string (on an argon2 thread).
+fn hash_with(cost: Argon2Cost, secret: &Secret) -> Result<String> {
+    let failed = |e: &dyn std::fmt::Display| Error::Internal(format!("argon2 hashing failed: {e}"));
+    let params = cost.params()?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(|e| failed(&e))?;
+    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+        argon2_into(&argon2, secret, salt_bytes, out).map_err(Into::into)
+    })
+    .map_err(|e| failed(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| failed(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// Verifies `secret` against `stored` (under the parameters `stored`
+/// carries) and, when it matches a hash made under another cost than
+/// `target`, hashes it anew (on an argon2 thread).
+fn verify_with(secret: &Secret, stored: &str, target: Argon2Cost) -> RunOutcome {
+    let matched = PasswordHash::new(stored)
+        .map_err(|e| format!("stored hash is not a PHC string: {e}"))
+        .and_then(|parsed| {
+            matches(secret, &parsed)
+                .map(|matched| (matched, target.made(&parsed)))
+                .map_err(|e| format!("stored hash cannot be verified: {e}"))
+        });
+    match matched {
+        Err(cause) => RunOutcome::Failed(Arc::from(cause)),
+        Ok((false, _)) => RunOutcome::Wrong,
+        Ok((true, true)) => RunOutcome::Right(None),
+        Ok((true, false)) => match hash_with(target, secret) {
+            Ok(rehashed) => RunOutcome::Right(Some(Arc::new(Mutex::new(Some(rehashed))))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rehash a verified secret; it keeps its old hash");
+                RunOutcome::Right(None)
+            }
+        },
     }
+}
+
+/// Whether `secret` hashes to `hash`'s output under `hash`'s own algorithm,
+/// version, parameters and salt; the outputs are compared in constant time.
+fn matches(secret: &Secret, hash: &PasswordHash<'_>) -> argon2::password_hash::Result<bool> {
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return Err(argon2::password_hash::Error::PhcStringField);
+    };
+    let argon2 = Argon2::new(
+        Algorithm::try_from(hash.algorithm)?,
+        hash.version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default(),
+        Params::try_from(hash)?,
+    );
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+    let mut computed = vec![0u8; expected.len()];
+    argon2_into(&argon2, secret, salt_bytes, &mut computed)?;
+    Ok(bool::from(computed.ct_eq(expected.as_bytes())))
 }
 
 #[cfg(test)]
@@ -668,6 +726,51 @@ mod tests {
         assert_eq!(first, SecretCheck::Right { rehashed: None });
         assert!(remembered);
         assert_eq!(changed, SecretCheck::Wrong);
+    }
+
+    #[tokio::test]
+    async fn hashes_agree_with_the_reference_implementation_across_costs_on_one_thread() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let big = Argon2Cost {
+            memory_kib: 2048,
+            iterations: 3,
+            parallelism: 2,
+        };
+        // One thread: its working memory serves the big cost, then the small.
+        let hasher = hasher_with(
+            Argon2Costs {
+                api_keys: CHEAP,
+                root_keys: big,
+            },
+            1,
+            10,
+        );
+        let root = GeneratedKey::generate(KeyKind::Root);
+        let api = GeneratedKey::generate(KeyKind::Live);
+        let root_hash = hasher.hash(KeyKind::Root, &root.secret).await.unwrap();
+        let api_hash = hasher.hash(KeyKind::Live, &api.secret).await.unwrap();
+        let reference = Argon2::default();
+        let old_hash = reference
+            .hash_password(api.secret.expose(), &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+
+        for (secret, hash) in [(&root.secret, &root_hash), (&api.secret, &api_hash)] {
+            let parsed = PasswordHash::new(hash).unwrap();
+            assert!(
+                reference.verify_password(secret.expose(), &parsed).is_ok(),
+                "{hash}"
+            );
+        }
+        let presented = PresentedKey::parse(&api.into_full_key()).unwrap();
+        let check = hasher
+            .check(&presented, &Arc::from(old_hash), &Arc::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(check, SecretCheck::Right { rehashed: Some(_) }),
+            "a reference hash at its default cost verifies (and moves to ours): {check:?}"
+        );
     }
 
     #[tokio::test]
