@@ -352,7 +352,7 @@ impl SecretHasher {
     }
 
     /// The keyed digest of a presented key: what caches may hold instead of it.
-    pub fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> SecretDigest {
+    fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> SecretDigest {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
         mac.update(kind.prefix().as_bytes());
