@@ -15,9 +15,12 @@ use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::argon2_pool::{Argon2Budget, default_max_in_flight};
-use crate::ratelimit::limit::seed_tiers;
+use crate::domain::limit::seed_tiers;
+use crate::domain::{Algorithm, Limit, Tiers};
+use crate::envoy::ratelimit_config::RateLimitConfig;
+use crate::envoy::routes::{RouteRule, RouteTable};
+use crate::ratelimit::FailurePolicy;
 use crate::ratelimit::usage::Retention;
-use crate::ratelimit::{Algorithm, FailurePolicy, Limit, Tiers};
 use crate::secrets::{Argon2Cost, Argon2Costs};
 
 /// Every setting the service reads. In a TOML file the keys are these field
@@ -50,6 +53,7 @@ pub struct Settings {
     pub redis_url: Option<RedisUrl>,
     pub redis_cluster: bool,
     pub redis_timeout_ms: u64,
+    pub redis_probe_timeout_ms: u64,
     pub redis_failure_policy: FailurePolicy,
     pub redis_key_prefix: String,
     pub usage_hourly_retention_hours: u32,
@@ -59,6 +63,23 @@ pub struct Settings {
     /// Tier name → its limits (file only), e.g.
     /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
     pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
+    /// that set no `context_extensions` (file only), e.g.
+    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
+    pub envoy_routes: Vec<RouteRule>,
+    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
+    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
+    pub envoy_ratelimit_config: Option<PathBuf>,
+    /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
+    pub console: ConsoleSettings,
+}
+
+/// What the web console offers; a `[console]` table in the settings file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// The scopes the create dialog offers as checkboxes (others can still be typed).
+    pub scopes: Vec<String>,
 }
 
 /// One limit of a tier, as written in the settings file.
@@ -105,7 +126,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             redis_url: None,
             redis_cluster: false,
-            redis_timeout_ms: 50,
+            redis_timeout_ms: 500,
+            redis_probe_timeout_ms: 1_000,
             redis_failure_policy: FailurePolicy::Open,
             redis_key_prefix: "apikeyd".to_owned(),
             usage_hourly_retention_hours: 48,
@@ -126,6 +148,9 @@ impl Default for Settings {
                     (name, limits)
                 })
                 .collect(),
+            envoy_routes: Vec::new(),
+            envoy_ratelimit_config: None,
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -215,6 +240,23 @@ impl Settings {
         }
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
+        }
+        if let Err(e) = RouteTable::parse(&self.envoy_routes) {
+            problems.push(format!("{e}"));
+        }
+        if let Some(path) = &self.envoy_ratelimit_config {
+            if let Err(e) = RateLimitConfig::load(path) {
+                problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
+        }
+        if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
+            problems
+                .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
+        }
+        for scope in &self.console.scopes {
+            if let Err(e) = crate::domain::Scope::parse(scope) {
+                problems.push(format!("console.scopes: {e}"));
+            }
         }
         problems
     }
@@ -360,6 +402,12 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage API keys on a running server, as a client of its gRPC API.
+    Keys(crate::client::args::KeysArgs),
+    /// Ask a running server's general-purpose rate limiter.
+    Ratelimit(crate::client::args::RatelimitArgs),
+    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
+    Validate(crate::client::args::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,7 +446,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// Address of the HTTP listener: Prometheus metrics at /metrics [default: 127.0.0.1:8080].
+    /// Address of the HTTP listener: Prometheus metrics at /metrics, the API over HTTP/JSON, and the web console at / [default: 127.0.0.1:8080].
     #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
@@ -513,10 +561,15 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_cluster: Option<bool>,
 
-    /// Longest wait for Redis per decision, in milliseconds, before the failure policy answers [default: 50].
+    /// Longest wait for a limiter answer from Redis, in milliseconds, for a call without a gRPC deadline (a call with one waits until shortly before it); a later answer fails the call UNAVAILABLE [default: 500].
     #[arg(long, env = "APIKEYD_REDIS_TIMEOUT_MS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_timeout_ms: Option<u64>,
+
+    /// Longest wait for Redis to answer the probe's PING, in milliseconds, before an outage is declared and the failure policy takes over [default: 1000].
+    #[arg(long, env = "APIKEYD_REDIS_PROBE_TIMEOUT_MS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_probe_timeout_ms: Option<u64>,
 
     /// While Redis is unreachable: open admits (limits unenforced), closed refuses what has a limit or quota [default: open].
     #[arg(long, env = "APIKEYD_REDIS_FAILURE_POLICY", global = true, value_enum)]
@@ -547,6 +600,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_DEFAULT_TIER", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
+
+    /// envoyproxy/ratelimit's YAML configuration (a file, or a directory of .yaml files) for Envoy's ShouldRateLimit; reloaded when it changes [default: none].
+    #[arg(long, env = "APIKEYD_ENVOY_RATELIMIT_CONFIG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_ratelimit_config: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -607,6 +665,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_envoy_ratelimit_file_is_a_problem_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rl.yaml");
+        std::fs::write(
+            &file,
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            envoy_ratelimit_config: Some(file.clone()),
+            ..Settings::default()
+        };
+        let problems = settings.problems().join("\n");
+        assert!(
+            problems.contains(&format!(
+                "envoy_ratelimit_config: {}:5: invalid rate limit unit 'fortnight'",
+                file.display()
+            )),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn database_passwords_are_redacted_when_printed() {
         let url = DatabaseUrl::from("postgres://app:hunter2@db:5432/keys");
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/keys");
@@ -619,7 +700,7 @@ mod tests {
             Settings::default()
                 .tiers()
                 .unwrap()
-                .resolve(&crate::ratelimit::LimitSource::Tier("pro".into()))[0]
+                .resolve(&crate::domain::LimitSource::Tier("pro".into()))[0]
                 .limit,
             1_000
         );
@@ -635,18 +716,40 @@ mod tests {
             ..Default::default()
         };
         let tiers = Settings::load(&flags).unwrap().tiers().unwrap();
-        let source = crate::ratelimit::LimitSource::Tier("basic".into());
+        let source = crate::domain::LimitSource::Tier("basic".into());
         let basic = tiers.resolve(&source);
         assert_eq!(basic.len(), 2);
         assert_eq!(basic[1].algorithm, Algorithm::TokenBucket);
-        let free = crate::ratelimit::LimitSource::Tier("free".into());
+        let free = crate::domain::LimitSource::Tier("free".into());
         assert_eq!(
             tiers.resolve(&free)[0].limit,
             7,
             "a file tier replaces the built-in one"
         );
-        let pro = crate::ratelimit::LimitSource::Tier("pro".into());
+        let pro = crate::domain::LimitSource::Tier("pro".into());
         assert_eq!(tiers.resolve(&pro)[0].limit, 1_000, "built-in tiers stay");
+    }
+
+    #[test]
+    fn console_scopes_come_from_the_file_and_are_checked() {
+        assert!(Settings::default().console.scopes.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apikeyd.toml");
+        std::fs::write(
+            &file,
+            "[console]\nscopes = [\"posts:read\", \"not a scope\"]\n",
+        )
+        .unwrap();
+        let flags = SettingsArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let settings = Settings::load(&flags).unwrap();
+        assert_eq!(settings.console.scopes, ["posts:read", "not a scope"]);
+        let problems = settings.problems().join("\n");
+        assert!(problems.contains("console.scopes"), "{problems}");
+        assert!(problems.contains("not a scope"), "{problems}");
+        assert!(!problems.contains("posts:read"), "{problems}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -21,33 +22,45 @@ use crate::access::RootKeyGate;
 use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
 use crate::config::Settings;
 use crate::domain::{Scope, ScopeSet};
+use crate::envoy;
+use crate::envoy::ext_authz::ExtAuthzApi;
+use crate::envoy::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::envoy::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServer;
+use crate::envoy::rate_limit_service::EnvoyRateLimitApi;
+use crate::envoy::ratelimit_source::RateLimitConfigSource;
+use crate::envoy::routes::RouteTable;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
-use crate::invalidation::InvalidationBus;
+use crate::http::{ConnectionAddrs, GrpcServices};
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
-use crate::ratelimit::{Keyspace, RateLimiter};
+use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
 use crate::telemetry::tracing_context;
 
-/// The backstop on cached key records, however invalidations fare. Each
-/// expiry costs the key one argon2 run, so it is long: invalidations, not
-/// this, keep the cache current.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// The backstop on cached key records, however invalidations fare: it
+/// bounds staleness when a change never reaches the stream. A reload costs
+/// one database read (the verified digest is kept while the hash is the same).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
+/// At shutdown, the longest wait for Redis to take queued invalidations.
+const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 5] = [
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.ValidationService",
+    "envoy.service.auth.v3.Authorization",
+    "envoy.service.ratelimit.v3.RateLimitService",
 ];
 /// The health name for liveness probes.
 pub const LIVENESS: &str = "liveness";
@@ -57,7 +70,7 @@ const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
-    /// Key records for Validate; the invalidation subscription feeds it.
+    /// Key records for Validate; the invalidation follower feeds it.
     key_cache: Arc<KeyCache>,
     /// Present when replicas share Redis.
     invalidation_bus: Option<Arc<InvalidationBus>>,
@@ -69,6 +82,10 @@ pub struct Application {
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
     limiter: Arc<RateLimiter>,
+    /// Scopes and cost of ext_authz requests whose route names none.
+    envoy_routes: Arc<RouteTable>,
+    /// envoyproxy/ratelimit's configuration, when one is given.
+    envoy_ratelimit: Option<Arc<RateLimitConfigSource>>,
 }
 
 impl Application {
@@ -122,22 +139,19 @@ impl Application {
             Duration::from_secs(settings.key_cache_degraded_ttl_secs),
         ));
         // With Redis, replicas tell each other what changed and the
-        // subscription decides how far the cache is trusted. Without it, one
+        // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
         let invalidation_bus = match &settings.redis_url {
-            Some(url) => {
-                let bus = InvalidationBus::connect(
+            Some(url) => Some(Arc::new(
+                InvalidationBus::connect(
                     url.expose(),
+                    settings.redis_cluster,
                     &settings.redis_key_prefix,
                     Duration::from_millis(settings.redis_timeout_ms),
                 )
-                .await
-                .with_context(|| format!("invalid Redis URL {url}"))?;
-                let bus = Arc::new(bus);
-                key_cache.attach_bus(bus.clone());
-                Some(bus)
-            }
+                .with_context(|| format!("invalid Redis URL {url}"))?,
+            )),
             None => {
                 let single_process = settings
                     .database_url
@@ -149,18 +163,26 @@ impl Application {
         };
         let limiter = Arc::new(build_limiter(&settings)?);
         let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
-        let authority = Arc::new(KeyAuthority::new(
-            store.clone(),
-            hasher.clone(),
-            last_used.clone(),
-            key_cache.clone(),
-            limiter.clone(),
-            tiers,
-            AuthorityPolicy {
-                max_active_keys_per_owner: settings.max_active_keys_per_owner,
-            },
-        ));
+        let authority = Arc::new(
+            KeyAuthority::new(
+                store.clone(),
+                hasher.clone(),
+                last_used.clone(),
+                key_cache.clone(),
+                limiter.clone(),
+                tiers,
+                AuthorityPolicy {
+                    max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                },
+            )
+            .publishing_to(invalidation_bus.clone()),
+        );
         let gate = RootKeyGate::new(db.clone(), hasher);
+        let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
+        let envoy_ratelimit = match &settings.envoy_ratelimit_config {
+            Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
+            None => None,
+        };
         Ok(Application {
             settings,
             listener,
@@ -173,6 +195,8 @@ impl Application {
             limiter,
             key_cache,
             invalidation_bus,
+            envoy_routes,
+            envoy_ratelimit,
         })
     }
 
@@ -203,10 +227,12 @@ impl Application {
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
@@ -219,12 +245,16 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
-        if let Some(bus) = &self.invalidation_bus {
-            background.push(tokio::spawn(bus.clone().subscribe_forever(
-                self.key_cache.clone(),
-                self.limiter.watch_reachable(),
-            )));
+        if let Some(source) = &self.envoy_ratelimit {
+            background.push(tokio::spawn(source.clone().watch()));
         }
+        let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
+            background.push(tokio::spawn(
+                bus.clone()
+                    .follow_forever(self.key_cache.clone(), self.limiter.watch_reachable()),
+            ));
+            bus.spawn_publisher()
+        });
         if self.limiter.is_remote() {
             health_reporter
                 .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
@@ -247,10 +277,14 @@ impl Application {
                 let _ = drain_rx.changed().await;
             }
         };
-        let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
+        let api = self.api_services();
+        let http = axum::serve(
+            self.http_listener,
+            http_routes(api.clone(), &self.settings.console)
+                .into_make_service_with_connect_info::<ConnectionAddrs>(),
+        )
+        .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
-        let max_request =
-            usize::try_from(self.settings.grpc_max_request_bytes).unwrap_or(usize::MAX);
         let server = Server::builder()
             .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
             .timeout(Duration::from_millis(
@@ -258,28 +292,19 @@ impl Application {
             ))
             .trace_fn(tracing_context::rpc_span)
             .layer(GrpcMetricsLayer)
+            .add_routes(api)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
-                KeyServiceServer::new(KeyApi {
-                    authority: self.authority.clone(),
-                    gate: self.gate.clone(),
-                })
-                .max_decoding_message_size(max_request),
-            )
-            .add_service(
-                ValidationServiceServer::new(ValidationApi {
-                    authority: self.authority.clone(),
-                })
-                .max_decoding_message_size(max_request),
-            )
-            .add_service(
-                RateLimitServiceServer::new(RateLimitApi {
-                    limiter: self.limiter.clone(),
-                })
-                .max_decoding_message_size(max_request),
-            )
+            // Envoy's services: gRPC only (Envoy speaks nothing else to them).
+            .add_service(AuthorizationServer::new(ExtAuthzApi {
+                authority: self.authority.clone(),
+                routes: self.envoy_routes.clone(),
+            }))
+            .add_service(EnvoyRateLimitServer::new(EnvoyRateLimitApi {
+                limiter: self.limiter.clone(),
+                config: self.envoy_ratelimit.clone(),
+            }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(
@@ -344,6 +369,9 @@ impl Application {
         for task in background {
             task.abort();
         }
+        if let (Some(bus), Some(publisher)) = (&self.invalidation_bus, invalidation_publisher) {
+            bus.finish(publisher, INVALIDATION_DRAIN).await;
+        }
         self.limiter.flush_usage().await;
         if let Err(e) = self.last_used.flush(&self.store).await {
             tracing::warn!(error = %e, "could not write the last batch of last_used_at");
@@ -353,20 +381,75 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics (the web console joins here).
-fn http_routes() -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async { metrics::prometheus().render() }),
-    )
+/// The key cache as the invalidation bus feeds it: the two modules do not
+/// know each other.
+impl InvalidationSink for KeyCache {
+    fn apply(&self, change: &Invalidation) {
+        match change {
+            Invalidation::Key(id) => self.evict(id),
+            Invalidation::Owner(owner_id) => self.evict_owner(owner_id),
+            Invalidation::All => self.evict_all(),
+        }
+    }
+
+    fn set_trusted(&self, trusted: bool) {
+        self.set_invalidations_flowing(trusted);
+    }
+}
+
+impl Application {
+    /// Our API's services, served on both listeners: over gRPC, and over
+    /// HTTP/JSON by delegation to these same services.
+    fn api_services(&self) -> Routes {
+        let max_request =
+            usize::try_from(self.settings.grpc_max_request_bytes).unwrap_or(usize::MAX);
+        Routes::new(
+            KeyServiceServer::new(KeyApi {
+                authority: self.authority.clone(),
+                gate: self.gate.clone(),
+            })
+            .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            ValidationServiceServer::new(ValidationApi {
+                authority: self.authority.clone(),
+            })
+            .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            RateLimitServiceServer::new(RateLimitApi {
+                limiter: self.limiter.clone(),
+            })
+            .max_decoding_message_size(max_request),
+        )
+    }
+}
+
+/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
+/// the web console. Calls over HTTP pass the gRPC metrics layer like calls
+/// over gRPC.
+fn http_routes(api: Routes, console: &crate::config::ConsoleSettings) -> axum::Router {
+    let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { metrics::prometheus().render() }),
+        )
+        .merge(crate::http::router(api))
+        .merge(crate::console::routes(console))
 }
 
 /// Redis when a URL is configured, else the in-process store.
 fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let limiter = LimiterSettings {
+        policy: settings.redis_failure_policy,
+        default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),
+        probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
+        retention: settings.usage_retention(),
+    };
     let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
         Some(url) => Arc::new(
-            RedisStore::new(url.expose(), settings.redis_cluster, timeout)
+            RedisStore::new(url.expose(), settings.redis_cluster, limiter.probe_timeout)
                 .with_context(|| format!("invalid Redis URL {url}"))?,
         ),
         None => Arc::new(MemoryStore::default()),
@@ -374,9 +457,7 @@ fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
     Ok(RateLimiter::new(
         store,
         Keyspace::new(&settings.redis_key_prefix)?,
-        settings.redis_failure_policy,
-        timeout,
-        settings.usage_retention(),
+        limiter,
     ))
 }
 

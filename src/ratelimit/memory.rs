@@ -4,14 +4,14 @@
 //! suits a single replica.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::algorithms::{LimitState, evaluate};
-use super::quota::QuotaState;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, UsageBucket};
 use crate::domain::ValidationCode;
+use crate::domain::quota::{QuotaState, add_to_balance};
 
 /// How often expired entries are swept out.
 const SWEEP_EVERY_US: i64 = 10_000_000;
@@ -56,12 +56,13 @@ impl State {
         let evaluations: Vec<_> = decision
             .limits
             .iter()
-            .map(|(key, limit)| {
-                let state = match self.limits.get(key) {
+            .map(|charge| {
+                let state = match self.limits.get(&charge.key) {
                     Some((state, expires)) if *expires > now => *state,
                     _ => LimitState::Empty,
                 };
-                (key, limit, evaluate(limit, state, now, decision.cost))
+                let evaluation = evaluate(&charge.limit, state, now, charge.cost);
+                (&charge.key, &charge.limit, evaluation)
             })
             .collect();
         let limits: Vec<LimitStatus> = evaluations
@@ -74,13 +75,13 @@ impl State {
                 retry_after_us: e.retry_after_us,
             })
             .collect();
-        let mut verdict = verdict(decision.charge, &limits);
+        let mut verdict = verdict(decision.charge, &decision.limits, &limits);
         let mut quota_balance = None;
         if let Some(check) = &decision.quota {
             let mut state = check
                 .quota
                 .balance(self.quotas.get(&check.key).copied(), now);
-            state.balance = (state.balance + check.add).max(0);
+            state.balance = add_to_balance(state.balance, check.add);
             if verdict == Verdict::Admitted {
                 if state.balance < i64::from(decision.cost) {
                     verdict = Verdict::QuotaExceeded;
@@ -92,17 +93,14 @@ impl State {
             quota_balance = Some(state.balance);
         }
         if verdict == Verdict::Admitted {
-            for (key, _, e) in &evaluations {
+            // A shadow or collective limit that is over is not charged.
+            for (key, _, e) in evaluations.iter().filter(|(_, _, e)| e.allowed) {
                 self.limits
                     .insert((*key).clone(), (e.next, e.expires_at_us));
             }
         }
         if let Some(usage) = &decision.usage {
-            let code = match verdict {
-                Verdict::RateLimited => ValidationCode::RateLimited,
-                Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
-                _ => usage.code,
-            };
+            let code = verdict.code(usage.code);
             let secs = now.div_euclid(1_000_000);
             for (granularity, ttl) in [
                 (Granularity::Hour, usage.retention.hourly_secs),
@@ -111,7 +109,7 @@ impl State {
                 let key = bucket_key(&usage.base, granularity, secs / granularity.seconds());
                 let (counts, expires) = self.counters.entry(key).or_default();
                 *counts.entry(code).or_default() += 1;
-                *expires = now + ttl * 1_000_000;
+                *expires = now.saturating_add(ttl.saturating_mul(1_000_000));
             }
             let (log, expires) = self.logs.entry(format!("{}:log", usage.base)).or_default();
             log.push_front(RecentRequest {
@@ -120,7 +118,7 @@ impl State {
                 at_ms: now / 1000,
             });
             log.truncate(usage.retention.recent_requests as usize);
-            *expires = now + usage.retention.daily_secs * 1_000_000;
+            *expires = now.saturating_add(usage.retention.daily_secs.saturating_mul(1_000_000));
         }
         Outcome {
             verdict,
@@ -137,9 +135,9 @@ fn bucket_key(base: &str, granularity: Granularity, index: i64) -> String {
 
 #[tonic::async_trait]
 impl RateLimitStore for MemoryStore {
-    async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError> {
+    async fn decide(&self, decision: Arc<Decision>) -> Result<Outcome, StoreError> {
         let mut state = self.state.lock().expect("limiter lock poisoned");
-        Ok(state.decide(decision, now_us()))
+        Ok(state.decide(&decision, now_us()))
     }
 
     async fn usage(
@@ -183,5 +181,133 @@ impl RateLimitStore for MemoryStore {
 
     fn is_remote(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Quota;
+    use crate::ratelimit::store::{Enforcement, LimitCharge, QuotaCheck};
+
+    fn add(amount: i64) -> Arc<Decision> {
+        Arc::new(Decision {
+            limits: Vec::new(),
+            cost: 0,
+            charge: false,
+            quota: Some(QuotaCheck {
+                key: "q".into(),
+                quota: Quota::parse(5, 0, None, 1).unwrap(),
+                add: amount,
+            }),
+            usage: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn huge_additions_saturate_instead_of_poisoning_the_store() {
+        let store = MemoryStore::default();
+        for amount in [i64::MAX, i64::MAX, i64::MIN, i64::MAX] {
+            store.decide(add(amount)).await.unwrap();
+        }
+        let balance = store.decide(add(0)).await.unwrap().quota_balance;
+        assert_eq!(balance, Some(crate::domain::quota::MAX_QUOTA));
+    }
+
+    fn charge(key: &str, limit: u32, cost: u32, enforcement: Enforcement) -> LimitCharge {
+        LimitCharge {
+            key: key.into(),
+            limit: crate::domain::Limit {
+                limit,
+                window_ms: 30 * 86_400_000,
+                algorithm: crate::domain::Algorithm::FixedWindow,
+            },
+            cost,
+            enforcement,
+        }
+    }
+
+    fn limits(charges: Vec<LimitCharge>) -> Arc<Decision> {
+        Arc::new(Decision {
+            limits: charges,
+            cost: 0,
+            charge: true,
+            quota: None,
+            usage: None,
+        })
+    }
+
+    fn remaining(outcome: &Outcome) -> Vec<u32> {
+        outcome.limits.iter().map(|l| l.remaining).collect()
+    }
+
+    #[tokio::test]
+    async fn each_limit_is_charged_its_own_cost() {
+        let store = MemoryStore::default();
+        let both = || {
+            limits(vec![
+                charge("a", 5, 3, Enforcement::Enforced),
+                charge("b", 5, 0, Enforcement::Enforced),
+            ])
+        };
+        let first = store.decide(both()).await.unwrap();
+        let second = store.decide(both()).await.unwrap();
+        assert_eq!(
+            (first.verdict, remaining(&first)),
+            (Verdict::Admitted, vec![2, 5])
+        );
+        assert_eq!(
+            second.verdict,
+            Verdict::RateLimited,
+            "3 more do not fit in a"
+        );
+        let peek = store
+            .decide(limits(vec![charge("a", 5, 0, Enforcement::Enforced)]))
+            .await
+            .unwrap();
+        assert_eq!(remaining(&peek), [2], "the refusal charged nothing");
+    }
+
+    #[tokio::test]
+    async fn a_shadow_limit_never_refuses_and_over_it_is_not_charged() {
+        let store = MemoryStore::default();
+        let request = || {
+            limits(vec![
+                charge("s", 1, 1, Enforcement::Shadow),
+                charge("e", 9, 1, Enforcement::Enforced),
+            ])
+        };
+        store.decide(request()).await.unwrap();
+        let over = store.decide(request()).await.unwrap();
+        assert_eq!(over.verdict, Verdict::Admitted);
+        assert!(!over.limits[0].allowed);
+        assert_eq!(
+            remaining(&over),
+            [0, 7],
+            "the enforced limit was charged, the shadow one not"
+        );
+    }
+
+    #[tokio::test]
+    async fn collective_limits_refuse_only_when_all_are_over() {
+        let store = MemoryStore::default();
+        let request = || {
+            limits(vec![
+                charge("c1", 1, 1, Enforcement::Collective),
+                charge("c2", 2, 1, Enforcement::Collective),
+            ])
+        };
+        let verdicts: Vec<Verdict> = [
+            store.decide(request()).await.unwrap(),
+            store.decide(request()).await.unwrap(),
+            store.decide(request()).await.unwrap(),
+        ]
+        .iter()
+        .map(|o| o.verdict)
+        .collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Admitted, Verdict::Admitted, Verdict::RateLimited]
+        );
     }
 }
