@@ -34,7 +34,7 @@ use crate::ratelimit::store::RateLimitStore;
 use crate::ratelimit::{Keyspace, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
-use crate::telemetry::metrics::{self, GrpcMetricsLayer};
+use crate::telemetry::metrics::{self, GrpcMetricsLayer, RpcLabels};
 use crate::telemetry::tracing_context;
 
 /// Verified root-key secrets remembered by digest (API keys keep theirs in
@@ -252,7 +252,7 @@ impl Application {
         let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
             .trace_fn(tracing_context::rpc_span)
-            .layer(GrpcMetricsLayer)
+            .layer(GrpcMetricsLayer::new(RpcLabels::served_contract()?))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
