@@ -132,7 +132,13 @@ impl H2load {
                     "h2load is not installed: installing Debian's nghttp2-client with apt-get (once)"
                 );
                 apt_get(&["update", "-qq"])?;
-                apt_get(&["install", "-y", "-qq", "nghttp2-client"])?;
+                apt_get(&[
+                    "install",
+                    "-y",
+                    "-qq",
+                    "-o=Dpkg::Use-Pty=0",
+                    "nghttp2-client",
+                ])?;
                 version().context("apt-get installed nghttp2-client, yet h2load does not run")?
             }
         };

@@ -442,7 +442,7 @@ impl Target<'_> {
         expected: &'static str,
     ) -> anyhow::Result<Row> {
         let warmup = self.run(call, &pace.shape(Length::Duration(pace.warmup)))?;
-        self.wait_until_still(call)?;
+        tokio::task::block_in_place(|| self.wait_until_still(call))?;
         let requests = (warmup.per_second * pace.measure.as_secs_f64()) as u64;
         let length = Length::Requests(requests.max(4 * pace.in_flight() as u64));
         self.counted(name, call, &pace.shape(length), expected)
