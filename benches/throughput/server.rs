@@ -1,6 +1,7 @@
-//! The system under test: one real `apikeyd serve` process (the release
-//! build cargo made for this benchmark) on loopback port 0, over a fresh
-//! PostgreSQL database; and the management calls that set up its keys.
+//! The system under test: a real `apikeyd serve` process (the release
+//! build cargo made for this benchmark) on loopback port 0, over embedded
+//! SQLite or a fresh PostgreSQL database; its counters and memory; and the
+//! calls that set up and check its keys.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
