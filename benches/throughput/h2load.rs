@@ -13,8 +13,8 @@
 //! response).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -179,8 +179,62 @@ impl H2load {
         call: &GrpcCall,
         shape: &Shape,
     ) -> anyhow::Result<Measured> {
-        let body = self.scratch.path().join("body.bin");
-        let log = self.scratch.path().join("requests.tsv");
+        self.run_side_by_side(target, std::slice::from_ref(call), shape)
+    }
+
+    /// Runs one h2load per call at the same time, the connections (and a
+    /// counted run's requests) shared out among them, and adds their
+    /// results up: several keys under one load, where h2load sends one body.
+    pub fn run_side_by_side(
+        &self,
+        target: SocketAddr,
+        calls: &[GrpcCall],
+        shape: &Shape,
+    ) -> anyhow::Result<Measured> {
+        anyhow::ensure!(
+            !calls.is_empty() && shape.connections % calls.len() == 0,
+            "{} connections cannot be shared out among {} h2load processes",
+            shape.connections,
+            calls.len()
+        );
+        let share = Shape {
+            connections: shape.connections / calls.len(),
+            length: match shape.length {
+                Length::Requests(count) => Length::Requests(count.div_ceil(calls.len() as u64)),
+                length => length,
+            },
+            ..*shape
+        };
+        let mut running = Vec::with_capacity(calls.len());
+        for (index, call) in calls.iter().enumerate() {
+            running.push(self.spawn(target, call, &share, index)?);
+        }
+        let mut outcomes = Vec::with_capacity(running.len());
+        for (child, log) in running {
+            let output = child.wait_with_output().context("h2load")?;
+            let summary = String::from_utf8_lossy(&output.stdout);
+            if !output.status.success() {
+                bail!(
+                    "h2load exited with {}: {}{}",
+                    output.status,
+                    summary,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            outcomes.push(parse(&summary, &log)?);
+        }
+        Ok(add_up(outcomes))
+    }
+
+    fn spawn(
+        &self,
+        target: SocketAddr,
+        call: &GrpcCall,
+        shape: &Shape,
+        index: usize,
+    ) -> anyhow::Result<(std::process::Child, PathBuf)> {
+        let body = self.scratch.path().join(format!("body-{index}.bin"));
+        let log = self.scratch.path().join(format!("requests-{index}.tsv"));
         std::fs::write(&body, &call.body)?;
         let _ = std::fs::remove_file(&log);
         let mut command = Command::new("h2load");
@@ -193,22 +247,55 @@ impl H2load {
         for (name, value) in &call.headers {
             command.arg("-H").arg(format!("{name}: {value}"));
         }
-        let output = command
+        let child = command
             .arg("--log-file")
             .arg(&log)
             .arg(format!("http://{target}{}", call.path))
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .context("cannot run h2load")?;
-        let summary = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            bail!(
-                "h2load exited with {}: {}{}",
-                output.status,
-                summary,
-                String::from_utf8_lossy(&output.stderr)
-            );
+        Ok((child, log))
+    }
+}
+
+/// One h2load's summary and its request latencies.
+struct Outcome {
+    done: u64,
+    failed: u64,
+    per_second: f64,
+    latencies: Vec<Duration>,
+}
+
+/// The runs of h2loads side by side as one: their responses over the
+/// longest of their runs, their latencies together.
+fn add_up(outcomes: Vec<Outcome>) -> Measured {
+    let done: u64 = outcomes.iter().map(|o| o.done).sum();
+    let failed = outcomes.iter().map(|o| o.failed).sum();
+    let longest = outcomes
+        .iter()
+        .filter(|o| o.per_second > 0.0)
+        .map(|o| o.done as f64 / o.per_second)
+        .fold(0.0, f64::max);
+    let mut latencies: Vec<Duration> = outcomes.into_iter().flat_map(|o| o.latencies).collect();
+    latencies.sort_unstable();
+    let at = |quantile: f64| -> Duration {
+        if latencies.is_empty() {
+            return Duration::ZERO;
         }
-        parse(&summary, &log)
+        let rank = ((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    };
+    Measured {
+        done,
+        failed,
+        per_second: if longest > 0.0 {
+            done as f64 / longest
+        } else {
+            0.0
+        },
+        p50: at(0.50),
+        p99: at(0.99),
     }
 }
 
@@ -235,7 +322,7 @@ fn apt_get(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Reads h2load's summary lines and its request log.
-fn parse(summary: &str, log: &Path) -> anyhow::Result<Measured> {
+fn parse(summary: &str, log: &Path) -> anyhow::Result<Outcome> {
     // finished in 4.02s, 2657.00 req/s, 98.69KB/s
     let finished = line_after(summary, "finished in ")?;
     let per_second: f64 = finished
@@ -273,20 +360,11 @@ fn parse(summary: &str, log: &Path) -> anyhow::Result<Measured> {
         }
         latencies.push(Duration::from_micros(micros));
     }
-    latencies.sort_unstable();
-    let at = |quantile: f64| -> Duration {
-        if latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
-    Ok(Measured {
+    Ok(Outcome {
         done,
         failed,
         per_second,
-        p50: at(0.50),
-        p99: at(0.99),
+        latencies,
     })
 }
 

@@ -180,7 +180,7 @@ impl RpcLabels {
 
     /// One label per method of every service in `sets` (encoded
     /// `FileDescriptorSet`s).
-    pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<RpcLabels, prost::DecodeError> {
+    fn from_descriptor_sets(sets: &[&[u8]]) -> Result<RpcLabels, prost::DecodeError> {
         use prost::Message;
         let mut by_path = HashMap::new();
         for set in sets {
