@@ -1,160 +1,160 @@
-//! Cache invalidation between replicas, over Redis pub/sub.
+//! Cache invalidation between replicas: never lost, only late, and late is
+//! bounded. Each replica either has applied every invalidation or knows it
+//! may have missed one, and then trusts its cache for the degraded TTL only.
 //!
-//! A change to a key (or to an owner's shared limits) on any replica is
-//! published on one channel; every replica subscribes and evicts the entry
-//! from its [`KeyCache`]. The message carries only the public key id or the
-//! owner id. While the subscription is down (or Redis is unreachable) the
-//! cache trusts entries for its degraded TTL only, and it is flushed when
-//! the subscription comes back, so staleness stays bounded either way.
+//! - A change (to a key, or to an owner's shared limits) is appended to a
+//!   Redis Stream, `<prefix>:invalidations` ([`redis_stream`]). The
+//!   [`publisher`] queues it (bounded) and retries until Redis takes it;
+//!   if the queue overflows, the next append tells every replica to flush.
+//! - Each replica's [`follower`] reads the stream in order with
+//!   `XREAD BLOCK` from the last entry it applied. After a reconnect it
+//!   replays what it missed; if entries were lost before it read them
+//!   (trimmed, or lost with the server) it flushes. A read answers at least
+//!   every second, so a dead link is noticed when one does not.
+//! - The bus delivers changes to an [`InvalidationSink`] (the key cache, as
+//!   the wiring connects it); the authority publishes.
 //!
-//! In a Redis Cluster, PUBLISH reaches subscribers on every node, so the
-//! subscription is made to the first node that answers.
+//! How late (D = the heartbeat deadline, 1 s + max(`--redis-timeout-ms`, 1 s)):
+//! - Redis reachable: one `XREAD` round trip after the change commits.
+//! - A replica cannot read the stream (Redis down, paused or cut off): it
+//!   distrusts its cache within D, then serves no entry older than the
+//!   degraded TTL; a change is refused there within max(degraded TTL, D)
+//!   plus about 1 s (the append's retry, if Redis comes back before that).
+//! - Anything else (the changing replica alone cut off from Redis, or
+//!   stopped before its append): the cache's TTL backstop, 60 s.
+
+mod follower;
+mod publisher;
+mod redis_stream;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio_stream::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::domain::KeyId;
-use crate::key_cache::KeyCache;
+use follower::{Follower, Heartbeat};
+use publisher::Publisher;
+use redis_stream::RedisStream;
 
 /// What changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
     Key(KeyId),
     Owner(String),
+    /// Anything may have changed: some invalidations were dropped.
+    All,
 }
 
 impl Invalidation {
-    fn encode(&self) -> String {
+    /// The field and value this change takes in a stream entry.
+    fn field(&self) -> (&'static str, &str) {
         match self {
-            Invalidation::Key(id) => format!("k:{id}"),
-            Invalidation::Owner(owner) => format!("o:{owner}"),
+            Invalidation::Key(id) => ("k", id.as_str()),
+            Invalidation::Owner(owner) => ("o", owner),
+            Invalidation::All => ("*", ""),
         }
     }
 
-    fn decode(message: &str) -> Option<Invalidation> {
-        match message.split_once(':')? {
-            ("k", id) => KeyId::parse(id).map(Invalidation::Key),
-            ("o", owner) => Some(Invalidation::Owner(owner.to_owned())),
+    /// The change a stream entry's field names; `None` for a field this
+    /// version does not know.
+    fn from_field(field: &str, value: &str) -> Option<Invalidation> {
+        match field {
+            "k" => KeyId::parse(value).map(Invalidation::Key),
+            "o" => Some(Invalidation::Owner(value.to_owned())),
+            "*" => Some(Invalidation::All),
             _ => None,
         }
     }
 }
 
-/// How many times a failed publish is retried, and how far apart.
-const PUBLISH_ATTEMPTS: u32 = 5;
-const PUBLISH_RETRY: Duration = Duration::from_millis(200);
+/// What the bus delivers to: each change it reads, and whether every
+/// change is known to arrive.
+pub trait InvalidationSink: Send + Sync {
+    fn apply(&self, change: &Invalidation);
+    /// False while invalidations may be missed.
+    fn set_trusted(&self, trusted: bool);
+}
+
+/// Changes waiting for Redis, at most: past this, a flush replaces them.
+const PUBLISH_QUEUE: usize = 10_000;
+/// The longest a read of an idle stream waits before answering empty.
+const HEARTBEAT_BLOCK: Duration = Duration::from_secs(1);
+/// The least grace a read gets past its block before the link counts as dead.
+const MIN_HEARTBEAT_GRACE: Duration = Duration::from_secs(1);
 
 pub struct InvalidationBus {
-    /// Every node URL given (one, or a cluster's seeds).
-    nodes: Vec<String>,
-    channel: String,
-    publisher: ConnectionManager,
+    stream: RedisStream,
+    publisher: Publisher,
+    heartbeat: Heartbeat,
 }
 
 impl InvalidationBus {
-    /// `urls` as in `--redis-url`: one URL, or comma-separated cluster seeds.
-    pub async fn connect(
+    /// `urls` and `cluster` as in `--redis-url` and `--redis-cluster`;
+    /// `timeout` is `--redis-timeout-ms`. Connects when first needed.
+    pub fn connect(
         urls: &str,
+        cluster: bool,
         key_prefix: &str,
         timeout: Duration,
     ) -> anyhow::Result<InvalidationBus> {
-        let nodes: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
-        let client = redis::Client::open(nodes[0].as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout.max(Duration::from_millis(100))))
-            .set_connection_timeout(Some(Duration::from_secs(1)));
-        let publisher = ConnectionManager::new_lazy_with_config(client, config)?;
+        let heartbeat = Heartbeat {
+            block: HEARTBEAT_BLOCK,
+            grace: timeout.max(MIN_HEARTBEAT_GRACE),
+        };
         Ok(InvalidationBus {
-            nodes,
-            channel: format!("{key_prefix}:invalidations"),
-            publisher,
+            stream: RedisStream::new(
+                urls,
+                cluster,
+                key_prefix,
+                heartbeat.grace,
+                heartbeat.deadline(),
+            )?,
+            publisher: Publisher::new(PUBLISH_QUEUE),
+            heartbeat,
         })
     }
 
-    /// Publishes in the background, retrying a few times: the caller's
-    /// change is already committed, and must not wait on Redis.
-    pub fn publish(&self, invalidation: Invalidation) {
-        let mut publisher = self.publisher.clone();
-        let channel = self.channel.clone();
-        tokio::spawn(async move {
-            let message = invalidation.encode();
-            for attempt in 1..=PUBLISH_ATTEMPTS {
-                match publisher.publish::<_, _, i64>(&channel, &message).await {
-                    Ok(_) => return,
-                    Err(e) if attempt == PUBLISH_ATTEMPTS => {
-                        ::metrics::counter!("apikeyd_invalidations_lost_total").increment(1);
-                        tracing::warn!(error = %e, "could not publish a cache invalidation; other replicas fall back to their degraded TTL");
-                    }
-                    Err(_) => tokio::time::sleep(PUBLISH_RETRY).await,
-                }
-            }
-        });
+    /// Tells every replica (this one included) about a committed change,
+    /// without waiting.
+    pub fn publish(&self, change: Invalidation) {
+        self.publisher.publish(change);
     }
 
-    /// Keeps a subscription up for as long as the process runs, evicting
-    /// what other replicas changed and telling the cache whether
-    /// invalidations are flowing. `redis_reachable` (the limiter's probe)
-    /// catches a Redis that hangs without closing the connection.
-    pub async fn subscribe_forever(
-        self: Arc<Self>,
-        cache: Arc<KeyCache>,
-        mut redis_reachable: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut backoff = Duration::from_millis(100);
-        let mut node = 0;
-        loop {
-            let url = &self.nodes[node % self.nodes.len()];
-            match self.subscription(url).await {
-                Ok(mut pubsub) => {
-                    backoff = Duration::from_millis(100);
-                    cache.set_invalidations_flowing(true);
-                    tracing::info!(
-                        "cache invalidations are flowing; the key cache trusts its entries again"
-                    );
-                    let mut messages = pubsub.on_message();
-                    loop {
-                        tokio::select! {
-                            message = messages.next() => {
-                                let Some(message) = message else { break };
-                                let Ok(payload) = message.get_payload::<String>() else { continue };
-                                match Invalidation::decode(&payload) {
-                                    Some(Invalidation::Key(id)) => cache.evict(&id).await,
-                                    Some(Invalidation::Owner(owner)) => cache.evict_owner(&owner).await,
-                                    None => {}
-                                }
-                            }
-                            changed = redis_reachable.changed() => {
-                                if changed.is_ok() && !*redis_reachable.borrow_and_update() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    cache.set_invalidations_flowing(false);
-                    tracing::warn!(
-                        "cache invalidation channel lost; cached keys are trusted for the degraded TTL until it is back"
-                    );
-                }
-                Err(_) => {
-                    cache.set_invalidations_flowing(false);
-                    node += 1;
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+    /// Appends published changes in the background until [`Self::finish`].
+    pub fn spawn_publisher(self: &Arc<Self>) -> JoinHandle<()> {
+        let bus = self.clone();
+        tokio::spawn(async move { bus.publisher.run(&bus.stream).await })
+    }
+
+    /// At shutdown: appends what is still queued, waiting at most `within`.
+    pub async fn finish(&self, publisher: JoinHandle<()>, within: Duration) {
+        self.publisher.close();
+        let abort = publisher.abort_handle();
+        if tokio::time::timeout(within, publisher).await.is_err() {
+            abort.abort();
+            let unpublished = self.publisher.unpublished();
+            ::metrics::counter!("apikeyd_invalidations_lost_total").increment(unpublished as u64);
+            tracing::warn!(
+                unpublished,
+                "stopping with cache invalidations Redis has not taken; other replicas drop those keys by the TTL backstop"
+            );
         }
     }
 
-    async fn subscription(&self, url: &str) -> anyhow::Result<redis::aio::PubSub> {
-        let client = redis::Client::open(url)?;
-        let mut pubsub =
-            tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub()).await??;
-        pubsub.subscribe(&self.channel).await?;
-        Ok(pubsub)
+    /// Follows the stream for as long as the process runs, delivering to
+    /// `sink`. `redis_reachable` (the limiter's probe) distrusts the cache
+    /// as soon as Redis stops answering it.
+    pub async fn follow_forever(
+        self: Arc<Self>,
+        sink: Arc<dyn InvalidationSink>,
+        redis_reachable: watch::Receiver<bool>,
+    ) {
+        Follower::new(sink, self.heartbeat, redis_reachable)
+            .run(&self.stream)
+            .await;
     }
 }
 
@@ -163,12 +163,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_round_trip_and_junk_is_ignored() {
+    fn changes_round_trip_through_stream_fields_and_junk_is_ignored() {
         let key = Invalidation::Key(KeyId::parse("0123456789abcdef").unwrap());
         let owner = Invalidation::Owner("team:a".to_owned());
-        assert_eq!(Invalidation::decode(&key.encode()), Some(key));
-        assert_eq!(Invalidation::decode(&owner.encode()), Some(owner));
-        assert_eq!(Invalidation::decode("k:not-an-id"), None);
-        assert_eq!(Invalidation::decode("x"), None);
+        for change in [key, owner, Invalidation::All] {
+            let (field, value) = change.field();
+            assert_eq!(Invalidation::from_field(field, value), Some(change));
+        }
+        assert_eq!(Invalidation::from_field("k", "not-an-id"), None);
+        assert_eq!(Invalidation::from_field("x", "anything"), None);
     }
 }

@@ -1,63 +1,127 @@
 //! The hot path's memory: key records by id, so that a warm `Validate`
 //! touches neither the database nor argon2.
 //!
-//! Staleness is bounded two ways. Every change to a key (revoke, disable,
-//! update, rotate) evicts it here and, through [`crate::invalidation`], on
-//! every other replica within milliseconds. While invalidations may not be
-//! arriving (no channel configured, or the channel is down), an entry is
-//! trusted for at most `degraded_ttl` (10 s by default) and the cache is
-//! flushed when the channel comes back. A TTL backstop bounds everything else.
+//! An entry is served only while all of these hold:
+//! - nothing evicted its id since its load began (see [`generations`]): a
+//!   change evicts here at once, and on other replicas when the
+//!   invalidation bus delivers it, so a load that read the row before the
+//!   change cannot cache it afterwards;
+//! - it is younger than the TTL backstop (60 s in production);
+//! - invalidations are known to reach this replica, or it is younger than
+//!   `degraded_ttl` (10 s by default).
+//!
+//! A stale entry stays in memory until it is reloaded, so a reload whose
+//! secret hash is unchanged keeps the verified digest: one database read,
+//! no argon2. Ages are read from tokio's clock, so tests pause it.
 //!
 //! Unknown ids are remembered as absent, so a flood of well-formed made-up
 //! keys costs one database read per id, not one per request.
+//!
+//! This module knows nothing of how invalidations travel: the wiring hands
+//! it what the bus delivers ([`KeyCache::evict`], [`KeyCache::evict_all`],
+//! [`KeyCache::set_invalidations_flowing`]).
 
+mod generations;
+
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::domain::LimitSource;
 use crate::domain::{ApiKey, KeyId};
 use crate::error::{Error, Result};
-use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::ratelimit::LimitSource;
 use crate::secrets::SecretDigest;
+use generations::{Generations, Space, Stamp};
 
 /// What the store said about an id, and when.
 pub struct CachedLookup {
     /// The record and its secret hash, or `None` for "no such key".
     pub found: Option<(ApiKey, Arc<str>)>,
     /// The keyed digest of the secret that matched the hash, once argon2 has
-    /// said so: a warm key is checked against it instead of argon2. It
-    /// lives and dies with the record, so a rotated or changed key starts
-    /// cold again.
+    /// said so: a warm key is checked against it instead of argon2. A reload
+    /// keeps it only while the hash is the same, so a rotated or changed
+    /// secret starts cold again.
     pub verified: std::sync::OnceLock<SecretDigest>,
-    loaded_at: Instant,
+    freshness: Freshness,
 }
 
 /// An owner's shared limits, and when they were read.
 pub struct CachedOwnerLimits {
     pub limits: Option<LimitSource>,
+    freshness: Freshness,
+}
+
+/// When an entry's read began, and what had been evicted by then.
+#[derive(Clone, Copy)]
+struct Freshness {
     loaded_at: Instant,
+    stamp: Stamp,
 }
 
 pub struct KeyCache {
     entries: moka::future::Cache<KeyId, Arc<CachedLookup>>,
     /// Owners' shared limits, read on every Validate that reaches the limiter.
     owners: moka::future::Cache<String, Arc<CachedOwnerLimits>>,
+    /// What has been evicted, so that loads and entries can tell they are stale.
+    generations: Generations,
     /// True while invalidations are known to reach this replica.
     invalidations_flowing: AtomicBool,
+    /// The backstop: no entry is served older than this.
+    ttl: Duration,
     /// How long an entry is trusted while invalidations may be missed.
     degraded_ttl: Duration,
-    /// Where this replica's invalidations go, when replicas share Redis.
-    bus: std::sync::OnceLock<Arc<InvalidationBus>>,
 }
 
 /// Owners whose shared limits are cached; each entry is small.
 const OWNER_ENTRIES: u64 = 100_000;
+/// How long an unused entry stays in memory (stale or not), so that the
+/// next use of a quiet key reloads its row but keeps its verified digest.
+const KEPT_WHILE_IDLE: Duration = Duration::from_secs(3600);
+/// Loads of one id retried because a change landed during the read; past
+/// this, the last read is answered without being cached.
+const LOAD_ATTEMPTS: u32 = 3;
 
-/// A loader's error, as each caller that waited on it receives it.
-fn unshare(shared: Arc<Error>) -> Error {
-    Arc::try_unwrap(shared)
-        .unwrap_or_else(|shared| Error::Internal(format!("lookup failed: {shared}")))
+/// Why a load's result was not cached.
+enum LoadError {
+    /// The store failed; every caller waiting on this load gets the error.
+    Store(Error),
+    /// Its id was evicted while the row was being read.
+    Superseded,
+}
+
+/// A store error, as each caller that waited on the load receives it.
+fn store_error(shared: Arc<LoadError>) -> Error {
+    match Arc::try_unwrap(shared) {
+        Ok(LoadError::Store(error)) => error,
+        Ok(LoadError::Superseded) => Error::Internal("a superseded load is retried".into()),
+        Err(shared) => match shared.as_ref() {
+            LoadError::Store(error) => Error::Internal(format!("lookup failed: {error}")),
+            LoadError::Superseded => Error::Internal("a superseded load is retried".into()),
+        },
+    }
+}
+
+/// Drops a stale entry so that the next load replaces it, unless a
+/// concurrent load has replaced it already.
+async fn remove_if_still<K, Q, V>(cache: &moka::future::Cache<K, Arc<V>>, name: &Q, stale: &Arc<V>)
+where
+    K: Hash + Eq + Send + Sync + std::borrow::Borrow<Q> + 'static,
+    Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    V: Send + Sync + 'static,
+{
+    cache
+        .entry_by_ref(name)
+        .and_compute_with(|entry| {
+            let op = match entry {
+                Some(entry) if Arc::ptr_eq(entry.value(), stale) => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            };
+            std::future::ready(op)
+        })
+        .await;
 }
 
 /// Rough heap size of an entry, for the memory bound.
@@ -84,142 +148,202 @@ fn weight(id: &KeyId, lookup: &Arc<CachedLookup>) -> u32 {
 
 impl KeyCache {
     pub fn new(max_bytes: u64, ttl: Duration, degraded_ttl: Duration) -> Self {
+        let kept = KEPT_WHILE_IDLE.max(ttl);
         KeyCache {
             entries: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(weight)
-                .time_to_live(ttl)
+                .time_to_idle(kept)
                 .build(),
             owners: moka::future::Cache::builder()
                 .max_capacity(OWNER_ENTRIES)
-                .time_to_live(ttl)
+                .time_to_idle(kept)
                 .build(),
+            generations: Generations::default(),
             invalidations_flowing: AtomicBool::new(false),
+            ttl,
             degraded_ttl,
-            bus: std::sync::OnceLock::new(),
         }
     }
 
     /// The cached lookup of `id`, or the result of `load` (run once for any
-    /// number of concurrent callers asking for the same id).
-    pub async fn get_or_load<F>(&self, id: &KeyId, load: F) -> Result<Arc<CachedLookup>>
+    /// number of concurrent callers asking for the same id, and again if
+    /// the id is evicted while it reads).
+    pub async fn get_or_load<L, F>(&self, id: &KeyId, load: L) -> Result<Arc<CachedLookup>>
     where
+        L: Fn() -> F,
         F: Future<Output = Result<Option<(ApiKey, String)>>>,
     {
-        let mut stale = None;
-        if let Some(cached) = self.entries.get(id).await {
-            if self.trusted(cached.loaded_at) {
+        let mut previous = self.entries.get(id).await;
+        if let Some(cached) = &previous {
+            if self.serves(&cached.freshness, Space::Key, id) {
                 ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit").increment(1);
-                return Ok(cached);
+                return Ok(cached.clone());
             }
-            self.entries.invalidate(id).await;
-            stale = Some(cached);
         }
         ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss").increment(1);
-        self.entries
-            .try_get_with_by_ref(id, async {
-                let found = load.await?;
-                let fresh = CachedLookup {
-                    found: found.map(|(key, hash)| (key, Arc::from(hash))),
-                    verified: std::sync::OnceLock::new(),
-                    loaded_at: Instant::now(),
-                };
-                // A record refreshed only because it was old keeps its
-                // verified digest while its hash is the same, so a degraded
-                // cache re-reads the database but does not re-run argon2.
-                if let Some(stale) = stale {
-                    let same_hash = match (&stale.found, &fresh.found) {
-                        (Some((_, old)), Some((_, new))) => old == new,
-                        _ => false,
-                    };
-                    if let (true, Some(digest)) = (same_hash, stale.verified.get()) {
-                        let _ = fresh.verified.set(*digest);
-                    }
-                }
-                Ok::<_, Error>(Arc::new(fresh))
-            })
-            .await
-            .map_err(unshare)
+        for _ in 0..LOAD_ATTEMPTS {
+            if let Some(stale) = &previous {
+                remove_if_still(&self.entries, id, stale).await;
+            }
+            let loaded = self
+                .entries
+                .try_get_with_by_ref(id, async {
+                    let (found, freshness) = self.read(Space::Key, id, &load).await?;
+                    Ok::<_, LoadError>(Arc::new(lookup_keeping_digest(
+                        found,
+                        freshness,
+                        previous.as_deref(),
+                    )))
+                })
+                .await;
+            match loaded {
+                Ok(lookup) if self.serves(&lookup.freshness, Space::Key, id) => return Ok(lookup),
+                // Installed by a load that an eviction overtook just after.
+                Ok(lookup) => previous = Some(lookup),
+                Err(error) => match error.as_ref() {
+                    // `previous` is still the source of the digest a reload may keep.
+                    LoadError::Superseded => {}
+                    LoadError::Store(_) => return Err(store_error(error)),
+                },
+            }
+        }
+        let freshness = self.freshness(Space::Key, id);
+        let found = load().await?;
+        Ok(Arc::new(lookup_keeping_digest(
+            found,
+            freshness,
+            previous.as_deref(),
+        )))
     }
 
     /// An owner's shared limits, cached like key records.
-    pub async fn owner_limits_or_load<F>(
+    pub async fn owner_limits_or_load<L, F>(
         &self,
         owner_id: &str,
-        load: F,
+        load: L,
     ) -> Result<Arc<CachedOwnerLimits>>
     where
+        L: Fn() -> F,
         F: Future<Output = Result<Option<LimitSource>>>,
     {
-        if let Some(cached) = self.owners.get(owner_id).await {
-            if self.trusted(cached.loaded_at) {
-                return Ok(cached);
+        let mut previous = self.owners.get(owner_id).await;
+        if let Some(cached) = &previous {
+            if self.serves(&cached.freshness, Space::Owner, owner_id) {
+                return Ok(cached.clone());
             }
-            self.owners.invalidate(owner_id).await;
         }
-        self.owners
-            .try_get_with_by_ref(owner_id, async {
-                Ok::<_, Error>(Arc::new(CachedOwnerLimits {
-                    limits: load.await?,
-                    loaded_at: Instant::now(),
-                }))
-            })
-            .await
-            .map_err(unshare)
+        for _ in 0..LOAD_ATTEMPTS {
+            if let Some(stale) = previous.take() {
+                remove_if_still(&self.owners, owner_id, &stale).await;
+            }
+            let loaded = self
+                .owners
+                .try_get_with_by_ref(owner_id, async {
+                    let (limits, freshness) = self.read(Space::Owner, owner_id, &load).await?;
+                    Ok::<_, LoadError>(Arc::new(CachedOwnerLimits { limits, freshness }))
+                })
+                .await;
+            match loaded {
+                Ok(cached) if self.serves(&cached.freshness, Space::Owner, owner_id) => {
+                    return Ok(cached);
+                }
+                Ok(cached) => previous = Some(cached),
+                Err(error) => match error.as_ref() {
+                    LoadError::Superseded => {}
+                    LoadError::Store(_) => return Err(store_error(error)),
+                },
+            }
+        }
+        let freshness = self.freshness(Space::Owner, owner_id);
+        Ok(Arc::new(CachedOwnerLimits {
+            limits: load().await?,
+            freshness,
+        }))
     }
 
-    fn trusted(&self, loaded_at: Instant) -> bool {
-        self.invalidations_flowing.load(Ordering::Acquire)
-            || loaded_at.elapsed() < self.degraded_ttl
+    /// Runs one read, stamped before it starts; a read that an eviction
+    /// overtook is not to be cached.
+    async fn read<T, F>(
+        &self,
+        space: Space,
+        name: &(impl Hash + ?Sized),
+        read: impl FnOnce() -> F,
+    ) -> std::result::Result<(T, Freshness), LoadError>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let freshness = self.freshness(space, name);
+        let value = read().await.map_err(LoadError::Store)?;
+        if self.generations.stamp(space, name) != freshness.stamp {
+            ::metrics::counter!("apikeyd_key_cache_superseded_loads_total").increment(1);
+            return Err(LoadError::Superseded);
+        }
+        Ok((value, freshness))
     }
 
-    /// Evicts a changed key here and, when a bus is attached, on every replica.
-    pub async fn invalidate(&self, id: &KeyId) {
-        self.evict(id).await;
-        if let Some(bus) = self.bus.get() {
-            bus.publish(Invalidation::Key(id.clone()));
+    fn freshness(&self, space: Space, name: &(impl Hash + ?Sized)) -> Freshness {
+        Freshness {
+            loaded_at: Instant::now(),
+            stamp: self.generations.stamp(space, name),
         }
     }
 
-    /// Evicts an owner's changed limits here and on every replica.
-    pub async fn invalidate_owner(&self, owner_id: &str) {
-        self.evict_owner(owner_id).await;
-        if let Some(bus) = self.bus.get() {
-            bus.publish(Invalidation::Owner(owner_id.to_owned()));
-        }
+    /// Whether an entry may answer: nothing evicted it since its read began,
+    /// it is within the backstop, and it is trusted for its age.
+    fn serves(&self, freshness: &Freshness, space: Space, name: &(impl Hash + ?Sized)) -> bool {
+        let age = freshness.loaded_at.elapsed();
+        freshness.stamp == self.generations.stamp(space, name)
+            && age < self.ttl
+            && (self.invalidations_flowing.load(Ordering::Acquire) || age < self.degraded_ttl)
     }
 
-    /// Evicts a key on this replica only (what a received invalidation does).
-    pub async fn evict(&self, id: &KeyId) {
-        self.entries.invalidate(id).await;
+    /// Evicts a changed key on this replica: entries and loads in flight
+    /// that began before now are never served.
+    pub fn evict(&self, id: &KeyId) {
+        self.generations.bump(Space::Key, id);
     }
 
-    pub async fn evict_owner(&self, owner_id: &str) {
-        self.owners.invalidate(owner_id).await;
+    /// Evicts an owner's changed limits on this replica.
+    pub fn evict_owner(&self, owner_id: &str) {
+        self.generations.bump(Space::Owner, owner_id);
     }
 
-    /// Sends this replica's invalidations to the others from now on.
-    pub fn attach_bus(&self, bus: Arc<InvalidationBus>) {
-        let _ = self.bus.set(bus);
+    /// Evicts everything: what a replica does when it may have missed an
+    /// invalidation. Entries stay in memory, so reloads keep their digests.
+    pub fn evict_all(&self) {
+        self.generations.bump_all();
     }
 
-    pub fn invalidate_all(&self) {
-        self.entries.invalidate_all();
-        self.owners.invalidate_all();
-    }
-
-    /// Records whether invalidations reach this replica. Coming back flushes
-    /// everything, since any change made meanwhile may have been missed.
+    /// Records whether invalidations are known to reach this replica; while
+    /// they are not, entries are trusted for `degraded_ttl` only.
     pub fn set_invalidations_flowing(&self, flowing: bool) {
-        let was = self.invalidations_flowing.swap(flowing, Ordering::AcqRel);
-        if flowing && !was {
-            self.invalidate_all();
+        self.invalidations_flowing.store(flowing, Ordering::Release);
+    }
+}
+
+/// A fresh lookup, keeping the previous entry's verified digest when the
+/// secret hash is unchanged: a reload costs a database read, not argon2.
+fn lookup_keeping_digest(
+    found: Option<(ApiKey, String)>,
+    freshness: Freshness,
+    previous: Option<&CachedLookup>,
+) -> CachedLookup {
+    let fresh = CachedLookup {
+        found: found.map(|(key, hash)| (key, Arc::from(hash))),
+        verified: std::sync::OnceLock::new(),
+        freshness,
+    };
+    if let Some(previous) = previous {
+        let same_hash = match (&previous.found, &fresh.found) {
+            (Some((_, old)), Some((_, new))) => old == new,
+            _ => false,
+        };
+        if let (true, Some(digest)) = (same_hash, previous.verified.get()) {
+            let _ = fresh.verified.set(*digest);
         }
     }
-
-    pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
-    }
+    fresh
 }
 
 /// Counts wrong secrets presented for each key id. Past the limit within the
@@ -257,62 +381,24 @@ impl WrongSecretGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU32;
+
     use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+    const DEGRADED_TTL: Duration = Duration::from_secs(10);
 
     fn id() -> KeyId {
         KeyId::parse("0123456789abcdef").unwrap()
     }
 
-    #[tokio::test]
-    async fn a_cached_absence_is_not_loaded_again() {
-        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_secs(10));
-        cache.set_invalidations_flowing(true);
-        let loads = std::sync::atomic::AtomicU32::new(0);
-        for _ in 0..3 {
-            let lookup = cache
-                .get_or_load(&id(), async {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    Ok(None)
-                })
-                .await
-                .unwrap();
-            assert!(lookup.found.is_none());
-        }
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    fn cache(flowing: bool) -> KeyCache {
+        let cache = KeyCache::new(1 << 20, TTL, DEGRADED_TTL);
+        cache.set_invalidations_flowing(flowing);
+        cache
     }
 
-    #[tokio::test]
-    async fn without_invalidations_entries_expire_after_the_degraded_ttl() {
-        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_millis(50));
-        let loads = std::sync::atomic::AtomicU32::new(0);
-        let load = || async {
-            loads.fetch_add(1, Ordering::SeqCst);
-            Ok(None)
-        };
-        cache.get_or_load(&id(), load()).await.unwrap();
-        cache.get_or_load(&id(), load()).await.unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 1, "fresh entries are served");
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        cache.get_or_load(&id(), load()).await.unwrap();
-        assert_eq!(
-            loads.load(Ordering::SeqCst),
-            2,
-            "stale entries are reloaded"
-        );
-    }
-
-    #[tokio::test]
-    async fn invalidations_coming_back_flush_the_cache() {
-        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_secs(10));
-        cache.get_or_load(&id(), async { Ok(None) }).await.unwrap();
-        cache.entries.run_pending_tasks().await;
-        assert_eq!(cache.entry_count(), 1);
-        cache.set_invalidations_flowing(true);
-        cache.entries.run_pending_tasks().await;
-        assert_eq!(cache.entry_count(), 0);
-    }
-
-    fn record(hash: &str) -> Option<(ApiKey, String)> {
+    fn record(hash: &str, revoked: bool) -> Option<(ApiKey, String)> {
         use crate::domain::{Environment, ScopeSet};
         let now = chrono::Utc::now();
         let key = ApiKey {
@@ -328,36 +414,190 @@ mod tests {
             updated_at: now,
             expires_at: None,
             last_used_at: None,
-            revoked_at: None,
+            revoked_at: revoked.then_some(now),
             limits: LimitSource::Own(Vec::new()),
             quota: None,
         };
         Some((key, hash.to_owned()))
     }
 
+    /// A loader that counts its runs and answers `record(hash, false)`.
+    fn counting<'a>(
+        loads: &'a AtomicU32,
+        hash: &'a str,
+    ) -> impl Fn() -> std::future::Ready<Result<Option<(ApiKey, String)>>> + 'a {
+        move || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(record(hash, false)))
+        }
+    }
+
     #[tokio::test]
-    async fn a_degraded_refresh_keeps_the_verified_digest_only_for_the_same_hash() {
-        let cache = KeyCache::new(1 << 20, Duration::from_secs(60), Duration::from_millis(20));
-        let first = cache
-            .get_or_load(&id(), async { Ok(record("hash-a")) })
+    async fn a_cached_absence_is_not_loaded_again() {
+        let cache = cache(true);
+        let loads = AtomicU32::new(0);
+        for _ in 0..3 {
+            let lookup = cache
+                .get_or_load(&id(), || {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(None) }
+                })
+                .await
+                .unwrap();
+            assert!(lookup.found.is_none());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_invalidations_entries_expire_after_the_degraded_ttl() {
+        let cache = cache(false);
+        let loads = AtomicU32::new(0);
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
             .await
             .unwrap();
-        first.verified.set([7; 32]).unwrap();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-
-        let same = cache
-            .get_or_load(&id(), async { Ok(record("hash-a")) })
+        tokio::time::advance(DEGRADED_TTL - Duration::from_millis(1)).await;
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "fresh entries are served");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
             .await
             .unwrap();
         assert_eq!(
-            same.verified.get(),
-            Some(&[7; 32]),
-            "same hash: no argon2 again"
+            loads.load(Ordering::SeqCst),
+            2,
+            "stale entries are reloaded"
         );
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
 
+    #[tokio::test(start_paused = true)]
+    async fn with_invalidations_flowing_entries_expire_after_the_ttl_backstop() {
+        let cache = cache(true);
+        let loads = AtomicU32::new(0);
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        tokio::time::advance(TTL - Duration::from_millis(1)).await;
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "trusted up to the TTL");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "reloaded at the TTL");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_invalidations_distrusts_entries_older_than_the_degraded_ttl() {
+        let cache = cache(true);
+        let loads = AtomicU32::new(0);
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        tokio::time::advance(DEGRADED_TTL).await;
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        cache.set_invalidations_flowing(false);
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_eviction_or_a_flush_makes_the_next_call_reload() {
+        let cache = cache(true);
+        let loads = AtomicU32::new(0);
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        cache.evict(&id());
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "evicted");
+        cache.evict_all();
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        cache
+            .get_or_load(&id(), counting(&loads, "h"))
+            .await
+            .unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            3,
+            "flushed, then cached again"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_owners_limits_are_reloaded_after_their_eviction_only() {
+        let cache = cache(true);
+        let loads = AtomicU32::new(0);
+        let load = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            async { Ok(None) }
+        };
+        cache.owner_limits_or_load("team", load).await.unwrap();
+        cache.evict(&id());
+        cache.owner_limits_or_load("team", load).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        cache.evict_owner("team");
+        cache.owner_limits_or_load("team", load).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_the_verified_digest_only_for_the_same_hash() {
+        let cache = cache(false);
+        let loads = AtomicU32::new(0);
+        let first = cache
+            .get_or_load(&id(), counting(&loads, "hash-a"))
+            .await
+            .unwrap();
+        first.verified.set([7; 32]).unwrap();
+
+        // Each way an entry goes stale: age, eviction, flush.
+        for stale in ["degraded TTL", "eviction", "flush"] {
+            match stale {
+                "degraded TTL" => tokio::time::advance(DEGRADED_TTL).await,
+                "eviction" => cache.evict(&id()),
+                _ => cache.evict_all(),
+            }
+            let reloaded = cache
+                .get_or_load(&id(), counting(&loads, "hash-a"))
+                .await
+                .unwrap();
+            assert_eq!(
+                reloaded.verified.get(),
+                Some(&[7; 32]),
+                "same hash after {stale}: no argon2 again"
+            );
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 4, "each reload read the row");
+
+        cache.evict(&id());
         let changed = cache
-            .get_or_load(&id(), async { Ok(record("hash-b")) })
+            .get_or_load(&id(), counting(&loads, "hash-b"))
             .await
             .unwrap();
         assert_eq!(
@@ -365,6 +605,86 @@ mod tests {
             None,
             "a new hash must be verified anew"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_calls_of_one_id_load_once() {
+        let cache = Arc::new(cache(true));
+        let loads = Arc::new(AtomicU32::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, loads, released) = (cache.clone(), loads.clone(), released.clone());
+                tokio::spawn(async move {
+                    let load = || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        let mut released = released.clone();
+                        async move {
+                            released.wait_for(|go| *go).await.unwrap();
+                            Ok(record("h", false))
+                        }
+                    };
+                    cache.get_or_load(&id(), load).await.unwrap()
+                })
+            })
+            .collect();
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        release.send_replace(true);
+        for call in calls {
+            assert!(call.await.unwrap().found.is_some());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    /// The race of issue 8: a load reads the row, the revoke commits and
+    /// evicts, then the load finishes with the row it read before.
+    #[tokio::test]
+    async fn a_load_racing_a_revoke_never_leaves_the_revoked_record_cached() {
+        let cache = Arc::new(cache(true));
+        let revoked = Arc::new(AtomicBool::new(false));
+        let loads = Arc::new(AtomicU32::new(0));
+        let read_done = Arc::new(tokio::sync::Notify::new());
+        let (release, released) = tokio::sync::watch::channel(false);
+        let load = {
+            let (revoked, loads, read_done) = (revoked.clone(), loads.clone(), read_done.clone());
+            move || {
+                let first = loads.fetch_add(1, Ordering::SeqCst) == 0;
+                let row = record("h", revoked.load(Ordering::SeqCst));
+                let (read_done, mut released) = (read_done.clone(), released.clone());
+                async move {
+                    if first {
+                        // The read is done; hold the load open across the revoke.
+                        read_done.notify_one();
+                        released.wait_for(|go| *go).await.unwrap();
+                    }
+                    Ok(row)
+                }
+            }
+        };
+        let racing = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get_or_load(&id(), load).await.unwrap() }
+        });
+        read_done.notified().await;
+        revoked.store(true, Ordering::SeqCst);
+        cache.evict(&id());
+        release.send_replace(true);
+
+        let answered = racing.await.unwrap();
+        let (key, _) = answered.found.as_ref().unwrap();
+        assert!(key.revoked_at.is_some(), "the racing call read again");
+        let cached = cache
+            .get_or_load(&id(), || async { panic!("served from the cache") })
+            .await
+            .unwrap();
+        let (key, _) = cached.found.as_ref().unwrap();
+        assert!(
+            key.revoked_at.is_some(),
+            "the revoked record is what is cached"
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! Map of the crate:
 //! - [`domain`]: the rules, with no I/O: key format and checksum
 //!   ([`domain::key_format`]), scopes ([`domain::scope`]), bounds on key
-//!   settings ([`domain::key_settings`]), and the validation verdict
-//!   ([`domain::api_key`]).
+//!   settings ([`domain::key_settings`]), limits, tiers and CheckRateLimit
+//!   subjects ([`domain::limit`]), usage quotas ([`domain::quota`]), and the
+//!   validation verdict ([`domain::api_key`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
 //!   validate, usage, owner limits) over the store, the hasher and the limiter.
 //! - [`secrets`]: argon2id hashing on a bounded pool, keyed digests of
@@ -15,27 +16,40 @@
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: root keys and the permission each management call needs.
 //! - [`key_cache`]: key records (with the digest of their verified secret)
-//!   cached for Validate, and the guard that caps argon2 runs on wrong secrets.
-//! - [`invalidation`]: cache invalidation between replicas over Redis pub/sub.
+//!   cached for Validate: per-id generations against loads racing a change,
+//!   a 60 s backstop, the degraded TTL while invalidations may be missed;
+//!   and the guard that caps argon2 runs on wrong secrets.
+//! - [`invalidation`]: cache invalidation between replicas over a Redis
+//!   Stream: appends retried until taken, each replica replaying from its
+//!   last entry and knowing when it may have missed one; staleness bounds in
+//!   its module doc.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
-//! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
-//!   quotas and usage counters, decided in one round trip by Redis (single
-//!   node or cluster) or in-process; the failure policy for Redis outages.
+//! - [`ratelimit`]: the limiter, speaking in API keys: rate limits (sliding
+//!   window, fixed window, GCRA), usage quotas and usage counters, decided
+//!   by Redis (single node or cluster; decisions that arrive together share
+//!   one script call) or in-process; waits bounded by the caller's deadline,
+//!   and the failure policy for real Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
+//!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
-//!   signals and the command line.
+//!   signals and the command line; [`client`]: the operator's commands
+//!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
 pub mod authority;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
+pub mod proto_json;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -25,13 +26,14 @@ use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
-use crate::invalidation::InvalidationBus;
+use crate::http::{ConnectionAddrs, GrpcServices};
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
-use crate::ratelimit::{Keyspace, RateLimiter};
+use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer, RpcLabels};
@@ -40,10 +42,12 @@ use crate::telemetry::tracing_context;
 /// Verified root-key secrets remembered by digest (API keys keep theirs in
 /// the key cache); about 100 bytes each.
 const VERIFIED_SECRET_MEMO: u64 = 10_000;
-/// The backstop on cached key records, however invalidations fare. Each
-/// expiry costs the key one argon2 run, so it is long: invalidations, not
-/// this, keep the cache current.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// The backstop on cached key records, however invalidations fare: it
+/// bounds staleness when a change never reaches the stream. A reload costs
+/// one database read (the verified digest is kept while the hash is the same).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
+/// At shutdown, the longest wait for Redis to take queued invalidations.
+const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
@@ -60,7 +64,7 @@ const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
-    /// Key records for Validate; the invalidation subscription feeds it.
+    /// Key records for Validate; the invalidation follower feeds it.
     key_cache: Arc<KeyCache>,
     /// Present when replicas share Redis.
     invalidation_bus: Option<Arc<InvalidationBus>>,
@@ -122,22 +126,19 @@ impl Application {
             Duration::from_secs(settings.key_cache_degraded_ttl_secs),
         ));
         // With Redis, replicas tell each other what changed and the
-        // subscription decides how far the cache is trusted. Without it, one
+        // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
         let invalidation_bus = match &settings.redis_url {
-            Some(url) => {
-                let bus = InvalidationBus::connect(
+            Some(url) => Some(Arc::new(
+                InvalidationBus::connect(
                     url.expose(),
+                    settings.redis_cluster,
                     &settings.redis_key_prefix,
                     Duration::from_millis(settings.redis_timeout_ms),
                 )
-                .await
-                .with_context(|| format!("invalid Redis URL {url}"))?;
-                let bus = Arc::new(bus);
-                key_cache.attach_bus(bus.clone());
-                Some(bus)
-            }
+                .with_context(|| format!("invalid Redis URL {url}"))?,
+            )),
             None => {
                 let single_process = settings
                     .database_url
@@ -149,18 +150,21 @@ impl Application {
         };
         let limiter = Arc::new(build_limiter(&settings)?);
         let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
-        let authority = Arc::new(KeyAuthority::new(
-            store.clone(),
-            hasher.clone(),
-            last_used.clone(),
-            key_cache.clone(),
-            limiter.clone(),
-            tiers,
-            AuthorityPolicy {
-                max_active_keys_per_owner: settings.max_active_keys_per_owner,
-                wrong_secret_limit: settings.wrong_secret_limit,
-            },
-        ));
+        let authority = Arc::new(
+            KeyAuthority::new(
+                store.clone(),
+                hasher.clone(),
+                last_used.clone(),
+                key_cache.clone(),
+                limiter.clone(),
+                tiers,
+                AuthorityPolicy {
+                    max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                    wrong_secret_limit: settings.wrong_secret_limit,
+                },
+            )
+            .publishing_to(invalidation_bus.clone()),
+        );
         let gate = RootKeyGate::new(db.clone(), hasher);
         Ok(Application {
             settings,
@@ -220,12 +224,13 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
-        if let Some(bus) = &self.invalidation_bus {
-            background.push(tokio::spawn(bus.clone().subscribe_forever(
-                self.key_cache.clone(),
-                self.limiter.watch_reachable(),
-            )));
-        }
+        let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
+            background.push(tokio::spawn(
+                bus.clone()
+                    .follow_forever(self.key_cache.clone(), self.limiter.watch_reachable()),
+            ));
+            bus.spawn_publisher()
+        });
         if self.limiter.is_remote() {
             health_reporter
                 .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
@@ -248,24 +253,22 @@ impl Application {
                 let _ = drain_rx.changed().await;
             }
         };
-        let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
+        let api = self.api_services();
+        let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
+        let http = axum::serve(
+            self.http_listener,
+            http_routes(api.clone(), &metrics_layer)
+                .into_make_service_with_connect_info::<ConnectionAddrs>(),
+        )
+        .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
             .trace_fn(tracing_context::rpc_span)
-            .layer(GrpcMetricsLayer::new(RpcLabels::served_contract()?))
+            .layer(metrics_layer)
+            .add_routes(api)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(KeyServiceServer::new(KeyApi {
-                authority: self.authority.clone(),
-                gate: self.gate.clone(),
-            }))
-            .add_service(ValidationServiceServer::new(ValidationApi {
-                authority: self.authority.clone(),
-            }))
-            .add_service(RateLimitServiceServer::new(RateLimitApi {
-                limiter: self.limiter.clone(),
-            }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(
@@ -330,6 +333,9 @@ impl Application {
         for task in background {
             task.abort();
         }
+        if let (Some(bus), Some(publisher)) = (&self.invalidation_bus, invalidation_publisher) {
+            bus.finish(publisher, INVALIDATION_DRAIN).await;
+        }
         self.limiter.flush_usage().await;
         if let Err(e) = self.last_used.flush(&self.store).await {
             tracing::warn!(error = %e, "could not write the last batch of last_used_at");
@@ -339,20 +345,63 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics (the web console joins here).
-fn http_routes() -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async { metrics::prometheus().render() }),
-    )
+/// The key cache as the invalidation bus feeds it: the two modules do not
+/// know each other.
+impl InvalidationSink for KeyCache {
+    fn apply(&self, change: &Invalidation) {
+        match change {
+            Invalidation::Key(id) => self.evict(id),
+            Invalidation::Owner(owner_id) => self.evict_owner(owner_id),
+            Invalidation::All => self.evict_all(),
+        }
+    }
+
+    fn set_trusted(&self, trusted: bool) {
+        self.set_invalidations_flowing(trusted);
+    }
+}
+
+impl Application {
+    /// Our API's services, served on both listeners: over gRPC, and over
+    /// HTTP/JSON by delegation to these same services.
+    fn api_services(&self) -> Routes {
+        Routes::new(KeyServiceServer::new(KeyApi {
+            authority: self.authority.clone(),
+            gate: self.gate.clone(),
+        }))
+        .add_service(ValidationServiceServer::new(ValidationApi {
+            authority: self.authority.clone(),
+        }))
+        .add_service(RateLimitServiceServer::new(RateLimitApi {
+            limiter: self.limiter.clone(),
+        }))
+    }
+}
+
+/// The HTTP listener's routes: Prometheus metrics and the API over HTTP/JSON
+/// (the web console joins here). Calls over HTTP pass the gRPC metrics layer
+/// like calls over gRPC.
+fn http_routes(api: Routes, metrics_layer: &GrpcMetricsLayer) -> axum::Router {
+    let api = GrpcServices::new(tower::Layer::layer(metrics_layer, api));
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { metrics::prometheus().render() }),
+        )
+        .merge(crate::http::router(api))
 }
 
 /// Redis when a URL is configured, else the in-process store.
 fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let limiter = LimiterSettings {
+        policy: settings.redis_failure_policy,
+        default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),
+        probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
+        retention: settings.usage_retention(),
+    };
     let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
         Some(url) => Arc::new(
-            RedisStore::new(url.expose(), settings.redis_cluster, timeout)
+            RedisStore::new(url.expose(), settings.redis_cluster, limiter.probe_timeout)
                 .with_context(|| format!("invalid Redis URL {url}"))?,
         ),
         None => Arc::new(MemoryStore::default()),
@@ -360,9 +409,7 @@ fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
     Ok(RateLimiter::new(
         store,
         Keyspace::new(&settings.redis_key_prefix)?,
-        settings.redis_failure_policy,
-        timeout,
-        settings.usage_retention(),
+        limiter,
     ))
 }
 

@@ -592,9 +592,9 @@ fn redis_env(options: &Options) -> Vec<(&'static str, String)> {
             "APIKEYD_REDIS_KEY_PREFIX",
             format!("apikeyd-bench-{}", std::process::id()),
         ),
-        // Load generators share the two cores: a 50 ms stall must not pass
-        // for a Redis outage (the failure policy would then answer instead;
-        // the answers' check would catch it, and the figure would be lost).
+        // Load generators share the two cores: a 50 ms stall must not fail
+        // calls as late (the answers' check would count them as wrong, and
+        // the figure would be lost).
         ("APIKEYD_REDIS_TIMEOUT_MS", "1000".to_owned()),
     ]
 }

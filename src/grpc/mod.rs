@@ -2,6 +2,7 @@
 //! into domain calls and domain results into responses.
 
 pub mod convert;
+pub mod deadline;
 mod key_service;
 mod rate_limit_service;
 mod validation_service;

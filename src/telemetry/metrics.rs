@@ -12,9 +12,15 @@
 //! | `apikeyd_db_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_db_errors_total` | counter | `operation` |
 //! | `apikeyd_rate_limit_decisions_total` | counter | `verdict`, `decided_by` (`store`, `policy`) |
+//! | `apikeyd_rate_limit_decision_duration_seconds` | histogram | `stage` (`queue`, `redis`) |
+//! | `apikeyd_rate_limit_unanswered_total` | counter | |
 //! | `apikeyd_redis_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_redis_errors_total` | counter | `operation` |
 //! | `apikeyd_invalidations_lost_total` | counter | |
+//! | `apikeyd_invalidations_flowing` | gauge | |
+//! | `apikeyd_invalidations_replayed_total` | counter | |
+//! | `apikeyd_key_cache_flushes_total` | counter | `reason` (`start`, `gap`, `overflow`) |
+//! | `apikeyd_key_cache_superseded_loads_total` | counter | |
 //! | `apikeyd_usage_dropped_total` | counter | |
 
 use std::collections::HashMap;
@@ -97,6 +103,15 @@ fn describe() {
         "Limit and quota decisions, by verdict and by who decided (the store, or the failure policy during an outage)"
     );
     describe_histogram!(
+        "apikeyd_rate_limit_decision_duration_seconds",
+        Unit::Seconds,
+        "Where a Redis decision's time goes: queue (waiting in this process before its EVALSHA leaves) or redis (that EVALSHA's round trip)"
+    );
+    describe_counter!(
+        "apikeyd_rate_limit_unanswered_total",
+        "Decisions whose answer came too late for the call, which failed UNAVAILABLE"
+    );
+    describe_histogram!(
         "apikeyd_redis_duration_seconds",
         Unit::Seconds,
         "Redis call latency, by operation"
@@ -111,7 +126,23 @@ fn describe() {
     );
     describe_counter!(
         "apikeyd_invalidations_lost_total",
-        "Cache invalidations that could not be published after retries"
+        "Cache invalidations dropped from a full publish queue (every replica flushes instead) or unpublished at shutdown"
+    );
+    describe_gauge!(
+        "apikeyd_invalidations_flowing",
+        "1 while this replica has applied every cache invalidation; 0 while it may miss some"
+    );
+    describe_counter!(
+        "apikeyd_invalidations_replayed_total",
+        "Cache invalidations applied while catching up after a reconnect"
+    );
+    describe_counter!(
+        "apikeyd_key_cache_flushes_total",
+        "Key cache flushes, by reason (start, gap in the invalidation stream, overflow of a publish queue)"
+    );
+    describe_counter!(
+        "apikeyd_key_cache_superseded_loads_total",
+        "Key cache loads not cached because their id was evicted while they read"
     );
     describe_histogram!(
         "apikeyd_db_duration_seconds",
