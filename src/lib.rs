@@ -32,6 +32,7 @@
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
+//! - [`console`]: the web console, its assets built into the binary.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line; [`client`]: the operator's commands
@@ -42,6 +43,7 @@ pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -257,7 +257,7 @@ impl Application {
         let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
         let http = axum::serve(
             self.http_listener,
-            http_routes(api.clone(), &metrics_layer)
+            http_routes(api.clone(), &metrics_layer, &self.settings.console)
                 .into_make_service_with_connect_info::<ConnectionAddrs>(),
         )
         .with_graceful_shutdown(drained());
@@ -378,10 +378,14 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics and the API over HTTP/JSON
-/// (the web console joins here). Calls over HTTP pass the gRPC metrics layer
-/// like calls over gRPC.
-fn http_routes(api: Routes, metrics_layer: &GrpcMetricsLayer) -> axum::Router {
+/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
+/// the web console. Calls over HTTP pass the gRPC metrics layer like calls
+/// over gRPC.
+fn http_routes(
+    api: Routes,
+    metrics_layer: &GrpcMetricsLayer,
+    console: &crate::config::ConsoleSettings,
+) -> axum::Router {
     let api = GrpcServices::new(tower::Layer::layer(metrics_layer, api));
     axum::Router::new()
         .route(
@@ -389,6 +393,7 @@ fn http_routes(api: Routes, metrics_layer: &GrpcMetricsLayer) -> axum::Router {
             axum::routing::get(|| async { metrics::prometheus().render() }),
         )
         .merge(crate::http::router(api))
+        .merge(crate::console::routes(console))
 }
 
 /// Redis when a URL is configured, else the in-process store.
