@@ -181,7 +181,8 @@ pub async fn observe_db<T, E>(
 }
 
 /// The `method` label of every RPC this server serves, read from the
-/// descriptors of the contract it serves (ours, health, reflection) once at
+/// descriptors of the contract it serves (ours, Envoy's, health,
+/// reflection) once at
 /// start: a new RPC is labelled by its name without anyone listing it, and
 /// any other path is `other`, so a client probing random paths cannot
 /// create unbounded label values.
@@ -193,8 +194,9 @@ pub struct RpcLabels {
 }
 
 /// The descriptor sets of every service `startup` serves.
-const SERVED_CONTRACT: [&[u8]; 4] = [
+const SERVED_CONTRACT: [&[u8]; 5] = [
     crate::grpc::pb::FILE_DESCRIPTOR_SET,
+    crate::envoy::pb::FILE_DESCRIPTOR_SET,
     tonic_health::pb::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

@@ -182,11 +182,12 @@ async fn metrics_show_counters_moving_after_calls() {
 }
 
 /// `package.Service/Method` of every RPC the server serves: its contract,
-/// health and reflection, from their descriptor sets.
+/// Envoy's, health and reflection, from their descriptor sets.
 fn served_rpcs() -> Vec<String> {
     use prost::Message;
     let sets = [
         pb::FILE_DESCRIPTOR_SET,
+        apikeyd::envoy::pb::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
