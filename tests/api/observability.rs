@@ -272,13 +272,15 @@ async fn every_served_rpc_is_counted_under_its_own_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_load_loses_no_call_and_exits_zero() {
     let data_dir = tempfile::tempdir().unwrap();
-    // A costly hash (19 MiB, 8 passes: over 100 ms) makes each CreateKey
-    // slow enough that all 30 are queued before the first is done.
+    // A costly hash (19 MiB, 8 passes: over 100 ms) on one argon2 thread
+    // makes each CreateKey slow enough that all 30 are queued before the
+    // first few are done, however slowly the calls arrive.
     let mut server = ServerProcess::start(
         data_dir.path(),
         &[
             ("APIKEYD_API_KEY_ARGON2_MEMORY_KIB", "19456"),
             ("APIKEYD_API_KEY_ARGON2_ITERATIONS", "8"),
+            ("APIKEYD_ARGON2_MAX_IN_FLIGHT", "1"),
             ("APIKEYD_SHUTDOWN_GRACE_SECS", "60"),
         ],
     );
@@ -297,7 +299,7 @@ async fn sigterm_during_load_loses_no_call_and_exits_zero() {
     // Every call holds or awaits an argon2 slot once the queue is this deep,
     // so all of them are in flight when the signal lands.
     let mut in_flight = false;
-    for _ in 0..200 {
+    for _ in 0..2_000 {
         if sample(
             &scrape(server.http_addr).await,
             "apikeyd_argon2_queue_depth",
