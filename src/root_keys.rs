@@ -15,7 +15,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::secrets::SecretHasher;
+use crate::secrets::{SecretCheck, SecretHasher};
 use crate::store::{self, ListCursor, NewRootKeyRow, RootKeyPageQuery};
 use crate::telemetry::metrics::observe_db;
 
@@ -38,7 +38,7 @@ pub async fn mint(
     let row = NewRootKeyRow {
         id: generated.id.clone(),
         prefix: generated.display_prefix(),
-        secret_hash: hasher.hash(&generated.secret).await?,
+        secret_hash: hasher.hash(generated.kind, &generated.secret).await?,
         name: new.name,
         permissions: new.permissions,
         owner_scope: new.owner_scope,
@@ -185,11 +185,10 @@ impl RootKeys {
         let Some((key, hash)) = found else {
             return Ok(None);
         };
-        let matched = self
-            .hasher
-            .verify(presented.kind, &presented.id, &presented.secret, &hash)
-            .await?;
-        Ok(matched.then_some(key))
+        // A rehash under a new argon2 cost is not stored here: the key is
+        // about to be revoked, and any other use of it stores its own.
+        let check = self.hasher.check_root_key(presented, &hash).await?;
+        Ok(matches!(check, SecretCheck::Right { .. }).then_some(key))
     }
 
     /// Revokes a root key reported leaked, whose secret the reporter

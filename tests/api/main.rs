@@ -33,3 +33,4 @@ mod round_trips;
 mod secrets_stay_secret;
 mod service_credentials;
 mod validate;
+mod verification;
