@@ -44,6 +44,8 @@ use redis_stream::RedisStream;
 pub enum Invalidation {
     Key(KeyId),
     Owner(String),
+    /// Keys were imported: a digest remembered as absent may now be a key.
+    ImportedKeys,
     /// Anything may have changed: some invalidations were dropped.
     All,
 }
@@ -54,6 +56,7 @@ impl Invalidation {
         match self {
             Invalidation::Key(id) => ("k", id.as_str()),
             Invalidation::Owner(owner) => ("o", owner),
+            Invalidation::ImportedKeys => ("i", ""),
             Invalidation::All => ("*", ""),
         }
     }
@@ -64,6 +67,7 @@ impl Invalidation {
         match field {
             "k" => KeyId::parse(value).map(Invalidation::Key),
             "o" => Some(Invalidation::Owner(value.to_owned())),
+            "i" => Some(Invalidation::ImportedKeys),
             "*" => Some(Invalidation::All),
             _ => None,
         }
@@ -166,7 +170,7 @@ mod tests {
     fn changes_round_trip_through_stream_fields_and_junk_is_ignored() {
         let key = Invalidation::Key(KeyId::parse("0123456789abcdef").unwrap());
         let owner = Invalidation::Owner("team:a".to_owned());
-        for change in [key, owner, Invalidation::All] {
+        for change in [key, owner, Invalidation::ImportedKeys, Invalidation::All] {
             let (field, value) = change.field();
             assert_eq!(Invalidation::from_field(field, value), Some(change));
         }

@@ -352,6 +352,7 @@ impl InvalidationSink for KeyCache {
         match change {
             Invalidation::Key(id) => self.evict(id),
             Invalidation::Owner(owner_id) => self.evict_owner(owner_id),
+            Invalidation::ImportedKeys => self.forget_imported_lookups(),
             Invalidation::All => self.evict_all(),
         }
     }

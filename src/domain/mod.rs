@@ -1,14 +1,17 @@
-//! The rules of the product, in plain Rust with no I/O: the key format, scopes,
-//! key settings and the validation verdict. Everything here is unit-tested
-//! beside its type.
+//! The rules of the product, in plain Rust with no I/O: the key format, keys
+//! of other stores and their import, scopes, key settings and the validation
+//! verdict. Everything here is unit-tested beside its type.
 
 pub mod api_key;
+pub mod import;
 pub mod key_format;
 pub mod key_settings;
+pub mod legacy_key;
 pub mod scope;
 
 pub use api_key::{ApiKey, Environment, ValidationCode};
 pub use key_format::{GeneratedKey, KeyId, KeyKind, MalformedKey, PresentedKey, Secret};
+pub use legacy_key::LegacyDigest;
 pub use scope::{Scope, ScopeSet};
 
 use chrono::{DateTime, SubsecRound, Utc};

@@ -3,6 +3,7 @@
 //! connection, tested through the service against both backends.
 
 pub mod entities;
+mod imported_keys;
 mod keys;
 mod owner_limits;
 mod root_keys;
@@ -20,6 +21,7 @@ use sea_orm::{
     SqlxSqliteConnector, TransactionTrait,
 };
 
+pub use imported_keys::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 pub use keys::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
 pub use root_keys::{NewRootKeyRow, RootKeyRecord};
 
