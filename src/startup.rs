@@ -21,10 +21,11 @@ use crate::access::RootKeyGate;
 use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
 use crate::config::Settings;
 use crate::domain::{Scope, ScopeSet};
+use crate::grpc::pb::import_service_server::ImportServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
-use crate::grpc::{KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::grpc::{ImportApi, KeyApi, RateLimitApi, ValidationApi, pb};
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
@@ -49,7 +50,8 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
+    "apikeyd.v1.ImportService",
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.ValidationService",
@@ -260,6 +262,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(KeyServiceServer::new(KeyApi {
+                authority: self.authority.clone(),
+                gate: self.gate.clone(),
+            }))
+            .add_service(ImportServiceServer::new(ImportApi {
                 authority: self.authority.clone(),
                 gate: self.gate.clone(),
             }))

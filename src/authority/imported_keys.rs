@@ -48,6 +48,10 @@ impl ImportRun {
     pub fn tally(&self) -> &ImportTally {
         &self.tally
     }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry_run
+    }
 }
 
 /// What an import did, once every row is in.

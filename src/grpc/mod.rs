@@ -2,10 +2,12 @@
 //! into domain calls and domain results into responses.
 
 pub mod convert;
+mod import_service;
 mod key_service;
 mod rate_limit_service;
 mod validation_service;
 
+pub use import_service::{ImportApi, MAX_KEYS_PER_MESSAGE};
 pub use key_service::KeyApi;
 pub use rate_limit_service::RateLimitApi;
 pub use validation_service::ValidationApi;

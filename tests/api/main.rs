@@ -7,6 +7,7 @@ mod limiter_harness;
 mod access;
 mod bad_input;
 mod hot_path;
+mod imported_keys;
 mod invalidation;
 mod key_lifecycle;
 mod listing;
