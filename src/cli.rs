@@ -11,7 +11,7 @@ use crate::config::{Cli, Command, ConfigCommand, RootKeyCommand, Settings};
 use crate::domain::{ScopeSet, key_settings};
 use crate::secrets::SecretHasher;
 use crate::startup::Application;
-use crate::{shutdown, store, telemetry};
+use crate::{import, shutdown, store, telemetry};
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,6 +63,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config(ConfigCommand::Check) => unreachable!("handled before logging starts"),
+        Command::Import(args) => import::run(args, settings).await,
         Command::RootKey(RootKeyCommand::Create { name, permissions }) => {
             let name = key_settings::parse_name(&name)?;
             let permissions = ScopeSet::new(key_settings::parse_scopes(

@@ -27,6 +27,10 @@
 //!   quotas and usage counters, decided in one round trip by Redis (single
 //!   node or cluster) or in-process; the failure policy for Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
+//!   tables, JSON Lines) into the authority's import; keys imported are
+//!   found by the SHA-256 of the whole key ([`domain::legacy_key`],
+//!   [`domain::import`], and the authority's `imported_keys`).
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line.
@@ -38,6 +42,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod import;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;

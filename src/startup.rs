@@ -377,7 +377,7 @@ fn http_routes() -> axum::Router {
 }
 
 /// Redis when a URL is configured, else the in-process store.
-fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
+pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
     let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
     let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
         Some(url) => Arc::new(

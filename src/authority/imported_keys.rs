@@ -10,21 +10,23 @@ use subtle::ConstantTimeEq;
 
 use super::{KeyAuthority, ValidationRequest, Verdict};
 use crate::domain::import::{
-    ImportRecord, ImportTally, ImportedKey, OwnerOverLimit, RowOutcome, RowResult,
+    ImportRecord, ImportTally, ImportedKey, OwnerOverLimit, RowOutcome, RowResult, UsageHistory,
 };
 use crate::domain::{KeyId, LegacyDigest, MalformedKey, ValidationCode};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::invalidation::Invalidation;
 use crate::ratelimit::LimitSource;
 use crate::store::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 use crate::telemetry::metrics::observe_db;
 
 /// One row of an import: how its source names it (a line number, the old
-/// store's id) and what the source says about the key, or why the source
-/// could not read the row at all.
+/// store's id), what the source says about the key (or why the source could
+/// not read the row at all), and the requests the source recorded against
+/// the key, for its usage counters.
 pub struct ImportRow {
     pub source_ref: String,
     pub record: std::result::Result<ImportRecord, String>,
+    pub usage: UsageHistory,
 }
 
 /// An import under way: its totals, and the digests it has seen (so that a
@@ -141,6 +143,16 @@ impl KeyAuthority {
             owners[index] = key.is_active().then(|| key.owner_id.clone());
             let id = KeyId::generate();
             outcomes[index] = Some(RowOutcome::Imported(id.clone()));
+            if !run.dry_run && !rows[index].usage.is_empty() {
+                // Usage first, under the new id: if the keys are then not
+                // written, nothing ever reads it and it expires unseen; if
+                // it fails, no key is written and the import can run again.
+                let base = self.limiter.keyspace.usage_base(&key.owner_id, &id);
+                self.limiter
+                    .import_usage(&base, &rows[index].usage)
+                    .await
+                    .map_err(|_| Error::LimiterUnavailable)?;
+            }
             to_write.push(ImportedKeyRow { id, key, limits });
         }
         if !run.dry_run && !to_write.is_empty() {

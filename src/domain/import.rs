@@ -131,7 +131,34 @@ fn stored_precision(at: DateTime<Utc>) -> DateTime<Utc> {
     at.trunc_subsecs(6)
 }
 
-/// One request the source recorded against a key, for its usage counters.
+/// What the source recorded against a key, for its usage counters: counts
+/// per hour by code, and its most recent requests (newest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageHistory {
+    /// (hours since the epoch, code, requests)
+    pub hourly: Vec<(i64, ValidationCode, u64)>,
+    pub recent: Vec<UsageEvent>,
+}
+
+impl UsageHistory {
+    pub fn is_empty(&self) -> bool {
+        self.hourly.is_empty() && self.recent.is_empty()
+    }
+
+    /// The hourly counts summed per day: (days since the epoch, code, requests).
+    pub fn daily(&self) -> Vec<(i64, ValidationCode, u64)> {
+        let mut days: BTreeMap<(i64, &'static str), (ValidationCode, u64)> = BTreeMap::new();
+        for (hour, code, count) in &self.hourly {
+            let day = (hour * 3_600).div_euclid(86_400);
+            days.entry((day, code.as_str())).or_insert((*code, 0)).1 += count;
+        }
+        days.into_iter()
+            .map(|((day, _), (code, count))| (day, code, count))
+            .collect()
+    }
+}
+
+/// One request the source recorded against a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageEvent {
     pub at: DateTime<Utc>,
@@ -324,6 +351,27 @@ mod tests {
         assert_eq!(code_of_http_status(500), ValidationCode::Valid);
         assert_eq!(code_of_http_status(403), ValidationCode::InsufficientScope);
         assert_eq!(code_of_http_status(429), ValidationCode::RateLimited);
+    }
+
+    #[test]
+    fn hourly_counts_add_up_per_day() {
+        let history = UsageHistory {
+            hourly: vec![
+                (24, ValidationCode::Valid, 2),
+                (47, ValidationCode::Valid, 3),
+                (47, ValidationCode::RateLimited, 1),
+                (48, ValidationCode::Valid, 5),
+            ],
+            recent: Vec::new(),
+        };
+        assert_eq!(
+            history.daily(),
+            vec![
+                (1, ValidationCode::RateLimited, 1),
+                (1, ValidationCode::Valid, 5),
+                (2, ValidationCode::Valid, 5),
+            ]
+        );
     }
 
     #[test]

@@ -134,6 +134,7 @@ fn import_row(key: pb::ImportedKey) -> ImportRow {
     ImportRow {
         source_ref: key.source_ref.clone(),
         record: import_record(key).map_err(|e| e.to_string()),
+        usage: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::Keyspace;
+use super::imported_usage::ImportedUsage;
 use super::limit::Limit;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict};
 use super::usage::{Granularity, KeyUsage, Retention};
@@ -142,6 +143,21 @@ impl RateLimiter {
             self.outage_began(error);
         }
         result
+    }
+
+    /// Writes the usage an imported key gathered in another store, under the
+    /// key's usage base, as far as the retention still covers it.
+    pub async fn import_usage(
+        &self,
+        base: &str,
+        history: &crate::domain::import::UsageHistory,
+    ) -> Result<(), StoreError> {
+        let now_secs = chrono::Utc::now().timestamp();
+        let usage = ImportedUsage::of(history, self.retention, now_secs);
+        if usage.is_empty() {
+            return Ok(());
+        }
+        self.store.import_usage(base, &usage).await
     }
 
     /// Writes usage the store gathered in the background (validations with

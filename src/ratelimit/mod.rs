@@ -4,7 +4,8 @@
 //! - [`algorithms`]: sliding window, fixed window and GCRA as pure
 //!   functions, each with its exact guarantee.
 //! - [`quota`]: usage quotas and their daily or monthly refills.
-//! - [`usage`]: what a validation records and `GetKeyUsage` reads.
+//! - [`usage`]: what a validation records and `GetKeyUsage` reads;
+//!   [`imported_usage`]: the history an imported key brings.
 //! - [`store`]: the one-round-trip storage interface, implemented by
 //!   [`redis`] (`decide.lua`, single node or cluster) and [`memory`].
 //! - [`limiter`]: timeouts, the failure policy, outage logs and health.
@@ -15,6 +16,7 @@
 //! of one decision hash to one slot.
 
 pub mod algorithms;
+pub mod imported_usage;
 pub mod limit;
 pub mod limiter;
 pub mod memory;

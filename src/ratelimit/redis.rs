@@ -11,6 +11,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
+use super::imported_usage::ImportedUsage;
 use super::quota::RefillInterval;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
@@ -232,6 +233,34 @@ impl RateLimitStore for RedisStore {
         Ok(usage)
     }
 
+    /// One pipeline (every key shares the owner's hash tag, so one slot):
+    /// `HINCRBY` and `EXPIREAT` per counter, the log appended oldest last.
+    async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for count in &usage.counts {
+            let key = format!("{base}:{}:{}", count.granularity.code(), count.index);
+            pipe.hincr(&key, count.code.as_str(), count.count)
+                .ignore()
+                .expire_at(&key, count.expires_at_secs)
+                .ignore();
+        }
+        if !usage.recent.is_empty() {
+            let log = format!("{base}:log");
+            let entries: Vec<String> = usage.recent.iter().map(log_entry).collect();
+            pipe.rpush(&log, entries)
+                .ignore()
+                .ltrim(&log, 0, usage.log_length as isize - 1)
+                .ignore()
+                .expire_at(&log, usage.log_expires_at_secs)
+                .ignore();
+        }
+        let mut connection = self.connection().await?;
+        tokio::time::timeout(IMPORT_TIMEOUT, pipe.query_async::<()>(&mut connection))
+            .await
+            .map_err(|_| StoreError::Timeout(IMPORT_TIMEOUT))??;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         redis::cmd("PING")
@@ -325,6 +354,22 @@ fn parse_outcome(decision: &Decision, reply: &[i64]) -> Result<Outcome, StoreErr
         limits,
         quota_balance: decision.quota.as_ref().map(|_| reply[2]),
     })
+}
+
+/// The longest an import waits for one key's usage to be written.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A log entry as `decide.lua` and `usage_batch.lua` write it.
+fn log_entry(request: &RecentRequest) -> String {
+    serde_json::json!({
+        "e": request.context.endpoint,
+        "m": request.context.method,
+        "i": request.context.ip,
+        "u": request.context.user_agent,
+        "c": request.code.as_str(),
+        "t": request.at_ms,
+    })
+    .to_string()
 }
 
 #[derive(serde::Deserialize)]

@@ -3,6 +3,7 @@
 //! [`super::redis::RedisStore`] (shared by replicas) and
 //! [`super::memory::MemoryStore`] (one process, the embedded default).
 
+use super::imported_usage::ImportedUsage;
 use super::limit::Limit;
 use super::quota::Quota;
 use super::usage::{Granularity, KeyUsage, RequestContext, Retention};
@@ -102,6 +103,10 @@ pub trait RateLimitStore: Send + Sync {
         last: i64,
         recent: u32,
     ) -> Result<KeyUsage, StoreError>;
+
+    /// Adds an imported key's past usage to the counters and the log under
+    /// `base` (a key that is new here, so its log holds nothing older).
+    async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError>;
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
