@@ -16,18 +16,15 @@ use subtle::ConstantTimeEq;
 
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{
-    self, ApiKey, Environment, GeneratedKey, KeyId, KeyKind, PresentedKey, Scope, ScopeSet,
-    ValidationCode,
+    self, ApiKey, Environment, GeneratedKey, KeyId, KeyKind, LimitSource, PresentedKey, Quota,
+    Scope, ScopeSet, Tiers, ValidationCode,
 };
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key_cache::{CachedLookup, KeyCache, WrongSecretGuard};
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
-use crate::ratelimit::{
-    Decision, LimitSource, LimitStatus, Quota, QuotaCheck, RateLimiter, Tiers, UsageRecord,
-    Verdict as LimitVerdict,
-};
+use crate::ratelimit::{KeyCall, LimitStatus, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{
     Expiry, IMPORTED_SECRET_HASH, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow,
@@ -108,6 +105,9 @@ pub struct ValidationRequest<'a> {
     /// Units taken from every limit and the quota (at least 1).
     pub cost: u32,
     pub context: RequestContext,
+    /// When the caller stops waiting (shortly before its gRPC deadline);
+    /// `None` for the limiter's default wait.
+    pub answer_by: Option<tokio::time::Instant>,
 }
 
 pub struct KeyAuthority {
@@ -231,6 +231,7 @@ impl KeyAuthority {
             }
             Some(QuotaChange::Remove) => changes.quota = Some(None),
             Some(QuotaChange::Add(amount)) => {
+                let amount = domain::quota::parse_addition(amount)?;
                 if observe_db("get_key", self.store.get(id))
                     .await?
                     .quota
@@ -247,12 +248,10 @@ impl KeyAuthority {
         let mut key =
             observe_db("update_key", self.store.update(id, changes, domain::now())).await?;
         self.key_changed(id);
-        if let (Some(amount), Some(quota)) = (add, key.quota.as_mut()) {
-            let decision = self.quota_decision(&key.owner_id, &key.id, *quota, amount);
-            let (outcome, decided) = self.limiter.decide(&decision).await;
-            match (decided, outcome.quota_balance) {
-                (true, Some(balance)) => quota.remaining = balance,
-                _ => return Err(Error::LimiterUnavailable),
+        if let Some(amount) = add {
+            let balance = self.limiter.add_to_quota(&key, amount).await?;
+            if let Some(quota) = key.quota.as_mut() {
+                quota.remaining = balance;
             }
             return Ok(key);
         }
@@ -322,33 +321,13 @@ impl KeyAuthority {
                 format!("at most {MAX_BUCKETS} buckets per call; narrow the range or use days"),
             ));
         }
-        let base = self.limiter.keyspace.usage_base(&key.owner_id, &key.id);
-        self.limiter
-            .usage(&base, granularity, first, last)
-            .await
-            .map_err(|_| Error::LimiterUnavailable)
-    }
-
-    fn quota_decision(&self, owner_id: &str, id: &KeyId, quota: Quota, add: i64) -> Decision {
-        Decision {
-            limits: Vec::new(),
-            cost: 0,
-            charge: false,
-            quota: Some(QuotaCheck {
-                key: self.limiter.keyspace.quota(owner_id, id),
-                quota,
-                add,
-            }),
-            usage: None,
-        }
+        self.limiter.key_usage(&key, granularity, first, last).await
     }
 
     /// The key with its quota's live balance, when the limiter answers.
     async fn with_live_quota(&self, mut key: ApiKey) -> ApiKey {
-        if let Some(quota) = key.quota.as_mut() {
-            let decision = self.quota_decision(&key.owner_id, &key.id, *quota, 0);
-            let (outcome, _) = self.limiter.decide(&decision).await;
-            if let Some(balance) = outcome.quota_balance {
+        if let Some(balance) = self.limiter.live_quota(&key).await {
+            if let Some(quota) = key.quota.as_mut() {
                 quota.remaining = balance;
             }
         }
@@ -495,90 +474,47 @@ impl KeyAuthority {
         Ok(matched)
     }
 
-    /// The limiter's part of Validate: a key refused by an earlier check only
-    /// has its usage recorded; a good one is charged against every limit and
-    /// its quota, or against none.
+    /// The limiter's part of Validate, for a key found with the right
+    /// secret: its own limits and its owner's shared ones, resolved from
+    /// tiers, its quota and the request go to the limiter in one call.
     async fn count(
         &self,
         key: &mut ApiKey,
         judged: ValidationCode,
         request: ValidationRequest<'_>,
     ) -> Result<(ValidationCode, Option<LimitStatus>)> {
-        let keyspace = &self.limiter.keyspace;
-        let owner = key.owner_id.as_str();
-        let usage = Some(UsageRecord {
-            base: keyspace.usage_base(owner, &key.id),
-            code: judged,
-            context: request.context,
-            retention: self.limiter.retention,
-        });
-        if judged != ValidationCode::Valid {
-            let record = Decision {
-                limits: Vec::new(),
+        let owner_limits = if judged == ValidationCode::Valid {
+            let owner = key.owner_id.as_str();
+            Some(
+                self.keys
+                    .owner_limits_or_load(owner, || {
+                        observe_db("owner_limits", self.store.owner_limits(owner))
+                    })
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let verdict = self
+            .limiter
+            .validate(KeyCall {
+                key,
+                own_limits: self.tiers.resolve(&key.limits),
+                owner_limits: owner_limits
+                    .as_ref()
+                    .and_then(|cached| cached.limits.as_ref())
+                    .map_or(&[], |shared| self.tiers.resolve(shared)),
+                judged,
                 cost: request.cost,
-                charge: false,
-                quota: None,
-                usage,
-            };
-            self.limiter.decide(&record).await;
-            return Ok((judged, None));
-        }
-        let mut limits: Vec<_> = self
-            .tiers
-            .resolve(&key.limits)
-            .iter()
-            .map(|l| (keyspace.key_limit(owner, &key.id, l), *l))
-            .collect();
-        let owner_limits = self
-            .keys
-            .owner_limits_or_load(owner, || {
-                observe_db("owner_limits", self.store.owner_limits(owner))
+                context: request.context,
+                answer_by: request.answer_by,
             })
             .await?;
-        if let Some(shared) = &owner_limits.limits {
-            limits.extend(
-                self.tiers
-                    .resolve(shared)
-                    .iter()
-                    .map(|l| (keyspace.owner_limit(owner, l), *l)),
-            );
-        }
-        let decision = Decision {
-            limits,
-            cost: request.cost,
-            charge: true,
-            quota: key.quota.map(|quota| QuotaCheck {
-                key: keyspace.quota(owner, &key.id),
-                quota,
-                add: 0,
-            }),
-            usage,
-        };
-        let (outcome, decided) = self.limiter.decide(&decision).await;
-        if let (Some(quota), Some(balance)) = (key.quota.as_mut(), outcome.quota_balance) {
+        if let (Some(quota), Some(balance)) = (key.quota.as_mut(), verdict.quota_balance) {
             quota.remaining = balance;
         }
-        let code = match outcome.verdict {
-            LimitVerdict::Admitted | LimitVerdict::NotCharged => ValidationCode::Valid,
-            LimitVerdict::RateLimited => ValidationCode::RateLimited,
-            LimitVerdict::QuotaExceeded => ValidationCode::UsageExceeded,
-        };
-        let known = decided || code != ValidationCode::Valid;
-        Ok((code, known.then(|| tightest(&outcome.limits)).flatten()))
+        Ok((verdict.code, verdict.rate_limit))
     }
-}
-
-/// The limit a caller must heed: of the denying ones the one that frees up
-/// last; otherwise the one with the least left (then the latest reset).
-pub fn tightest(limits: &[LimitStatus]) -> Option<LimitStatus> {
-    let denied = limits.iter().filter(|l| !l.allowed);
-    if let Some(worst) = denied.max_by_key(|l| l.retry_after_us) {
-        return Some(*worst);
-    }
-    limits
-        .iter()
-        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset_at_us)))
-        .copied()
 }
 
 /// A fresh quota version: setting a quota replaces whatever balance the

@@ -11,7 +11,7 @@ use crate::config::{Cli, Command, ConfigCommand, RootKeyCommand, Settings};
 use crate::domain::{ScopeSet, key_settings};
 use crate::secrets::SecretHasher;
 use crate::startup::Application;
-use crate::{import, shutdown, store, telemetry};
+use crate::{client, import, shutdown, store, telemetry};
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +22,15 @@ pub async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Config(ConfigCommand::Check) = cli.command {
+    // Client commands call a running server; the server's settings give
+    // them only its local address and data directory.
+    let command = match cli.command {
+        Command::Keys(args) => return client::keys(args, &settings).await,
+        Command::Ratelimit(args) => return client::ratelimit(args, &settings).await,
+        Command::Validate(args) => return client::validate(args, &settings).await,
+        command => command,
+    };
+    if let Command::Config(ConfigCommand::Check) = command {
         return check_config(&settings);
     }
     let problems = settings.problems();
@@ -34,7 +42,7 @@ pub async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let telemetry = telemetry::init(settings.log_format);
-    let outcome = run(cli.command, settings).await;
+    let outcome = run(command, settings).await;
     // Flushing waits on the exporter task, so it must not hold a runtime worker.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match outcome {
@@ -62,7 +70,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("database schema is up to date");
             Ok(())
         }
-        Command::Config(ConfigCommand::Check) => unreachable!("handled before logging starts"),
+        Command::Config(ConfigCommand::Check)
+        | Command::Keys(_)
+        | Command::Ratelimit(_)
+        | Command::Validate(_) => unreachable!("handled before logging starts"),
         Command::Import(args) => import::run(args, settings).await,
         Command::RootKey(RootKeyCommand::Create { name, permissions }) => {
             let name = key_settings::parse_name(&name)?;

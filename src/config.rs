@@ -14,9 +14,10 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::ratelimit::limit::seed_tiers;
+use crate::domain::limit::seed_tiers;
+use crate::domain::{Algorithm, Limit, Tiers};
+use crate::ratelimit::FailurePolicy;
 use crate::ratelimit::usage::Retention;
-use crate::ratelimit::{Algorithm, FailurePolicy, Limit, Tiers};
 use crate::secrets::Argon2Cost;
 
 /// Every setting the service reads. In a TOML file the keys are these field
@@ -41,6 +42,7 @@ pub struct Settings {
     pub redis_url: Option<RedisUrl>,
     pub redis_cluster: bool,
     pub redis_timeout_ms: u64,
+    pub redis_probe_timeout_ms: u64,
     pub redis_failure_policy: FailurePolicy,
     pub redis_key_prefix: String,
     pub usage_hourly_retention_hours: u32,
@@ -86,7 +88,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             redis_url: None,
             redis_cluster: false,
-            redis_timeout_ms: 50,
+            redis_timeout_ms: 500,
+            redis_probe_timeout_ms: 1_000,
             redis_failure_policy: FailurePolicy::Open,
             redis_key_prefix: "apikeyd".to_owned(),
             usage_hourly_retention_hours: 48,
@@ -160,6 +163,10 @@ impl Settings {
         }
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
+        }
+        if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
+            problems
+                .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
         }
         problems
     }
@@ -308,6 +315,12 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage API keys on a running server, as a client of its gRPC API.
+    Keys(crate::client::args::KeysArgs),
+    /// Ask a running server's general-purpose rate limiter.
+    Ratelimit(crate::client::args::RatelimitArgs),
+    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
+    Validate(crate::client::args::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,7 +359,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// Address of the HTTP listener: Prometheus metrics at /metrics [default: 127.0.0.1:8080].
+    /// Address of the HTTP listener: Prometheus metrics at /metrics and the API over HTTP/JSON [default: 127.0.0.1:8080].
     #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
@@ -426,10 +439,15 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_cluster: Option<bool>,
 
-    /// Longest wait for Redis per decision, in milliseconds, before the failure policy answers [default: 50].
+    /// Longest wait for a limiter answer from Redis, in milliseconds, for a call without a gRPC deadline (a call with one waits until shortly before it); a later answer fails the call UNAVAILABLE [default: 500].
     #[arg(long, env = "APIKEYD_REDIS_TIMEOUT_MS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_timeout_ms: Option<u64>,
+
+    /// Longest wait for Redis to answer the probe's PING, in milliseconds, before an outage is declared and the failure policy takes over [default: 1000].
+    #[arg(long, env = "APIKEYD_REDIS_PROBE_TIMEOUT_MS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_probe_timeout_ms: Option<u64>,
 
     /// While Redis is unreachable: open admits (limits unenforced), closed refuses what has a limit or quota [default: open].
     #[arg(long, env = "APIKEYD_REDIS_FAILURE_POLICY", global = true, value_enum)]
@@ -529,7 +547,7 @@ mod tests {
             Settings::default()
                 .tiers()
                 .unwrap()
-                .resolve(&crate::ratelimit::LimitSource::Tier("pro".into()))[0]
+                .resolve(&crate::domain::LimitSource::Tier("pro".into()))[0]
                 .limit,
             1_000
         );
@@ -545,17 +563,17 @@ mod tests {
             ..Default::default()
         };
         let tiers = Settings::load(&flags).unwrap().tiers().unwrap();
-        let source = crate::ratelimit::LimitSource::Tier("basic".into());
+        let source = crate::domain::LimitSource::Tier("basic".into());
         let basic = tiers.resolve(&source);
         assert_eq!(basic.len(), 2);
         assert_eq!(basic[1].algorithm, Algorithm::TokenBucket);
-        let free = crate::ratelimit::LimitSource::Tier("free".into());
+        let free = crate::domain::LimitSource::Tier("free".into());
         assert_eq!(
             tiers.resolve(&free)[0].limit,
             7,
             "a file tier replaces the built-in one"
         );
-        let pro = crate::ratelimit::LimitSource::Tier("pro".into());
+        let pro = crate::domain::LimitSource::Tier("pro".into());
         assert_eq!(tiers.resolve(&pro)[0].limit, 1_000, "built-in tiers stay");
     }
 

@@ -42,9 +42,17 @@ pub enum Error {
     },
 
     /// UNAVAILABLE: the rate-limit store cannot answer a call that needs it
-    /// (GetKeyUsage, add_to_quota); Validate and CheckRateLimit never fail so.
+    /// (GetKeyUsage, add_to_quota; during an outage Validate and
+    /// CheckRateLimit follow the failure policy instead).
     #[error("the rate-limit store is unreachable right now; retry with backoff")]
     LimiterUnavailable,
+
+    /// UNAVAILABLE: the rate-limit store's answer did not come within the
+    /// call's deadline (or the default wait); nothing was decided for it.
+    #[error(
+        "the rate-limit store did not answer within {waited_ms} ms; nothing was decided, retry with backoff"
+    )]
+    LimiterLate { waited_ms: u64 },
 
     /// UNAVAILABLE (connection trouble) or INTERNAL (anything else): logged, not shown.
     #[error("database error: {0}")]
@@ -75,7 +83,9 @@ impl From<Error> for Status {
             Error::KeyLimitReached { .. } => Status::resource_exhausted(error.to_string()),
             Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
             Error::PermissionDenied { .. } => Status::permission_denied(error.to_string()),
-            Error::LimiterUnavailable => Status::unavailable(error.to_string()),
+            Error::LimiterUnavailable | Error::LimiterLate { .. } => {
+                Status::unavailable(error.to_string())
+            }
             Error::Database(db) if is_connection_error(db) => {
                 tracing::warn!(error = %db, "database unreachable");
                 Status::new(

@@ -36,9 +36,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::domain::LimitSource;
 use crate::domain::{ApiKey, KeyId, LegacyDigest};
 use crate::error::{Error, Result};
-use crate::ratelimit::LimitSource;
 use crate::secrets::SecretDigest;
 use generations::{Generations, Space, Stamp};
 

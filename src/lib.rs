@@ -5,8 +5,9 @@
 //! Map of the crate:
 //! - [`domain`]: the rules, with no I/O: key format and checksum
 //!   ([`domain::key_format`]), scopes ([`domain::scope`]), bounds on key
-//!   settings ([`domain::key_settings`]), and the validation verdict
-//!   ([`domain::api_key`]).
+//!   settings ([`domain::key_settings`]), limits, tiers and CheckRateLimit
+//!   subjects ([`domain::limit`]), usage quotas ([`domain::quota`]), and the
+//!   validation verdict ([`domain::api_key`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
 //!   validate, usage, owner limits) over the store, the hasher and the limiter.
 //! - [`secrets`]: argon2id hashing on a bounded pool, keyed digests of
@@ -23,29 +24,37 @@
 //!   last entry and knowing when it may have missed one; staleness bounds in
 //!   its module doc.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
-//! - [`ratelimit`]: rate limits (sliding window, fixed window, GCRA), usage
-//!   quotas and usage counters, decided in one round trip by Redis (single
-//!   node or cluster) or in-process; the failure policy for Redis outages.
+//! - [`ratelimit`]: the limiter, speaking in API keys: rate limits (sliding
+//!   window, fixed window, GCRA), usage quotas and usage counters, decided
+//!   by Redis (single node or cluster; decisions that arrive together share
+//!   one script call) or in-process; waits bounded by the caller's deadline,
+//!   and the failure policy for real Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
+//!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
 //!   tables, JSON Lines) into the authority's import; keys imported are
 //!   found by the SHA-256 of the whole key ([`domain::legacy_key`],
 //!   [`domain::import`], and the authority's `imported_keys`).
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
-//!   signals and the command line.
+//!   signals and the command line; [`client`]: the operator's commands
+//!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
 pub mod authority;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod import;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
+pub mod proto_json;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -26,13 +27,14 @@ use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{ImportApi, KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::http::{ConnectionAddrs, GrpcServices};
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
-use crate::ratelimit::{Keyspace, RateLimiter};
+use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
@@ -253,27 +255,25 @@ impl Application {
                 let _ = drain_rx.changed().await;
             }
         };
-        let http = axum::serve(self.http_listener, http_routes()).with_graceful_shutdown(drained());
+        let api = self.api_services();
+        let http = axum::serve(
+            self.http_listener,
+            http_routes(api.clone()).into_make_service_with_connect_info::<ConnectionAddrs>(),
+        )
+        .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
             .trace_fn(tracing_context::rpc_span)
             .layer(GrpcMetricsLayer)
+            .add_routes(api)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(KeyServiceServer::new(KeyApi {
-                authority: self.authority.clone(),
-                gate: self.gate.clone(),
-            }))
+            // Streaming both ways: gRPC only (Connect and gRPC-Web carry
+            // unary calls here).
             .add_service(ImportServiceServer::new(ImportApi {
                 authority: self.authority.clone(),
                 gate: self.gate.clone(),
-            }))
-            .add_service(ValidationServiceServer::new(ValidationApi {
-                authority: self.authority.clone(),
-            }))
-            .add_service(RateLimitServiceServer::new(RateLimitApi {
-                limiter: self.limiter.clone(),
             }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
@@ -368,20 +368,47 @@ impl InvalidationSink for KeyCache {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics (the web console joins here).
-fn http_routes() -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async { metrics::prometheus().render() }),
-    )
+impl Application {
+    /// Our API's services, served on both listeners: over gRPC, and over
+    /// HTTP/JSON by delegation to these same services.
+    fn api_services(&self) -> Routes {
+        Routes::new(KeyServiceServer::new(KeyApi {
+            authority: self.authority.clone(),
+            gate: self.gate.clone(),
+        }))
+        .add_service(ValidationServiceServer::new(ValidationApi {
+            authority: self.authority.clone(),
+        }))
+        .add_service(RateLimitServiceServer::new(RateLimitApi {
+            limiter: self.limiter.clone(),
+        }))
+    }
+}
+
+/// The HTTP listener's routes: Prometheus metrics and the API over HTTP/JSON
+/// (the web console joins here). Calls over HTTP pass the gRPC metrics layer
+/// like calls over gRPC.
+fn http_routes(api: Routes) -> axum::Router {
+    let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { metrics::prometheus().render() }),
+        )
+        .merge(crate::http::router(api))
 }
 
 /// Redis when a URL is configured, else the in-process store.
 pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms.max(1));
+    let limiter = LimiterSettings {
+        policy: settings.redis_failure_policy,
+        default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),
+        probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
+        retention: settings.usage_retention(),
+    };
     let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
         Some(url) => Arc::new(
-            RedisStore::new(url.expose(), settings.redis_cluster, timeout)
+            RedisStore::new(url.expose(), settings.redis_cluster, limiter.probe_timeout)
                 .with_context(|| format!("invalid Redis URL {url}"))?,
         ),
         None => Arc::new(MemoryStore::default()),
@@ -389,9 +416,7 @@ pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> 
     Ok(RateLimiter::new(
         store,
         Keyspace::new(&settings.redis_key_prefix)?,
-        settings.redis_failure_policy,
-        timeout,
-        settings.usage_retention(),
+        limiter,
     ))
 }
 

@@ -9,13 +9,13 @@ use std::collections::HashSet;
 use subtle::ConstantTimeEq;
 
 use super::{KeyAuthority, ValidationRequest, Verdict};
+use crate::domain::LimitSource;
 use crate::domain::import::{
     ImportRecord, ImportTally, ImportedKey, OwnerOverLimit, RowOutcome, RowResult, UsageHistory,
 };
 use crate::domain::{KeyId, LegacyDigest, MalformedKey, ValidationCode};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::invalidation::Invalidation;
-use crate::ratelimit::LimitSource;
 use crate::store::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 use crate::telemetry::metrics::observe_db;
 
@@ -147,11 +147,9 @@ impl KeyAuthority {
                 // Usage first, under the new id: if the keys are then not
                 // written, nothing ever reads it and it expires unseen; if
                 // it fails, no key is written and the import can run again.
-                let base = self.limiter.keyspace.usage_base(&key.owner_id, &id);
                 self.limiter
-                    .import_usage(&base, &rows[index].usage)
-                    .await
-                    .map_err(|_| Error::LimiterUnavailable)?;
+                    .import_usage(&key.owner_id, &id, &rows[index].usage)
+                    .await?;
             }
             to_write.push(ImportedKeyRow { id, key, limits });
         }

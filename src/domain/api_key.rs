@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::key_format::{KeyId, KeyKind};
+use super::limit::LimitSource;
+use super::quota::Quota;
 use super::scope::{Scope, ScopeSet};
-use crate::ratelimit::{LimitSource, Quota};
 
 /// Which traffic a key is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

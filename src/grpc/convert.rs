@@ -3,10 +3,11 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::pb;
+use crate::domain::limit::parse_limit_list;
+use crate::domain::{Algorithm, Limit, LimitSource, Quota, RefillInterval, Tiers};
 use crate::domain::{ApiKey, Environment, KeyId, ValidationCode};
 use crate::error::{Error, Result};
-use crate::ratelimit::limit::parse_limit_list;
-use crate::ratelimit::{Algorithm, Limit, LimitSource, LimitStatus, Quota, RefillInterval, Tiers};
+use crate::ratelimit::LimitStatus;
 use crate::store::ListCursor;
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {

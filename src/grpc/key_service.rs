@@ -9,9 +9,9 @@ use super::convert;
 use super::pb::{self, key_service_server::KeyService};
 use crate::access::{Permission, RootKeyGate};
 use crate::authority::{KeyAuthority, NewKey, QuotaChange};
+use crate::domain::LimitSource;
 use crate::domain::key_settings::{self, ExpiryChange};
 use crate::error::Error;
-use crate::ratelimit::LimitSource;
 use crate::ratelimit::usage::Granularity;
 use crate::store::{KeyChanges, ListQuery};
 

@@ -2,6 +2,7 @@
 //! into domain calls and domain results into responses.
 
 pub mod convert;
+pub mod deadline;
 mod import_service;
 mod key_service;
 mod rate_limit_service;

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::pb::{self, rate_limit_service_server::RateLimitService};
+use super::{convert, deadline};
+use crate::domain::Limit;
+use crate::domain::limit::Subject;
 use crate::error::{Error, Result};
-use crate::ratelimit::{Limit, RateLimiter};
-
-const MAX_NAMESPACE_CHARS: usize = 64;
-const MAX_IDENTIFIER_CHARS: usize = 256;
+use crate::ratelimit::RateLimiter;
 
 pub struct RateLimitApi {
     pub limiter: Arc<RateLimiter>,
@@ -24,9 +23,9 @@ impl RateLimitService for RateLimitApi {
         &self,
         request: Request<pb::CheckRateLimitRequest>,
     ) -> Result<Response<pb::CheckRateLimitResponse>, Status> {
+        let answer_by = deadline::answer_by(request.metadata());
         let req = request.into_inner();
-        let namespace = parse_namespace(&req.namespace)?;
-        let identifier = parse_identifier(&req.identifier)?;
+        let subject = Subject::parse(&req.namespace, &req.identifier)?;
         let limit = Limit::parse(
             "limit",
             req.limit,
@@ -44,7 +43,7 @@ impl RateLimitService for RateLimitApi {
             )
             .into());
         }
-        let status = self.limiter.check(namespace, identifier, limit, cost).await;
+        let status = self.limiter.check(&subject, limit, cost, answer_by).await?;
         Ok(Response::new(pb::CheckRateLimitResponse {
             allowed: status.allowed,
             limit: limit.limit,
@@ -53,27 +52,4 @@ impl RateLimitService for RateLimitApi {
             retry_after: Some(convert::duration_us(status.retry_after_us)),
         }))
     }
-}
-
-/// 1 to 64 characters, no `:` (it separates the namespace from the identifier).
-fn parse_namespace(raw: &str) -> Result<&str> {
-    let len = raw.chars().count();
-    if len == 0 || len > MAX_NAMESPACE_CHARS || raw.contains(':') {
-        return Err(Error::invalid(
-            "namespace",
-            format!("must be 1 to {MAX_NAMESPACE_CHARS} characters without ':' (got {raw:?})"),
-        ));
-    }
-    Ok(raw)
-}
-
-fn parse_identifier(raw: &str) -> Result<&str> {
-    let len = raw.chars().count();
-    if len == 0 || len > MAX_IDENTIFIER_CHARS {
-        return Err(Error::invalid(
-            "identifier",
-            format!("must be 1 to {MAX_IDENTIFIER_CHARS} characters (got {len})"),
-        ));
-    }
-    Ok(raw)
 }

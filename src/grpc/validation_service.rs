@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::pb::{self, validation_service_server::ValidationService};
+use super::{convert, deadline};
 use crate::authority::{KeyAuthority, ValidationRequest};
 use crate::domain::key_format::MAX_PRESENTED_KEY_LEN;
+use crate::domain::limit::MAX_LIMIT;
 use crate::domain::{ValidationCode, key_settings};
 use crate::error::Error;
-use crate::ratelimit::limit::MAX_LIMIT;
 use crate::ratelimit::usage::RequestContext;
 
 pub struct ValidationApi {
@@ -24,6 +24,7 @@ impl ValidationService for ValidationApi {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let answer_by = deadline::answer_by(request.metadata());
         let req = request.into_inner();
         if req.key.len() > MAX_PRESENTED_KEY_LEN {
             return Err(Error::invalid(
@@ -46,6 +47,7 @@ impl ValidationService for ValidationApi {
                 &context.ip,
                 &context.user_agent,
             ),
+            answer_by,
         };
         let verdict = self.authority.validate(&req.key, request).await?;
         ::metrics::counter!("apikeyd_validations_total", "code" => verdict.code.as_str())

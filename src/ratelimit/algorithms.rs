@@ -1,10 +1,14 @@
 //! The three counting algorithms as pure functions of (limit, stored state,
 //! clock, cost). The in-process store runs them directly; `decide.lua` is the
-//! same arithmetic for Redis (IEEE doubles in both, operation for operation),
-//! so both backends give the same answers. Times are microseconds since the
-//! Unix epoch. The guarantees are on [`Algorithm`]'s variants.
+//! same integer arithmetic for Redis, so both backends give the same answers.
+//! Both are exact: Rust computes in integers (128 bits where a product needs
+//! them), and the script keeps every intermediate below 2^53, where Lua's
+//! doubles are exact, by long division ([`mul_div`] here, `muldiv` there).
+//! That holds because limits and costs stay below 2^30 and windows below 2^42
+//! microseconds (`domain::limit` asserts it). Times are microseconds since
+//! the Unix epoch. The guarantees are on [`Algorithm`]'s variants.
 
-use super::limit::{Algorithm, Limit};
+use crate::domain::{Algorithm, Limit};
 
 /// A limit's stored state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,7 +35,9 @@ pub struct LimitEvaluation {
     pub remaining: u32,
     /// When `remaining` is back to the limit if nothing more is admitted.
     pub reset_at_us: i64,
-    /// Zero when allowed; else when this cost would be admitted, if nothing else is.
+    /// Zero when allowed; else when this cost would be admitted, if nothing
+    /// else is (for a cost above the limit, which never is: when the limit
+    /// is wholly free again).
     pub retry_after_us: i64,
     /// The state to store if the decision is committed.
     pub next: LimitState,
@@ -40,43 +46,55 @@ pub struct LimitEvaluation {
 }
 
 pub fn evaluate(limit: &Limit, state: LimitState, now: i64, cost: u32) -> LimitEvaluation {
-    let (l, w, c) = (
-        f64::from(limit.limit),
-        limit.window_us() as f64,
-        f64::from(cost),
-    );
+    let (l, w, c) = (i64::from(limit.limit), limit.window_us(), i64::from(cost));
     match limit.algorithm {
-        Algorithm::FixedWindow => fixed_window(l, w, c, state, now as f64),
-        Algorithm::SlidingWindow => sliding_window(l, w, c, state, now as f64),
-        Algorithm::TokenBucket => token_bucket(l, w, c, state, now as f64),
+        Algorithm::FixedWindow => fixed_window(l, w, c, state, now),
+        Algorithm::SlidingWindow => sliding_window(l, w, c, state, now),
+        Algorithm::TokenBucket => token_bucket(l, w, c, state, now),
     }
 }
 
-fn fixed_window(limit: f64, w: f64, cost: f64, state: LimitState, now: f64) -> LimitEvaluation {
-    let idx = (now / w).floor();
+/// `floor(a * b / d)` for non-negative `a`, `b` and positive `d`, exactly.
+pub fn mul_div(a: i64, b: i64, d: i64) -> i64 {
+    (i128::from(a) * i128::from(b) / i128::from(d)) as i64
+}
+
+/// `ceil(a * b / d)` for non-negative `a`, `b` and positive `d`, exactly.
+fn mul_div_ceil(a: i64, b: i64, d: i64) -> i64 {
+    let product = i128::from(a) * i128::from(b);
+    let d = i128::from(d);
+    ((product + d - 1) / d) as i64
+}
+
+fn remaining(left: i64) -> u32 {
+    left.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+fn fixed_window(limit: i64, w: i64, cost: i64, state: LimitState, now: i64) -> LimitEvaluation {
+    let idx = now.div_euclid(w);
     let count = match state {
-        LimitState::Window { index, count, .. } if index as f64 == idx => count as f64,
-        _ => 0.0,
+        LimitState::Window { index, count, .. } if index == idx => count,
+        _ => 0,
     };
     let allowed = count + cost <= limit;
     let after = if allowed { count + cost } else { count };
-    let reset = (idx + 1.0) * w;
+    let reset = (idx + 1) * w;
     LimitEvaluation {
         allowed,
-        remaining: (limit - after).max(0.0) as u32,
-        reset_at_us: reset as i64,
-        retry_after_us: if allowed { 0 } else { (reset - now) as i64 },
+        remaining: remaining(limit - after),
+        reset_at_us: reset,
+        retry_after_us: if allowed { 0 } else { reset - now },
         next: LimitState::Window {
-            index: idx as i64,
-            count: after as i64,
+            index: idx,
+            count: after,
             previous: 0,
         },
-        expires_at_us: reset as i64,
+        expires_at_us: reset,
     }
 }
 
-fn sliding_window(limit: f64, w: f64, cost: f64, state: LimitState, now: f64) -> LimitEvaluation {
-    let idx = (now / w).floor();
+fn sliding_window(limit: i64, w: i64, cost: i64, state: LimitState, now: i64) -> LimitEvaluation {
+    let idx = now.div_euclid(w);
     let start = idx * w;
     let elapsed = now - start;
     let (cur, prev) = match state {
@@ -84,74 +102,90 @@ fn sliding_window(limit: f64, w: f64, cost: f64, state: LimitState, now: f64) ->
             index,
             count,
             previous,
-        } if index as f64 == idx => (count as f64, previous as f64),
-        LimitState::Window { index, count, .. } if index as f64 == idx - 1.0 => (0.0, count as f64),
-        _ => (0.0, 0.0),
+        } if index == idx => (count, previous),
+        LimitState::Window { index, count, .. } if index == idx - 1 => (0, count),
+        _ => (0, 0),
     };
-    let weighted = (prev * (w - elapsed) / w).ceil();
+    let weighted = mul_div_ceil(prev, w - elapsed, w);
     let allowed = weighted + cur + cost <= limit;
     let after = if allowed { cur + cost } else { cur };
-    let reset = if after > 0.0 {
-        start + 2.0 * w
-    } else if prev > 0.0 {
+    let reset = if after > 0 {
+        start + 2 * w
+    } else if prev > 0 {
         start + w
     } else {
         now
     };
     let retry = if allowed {
-        0.0
+        0
     } else {
+        // Within this window, admitted once the previous window's weight
+        // has fallen to `room`: at elapsed w - floor(room * w / prev), which
+        // is inside the window when that floor is positive (a denial means
+        // room < prev, so it stays below w).
         let room = limit - cur - cost;
-        if room >= 0.0 && prev > 0.0 && (w - room * w / prev).ceil() < w {
-            start + (w - room * w / prev).ceil() - now
-        } else if limit - cost >= 0.0 {
-            let e = if cur > 0.0 {
-                (w - (limit - cost) * w / cur).ceil().max(0.0)
-            } else {
-                0.0
-            };
-            start + w + e - now
+        let within = if room >= 0 && prev > 0 {
+            mul_div(room, w, prev)
         } else {
-            start + 2.0 * w - now
+            0
+        };
+        if within > 0 {
+            start + w - within - now
+        } else if limit - cost >= 0 {
+            // Next window, where this one's count is the weighted one.
+            let wait = if limit - cost < cur {
+                w - mul_div(limit - cost, w, cur)
+            } else {
+                0
+            };
+            start + w + wait - now
+        } else {
+            start + 2 * w - now
         }
     };
     LimitEvaluation {
         allowed,
-        remaining: (limit - weighted - after).max(0.0) as u32,
-        reset_at_us: reset as i64,
-        retry_after_us: retry as i64,
+        remaining: remaining(limit - weighted - after),
+        reset_at_us: reset,
+        retry_after_us: retry,
         next: LimitState::Window {
-            index: idx as i64,
-            count: after as i64,
-            previous: prev as i64,
+            index: idx,
+            count: after,
+            previous: prev,
         },
-        expires_at_us: (start + 2.0 * w) as i64,
+        expires_at_us: start + 2 * w,
     }
 }
 
-fn token_bucket(limit: f64, w: f64, cost: f64, state: LimitState, now: f64) -> LimitEvaluation {
-    let period = (w / limit).ceil();
+fn token_bucket(limit: i64, w: i64, cost: i64, state: LimitState, now: i64) -> LimitEvaluation {
+    let period = (w + limit - 1) / limit;
     let capacity = period * limit;
     let tat = match state {
-        LimitState::Bucket { tat_us } => (tat_us as f64).max(now),
+        LimitState::Bucket { tat_us } => tat_us.max(now),
         _ => now,
     };
+    let left = |level: i64| remaining((capacity - (level - now)).max(0) / period);
+    if cost > limit {
+        // Never admitted; `cost * period` could leave the exact range.
+        return LimitEvaluation {
+            allowed: false,
+            remaining: left(tat),
+            reset_at_us: tat,
+            retry_after_us: (tat - now).max(period),
+            next: LimitState::Bucket { tat_us: tat },
+            expires_at_us: tat + 1000,
+        };
+    }
     let new_tat = tat + cost * period;
     let allowed = new_tat - now <= capacity;
     let level = if allowed { new_tat } else { tat };
     LimitEvaluation {
         allowed,
-        remaining: ((capacity - (level - now)) / period).floor().max(0.0) as u32,
-        reset_at_us: level as i64,
-        retry_after_us: if allowed {
-            0
-        } else {
-            (new_tat - capacity - now) as i64
-        },
-        next: LimitState::Bucket {
-            tat_us: new_tat as i64,
-        },
-        expires_at_us: new_tat as i64 + 1000,
+        remaining: left(level),
+        reset_at_us: level,
+        retry_after_us: if allowed { 0 } else { new_tat - capacity - now },
+        next: LimitState::Bucket { tat_us: new_tat },
+        expires_at_us: new_tat + 1000,
     }
 }
 
@@ -283,6 +317,56 @@ mod tests {
             4,
             "never more than full"
         );
+    }
+
+    #[test]
+    fn the_largest_limits_and_windows_count_exactly() {
+        // 10^9 per 30 days: the weighted previous window is the exact
+        // ceiling, where a double product (2.6e21) would round.
+        let l = limit(1_000_000_000, 30 * 86_400_000, Algorithm::SlidingWindow);
+        let w = l.window_us();
+        let state = LimitState::Window {
+            index: T0 / w,
+            count: 999_999_999,
+            previous: 0,
+        };
+        let next_window = (T0 / w + 1) * w;
+        for elapsed in [0, 1, 7, w / 3, w - 1] {
+            let e = evaluate(&l, state, next_window + elapsed, 1);
+            let exact = (999_999_999_u128 * (w - elapsed) as u128).div_ceil(w as u128);
+            assert_eq!(
+                u128::from(e.remaining),
+                1_000_000_000 - exact - 1,
+                "elapsed {elapsed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cost_above_the_limit_is_refused_with_a_bounded_wait() {
+        for algorithm in [
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+            Algorithm::TokenBucket,
+        ] {
+            let l = limit(10, 30 * 86_400_000, algorithm);
+            let e = evaluate(&l, LimitState::Empty, T0, 1_000_000_000);
+            assert!(!e.allowed, "{algorithm:?}");
+            assert_eq!(e.remaining, 10, "{algorithm:?}");
+            assert!(
+                (1..=2 * l.window_us()).contains(&e.retry_after_us),
+                "{algorithm:?}: {}",
+                e.retry_after_us
+            );
+        }
+    }
+
+    #[test]
+    fn mul_div_is_exact_beyond_two_to_the_53() {
+        let w = 2_592_000_000_000;
+        assert_eq!(mul_div(999_999_999, w, w), 999_999_999);
+        assert_eq!(mul_div(1_000_000_000, w - 1, w), 999_999_999);
+        assert_eq!(mul_div_ceil(1_000_000_000, w - 1, w), 1_000_000_000);
     }
 
     #[test]

@@ -1,32 +1,62 @@
--- One limiter decision, atomically, on the Redis server's clock: every limit
--- all-or-nothing, and the usage quota. (Usage counters and the recent-requests
--- log are gathered by the replica and written by usage_batch.lua.) Mirrors
--- src/ratelimit/algorithms.rs and quota.rs; keep them in step.
+-- Limiter decisions, atomically, on the Redis server's clock: N decisions that
+-- arrived together, each deciding every limit all-or-nothing and the usage
+-- quota, in order (each sees what the ones before it charged). (Usage counters
+-- and the recent-requests log are gathered by the replica and written by
+-- usage_batch.lua.) Mirrors src/ratelimit/algorithms.rs and
+-- src/domain/quota.rs; keep them in step.
 --
--- KEYS: one per limit, then the quota key (if ARGV says there is a quota).
--- They share one {hash tag}, so on a cluster they live in one slot.
+-- Lua numbers are doubles, exact for integers below 2^53: every intermediate
+-- here stays below that (limits and costs < 2^30, windows < 2^42 us, now <
+-- 2^53), with idiv and muldiv below doing exact integer division.
 --
--- ARGV: cost, charge (1 or 0: peek only), number of limits n,
---   then n x (algorithm "s"|"f"|"t", limit, window in microseconds),
---   then has_quota, version, seed, refill_amount, refill_interval (0 none, 1 day, 2 month),
---   amount to add to the balance (UpdateKey's add_to_quota; 0 otherwise).
--- Returns: {verdict (0 admitted, 1 rate limited, 2 quota exceeded, 3 not charged),
---   now in microseconds, quota balance (-1 without a quota),
---   then n x (allowed, remaining, reset_at us, retry_after us)}.
+-- KEYS: per decision, one per limit, then its quota key if it has a quota.
+-- All keys share one cluster slot.
+--
+-- ARGV: the number of decisions, then per decision: cost, charge (1 or 0: peek
+--   only), number of limits n, then n x (algorithm "s"|"f"|"t", limit, window
+--   in microseconds), then has_quota, version, seed, refill_amount,
+--   refill_interval (0 none, 1 day, 2 month), amount to add to the balance
+--   (UpdateKey's add_to_quota; 0 otherwise).
+-- Returns per decision: verdict (0 admitted, 1 rate limited, 2 quota exceeded,
+--   3 not charged), now in microseconds, quota balance (-1 without a quota),
+--   then n x (allowed, remaining, reset_at us, retry_after us).
+
+local MAX_QUOTA = 1000000000000
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
-local cost = tonumber(ARGV[1])
-local charge = ARGV[2] == '1'
-local n = tonumber(ARGV[3])
-local a = 4
+local floor = math.floor
 
-local function ceil(x) return math.ceil(x) end
-local function floor(x) return math.floor(x) end
+-- floor(a / b) for integers 0 <= a, 0 < b, a + b < 2^53. The double quotient
+-- may round to the next integer; the remainder tells.
+local function idiv(a, b)
+  local q = floor(a / b)
+  local r = a - q * b
+  if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
+  return q
+end
 
-local function fixed_window(key, limit, w)
-  local idx = floor(now / w)
+-- floor(a * b / d) and whether it left a remainder, for integers
+-- 0 <= a < 2^30, 0 <= b < 2^42, 0 < d < 2^42: long division of a * b by d,
+-- ten bits of b at a time, so no intermediate reaches 2^53. Callers use it
+-- only where the quotient is below 2^42.
+local function muldiv(a, b, d)
+  local q, r = 0, 0
+  for shift = 40, 0, -10 do
+    local chunk = floor(b / 2 ^ shift) % 1024
+    local x = r * 1024 + a * chunk
+    local qd = idiv(x, d)
+    r = x - qd * d
+    q = q * 1024 + qd
+  end
+  return q, r > 0
+end
+
+local function ceil_ms(us) return idiv(us + 999, 1000) end
+
+local function fixed_window(key, limit, w, cost)
+  local idx = idiv(now, w)
   local s = redis.call('HMGET', key, 'w', 'c')
   local count = 0
   if tonumber(s[1]) == idx then count = tonumber(s[2]) end
@@ -38,13 +68,13 @@ local function fixed_window(key, limit, w)
   if not allowed then retry = reset - now end
   local commit = function()
     redis.call('HSET', key, 'w', idx, 'c', after)
-    redis.call('PEXPIRE', key, ceil((reset - now) / 1000))
+    redis.call('PEXPIRE', key, ceil_ms(reset - now))
   end
   return allowed, math.max(limit - after, 0), reset, retry, commit
 end
 
-local function sliding_window(key, limit, w)
-  local idx = floor(now / w)
+local function sliding_window(key, limit, w, cost)
+  local idx = idiv(now, w)
   local start = idx * w
   local elapsed = now - start
   local s = redis.call('HMGET', key, 'w', 'c', 'p')
@@ -55,7 +85,8 @@ local function sliding_window(key, limit, w)
   elseif stored == idx - 1 then
     prev = tonumber(s[2])
   end
-  local weighted = ceil(prev * (w - elapsed) / w)
+  local weighted, inexact = muldiv(prev, w - elapsed, w)
+  if inexact then weighted = weighted + 1 end
   local allowed = weighted + cur + cost <= limit
   local after = cur
   if allowed then after = cur + cost end
@@ -64,28 +95,35 @@ local function sliding_window(key, limit, w)
   local retry = 0
   if not allowed then
     local room = limit - cur - cost
-    if room >= 0 and prev > 0 and ceil(w - room * w / prev) < w then
-      retry = start + ceil(w - room * w / prev) - now
+    local within = 0
+    if room >= 0 and prev > 0 then within = muldiv(room, w, prev) end
+    if within > 0 then
+      retry = start + w - within - now
     elseif limit - cost >= 0 then
-      local e = 0
-      if cur > 0 then e = math.max(ceil(w - (limit - cost) * w / cur), 0) end
-      retry = start + w + e - now
+      local wait = 0
+      if limit - cost < cur then wait = w - muldiv(limit - cost, w, cur) end
+      retry = start + w + wait - now
     else
       retry = start + 2 * w - now
     end
   end
   local commit = function()
     redis.call('HSET', key, 'w', idx, 'c', after, 'p', prev)
-    redis.call('PEXPIRE', key, ceil((start + 2 * w - now) / 1000))
+    redis.call('PEXPIRE', key, ceil_ms(start + 2 * w - now))
   end
   return allowed, math.max(limit - weighted - after, 0), reset, retry, commit
 end
 
-local function token_bucket(key, limit, w)
-  local period = ceil(w / limit)
+local function token_bucket(key, limit, w, cost)
+  local period = idiv(w + limit - 1, limit)
   local capacity = period * limit
   local tat = tonumber(redis.call('GET', key)) or now
   if tat < now then tat = now end
+  local function left(level) return idiv(math.max(capacity - (level - now), 0), period) end
+  if cost > limit then
+    -- Never admitted; cost * period could leave the exact range.
+    return false, left(tat), tat, math.max(tat - now, period), function() end
+  end
   local new_tat = tat + cost * period
   local allowed = new_tat - now <= capacity
   local level = tat
@@ -93,30 +131,16 @@ local function token_bucket(key, limit, w)
   local retry = 0
   if not allowed then retry = new_tat - capacity - now end
   local commit = function()
-    redis.call('SET', key, string.format('%d', new_tat), 'PX', ceil((new_tat - now) / 1000) + 1)
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', ceil_ms(new_tat - now) + 1)
   end
-  return allowed, floor((capacity - (level - now)) / period), level, retry, commit
+  return allowed, left(level), level, retry, commit
 end
 
 local algorithms = { s = sliding_window, f = fixed_window, t = token_bucket }
 
-local verdict = 0
-if not charge then verdict = 3 end
-local results = {}
-local commits = {}
-for i = 1, n do
-  local alg, limit, w = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  a = a + 3
-  local allowed, remaining, reset, retry, commit = algorithms[alg](KEYS[i], limit, w)
-  if not allowed and verdict == 0 then verdict = 1 end
-  commits[i] = commit
-  results[i] = { allowed and 1 or 0, remaining, reset, retry }
-end
-local k = n + 1
-
 -- Days and months since the Unix epoch, from the civil calendar (UTC).
 local function period_index(interval)
-  local days = floor(now / 86400000000)
+  local days = idiv(now, 86400000000)
   if interval == 1 then return days end
   local z = days + 719468
   local era = floor(z / 146097)
@@ -131,33 +155,66 @@ local function period_index(interval)
   return y * 12 + m - 1
 end
 
-local balance = -1
-if ARGV[a] == '1' then
-  local qkey = KEYS[k]
-  local version, seed = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local refill, interval = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local q = redis.call('HMGET', qkey, 'v', 'r', 'p')
-  local p = 0
-  if interval > 0 then p = period_index(interval) end
-  balance = tonumber(q[2])
-  if q[1] ~= version or balance == nil then
-    balance = seed
-  elseif interval > 0 and tonumber(q[3]) ~= p then
-    balance = refill
+local a = 2
+local k = 1
+local out = {}
+
+for _ = 1, tonumber(ARGV[1]) do
+  local cost = tonumber(ARGV[a])
+  local charge = ARGV[a + 1] == '1'
+  local n = tonumber(ARGV[a + 2])
+  a = a + 3
+
+  local verdict = 0
+  if not charge then verdict = 3 end
+  local results = {}
+  local commits = {}
+  for i = 1, n do
+    local alg, limit, w = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    a = a + 3
+    local allowed, remaining, reset, retry, commit = algorithms[alg](KEYS[k], limit, w, cost)
+    k = k + 1
+    if not allowed and verdict == 0 then verdict = 1 end
+    commits[i] = commit
+    results[i] = { allowed and 1 or 0, remaining, reset, retry }
   end
-  balance = math.max(balance + tonumber(ARGV[a + 5]), 0)
+
+  local balance = -1
+  if ARGV[a] == '1' then
+    local qkey = KEYS[k]
+    k = k + 1
+    local version, seed = ARGV[a + 1], tonumber(ARGV[a + 2])
+    local refill, interval = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+    local q = redis.call('HMGET', qkey, 'v', 'r', 'p')
+    local p = 0
+    if interval > 0 then p = period_index(interval) end
+    local stored = tonumber(q[2])
+    balance = stored
+    if q[1] ~= version or balance == nil then
+      balance = seed
+    elseif interval > 0 and tonumber(q[3]) ~= p then
+      balance = refill
+    end
+    balance = math.min(math.max(balance + tonumber(ARGV[a + 5]), 0), MAX_QUOTA)
+    if verdict == 0 then
+      if balance < cost then verdict = 2 else balance = balance - cost end
+    end
+    -- A denial that changed nothing writes nothing.
+    if q[1] ~= version or stored ~= balance or tonumber(q[3]) ~= p then
+      redis.call('HSET', qkey, 'v', version, 'r', balance, 'p', p)
+    end
+  end
+  a = a + 6
+
   if verdict == 0 then
-    if balance < cost then verdict = 2 else balance = balance - cost end
+    for i = 1, n do commits[i]() end
   end
-  redis.call('HSET', qkey, 'v', version, 'r', balance, 'p', p)
-end
 
-if verdict == 0 then
-  for i = 1, n do commits[i]() end
-end
-
-local out = { verdict, now, balance }
-for i = 1, n do
-  for j = 1, 4 do out[#out + 1] = results[i][j] end
+  out[#out + 1] = verdict
+  out[#out + 1] = now
+  out[#out + 1] = balance
+  for i = 1, n do
+    for j = 1, 4 do out[#out + 1] = results[i][j] end
+  end
 end
 return out

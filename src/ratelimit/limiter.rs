@@ -1,28 +1,51 @@
-//! The limiter as the rest of the service sees it: a store behind a short
-//! timeout and a failure policy. When the store cannot answer, decisions
-//! follow the policy (fail-open admits, fail-closed refuses) without waiting
-//! on it again until a background probe finds it back; the outage is logged
-//! once when it starts and once when it ends (with how many decisions the
-//! policy made meanwhile), and reported to health.
+//! The limiter as the rest of the service sees it. It speaks in API keys and
+//! CheckRateLimit subjects (it names their storage itself), and it tells an
+//! overloaded replica from a Redis outage:
+//!
+//! - **An outage is Redis failing**: a decision's connection refused or
+//!   dropped, or the probe (a thread and a connection of its own, so that
+//!   this process's backlog cannot delay it) getting no answer within the
+//!   probe timeout. Decisions then follow the failure policy (fail-open
+//!   admits, fail-closed refuses) without waiting, and so does any decision
+//!   still waiting when the outage begins, until the probe and the decision
+//!   connection answer again. The outage is logged once when it starts and
+//!   once when it ends (with how many decisions the policy made meanwhile),
+//!   and reported to health.
+//! - **A late answer is not an outage.** It is waited for until the caller's
+//!   deadline (or, without one, the default wait); past that the call fails
+//!   UNAVAILABLE (retryable) and nothing is decided by the policy: the
+//!   replica, not Redis, may be what is slow, and the decision may still be
+//!   counted when its answer comes.
 
+use std::fmt::Display;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Keyspace;
 use super::imported_usage::ImportedUsage;
-use super::limit::Limit;
-use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict};
-use super::usage::{Granularity, KeyUsage, Retention};
+use super::store::{
+    Decision, LimitStatus, Outcome, QuotaCheck, RateLimitStore, UsageRecord, Verdict,
+};
+use super::usage::{Granularity, KeyUsage, RequestContext, Retention};
+use crate::domain::import::UsageHistory;
+use crate::domain::limit::Subject;
+use crate::domain::{ApiKey, KeyId, Limit, Quota, ValidationCode};
+use crate::error::{Error, Result};
 
 /// How often usage gathered in the background is written.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest one flush may take.
 const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an unreachable store is probed (and a reachable one checked).
-const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// The longest an import waits for one key's past usage to be written.
+const IMPORT_USAGE_WAIT: Duration = Duration::from_secs(10);
+/// How often the store is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// The wait a fail-closed refusal suggests.
 const CLOSED_RETRY_AFTER_US: i64 = 1_000_000;
 
@@ -36,17 +59,26 @@ pub enum FailurePolicy {
     Closed,
 }
 
+/// How the limiter waits and what it does when the store cannot answer.
+#[derive(Clone, Copy, Debug)]
+pub struct LimiterSettings {
+    pub policy: FailurePolicy,
+    /// The longest a call without a deadline waits for the store.
+    pub default_wait: Duration,
+    /// The longest the probe waits for PING before it declares an outage.
+    pub probe_timeout: Duration,
+    pub retention: Retention,
+}
+
 pub struct RateLimiter {
     store: Arc<dyn RateLimitStore>,
     /// Names every storage key.
-    pub keyspace: Keyspace,
-    policy: FailurePolicy,
-    /// The longest a decision waits for the store.
-    timeout: Duration,
-    pub retention: Retention,
+    keyspace: Keyspace,
+    settings: LimiterSettings,
     /// `Some` while the store is unreachable.
     outage: Mutex<Option<Outage>>,
-    /// True while the store answers; health follows it.
+    /// True while the store answers; health, and decisions waiting for an
+    /// answer, follow it.
     reachable: watch::Sender<bool>,
 }
 
@@ -56,20 +88,50 @@ struct Outage {
     decisions: u64,
 }
 
+/// Who decided a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DecidedBy {
+    Store,
+    Policy,
+}
+
+/// What Validate asks of the limiter for a key it found.
+pub struct KeyCall<'a> {
+    pub key: &'a ApiKey,
+    /// The key's own limits, resolved from its tier if it names one.
+    pub own_limits: &'a [Limit],
+    /// The limits its owner shares with its other keys.
+    pub owner_limits: &'a [Limit],
+    /// What the checks before the limiter found: anything but `Valid` is
+    /// only recorded.
+    pub judged: ValidationCode,
+    /// Taken from every limit and the quota.
+    pub cost: u32,
+    pub context: RequestContext,
+    /// When the caller stops waiting; `None` for the default wait.
+    pub answer_by: Option<Instant>,
+}
+
+/// The limiter's answer to a [`KeyCall`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVerdict {
+    pub code: ValidationCode,
+    /// The tightest limit, when the store decided (or the policy refused).
+    pub rate_limit: Option<LimitStatus>,
+    /// The quota's balance after the call, when the store answered.
+    pub quota_balance: Option<i64>,
+}
+
 impl RateLimiter {
     pub fn new(
         store: Arc<dyn RateLimitStore>,
         keyspace: Keyspace,
-        policy: FailurePolicy,
-        timeout: Duration,
-        retention: Retention,
+        settings: LimiterSettings,
     ) -> RateLimiter {
         RateLimiter {
             store,
             keyspace,
-            policy,
-            timeout,
-            retention,
+            settings,
             outage: Mutex::new(None),
             reachable: watch::Sender::new(true),
         }
@@ -85,89 +147,190 @@ impl RateLimiter {
         self.reachable.subscribe()
     }
 
-    /// Decides one request: by the store, or by the policy when it cannot.
-    /// The second value is false when the policy decided.
-    pub async fn decide(&self, decision: &Decision) -> (Outcome, bool) {
-        if !self.in_outage() {
-            match self.bounded("decide", self.store.decide(decision)).await {
-                Ok(outcome) => {
-                    count_decision(&outcome, "store");
-                    return (outcome, true);
-                }
-                Err(error) => self.outage_began(&error),
-            }
+    /// Validate's part: a key refused by an earlier check only has its usage
+    /// recorded; a good one is charged against every limit and its quota,
+    /// all or nothing, in one decision that also records its usage.
+    pub async fn validate(&self, call: KeyCall<'_>) -> Result<KeyVerdict> {
+        let key = call.key;
+        let owner = key.owner_id.as_str();
+        let usage = Some(UsageRecord {
+            base: self.keyspace.usage_base(owner, &key.id),
+            code: call.judged,
+            context: call.context,
+            retention: self.settings.retention,
+        });
+        if call.judged != ValidationCode::Valid {
+            let record = Decision {
+                limits: Vec::new(),
+                cost: call.cost,
+                charge: false,
+                quota: None,
+                usage,
+            };
+            // Usage only: no store waits on it, and it is dropped in an outage.
+            let _ = self.decide(record, call.answer_by).await;
+            return Ok(KeyVerdict {
+                code: call.judged,
+                rate_limit: None,
+                quota_balance: None,
+            });
         }
-        self.count_policy_decision();
-        let outcome = self.by_policy(decision);
-        count_decision(&outcome, "policy");
-        (outcome, false)
+        let own = call
+            .own_limits
+            .iter()
+            .map(|l| (self.keyspace.key_limit(owner, &key.id, l), *l));
+        let shared = call
+            .owner_limits
+            .iter()
+            .map(|l| (self.keyspace.owner_limit(owner, l), *l));
+        let decision = Decision {
+            limits: own.chain(shared).collect(),
+            cost: call.cost,
+            charge: true,
+            quota: key.quota.map(|quota| QuotaCheck {
+                key: self.keyspace.quota(owner, &key.id),
+                quota,
+                add: 0,
+            }),
+            usage,
+        };
+        let (outcome, decided_by) = self.decide(decision, call.answer_by).await?;
+        let code = outcome.verdict.code(ValidationCode::Valid);
+        let known = decided_by == DecidedBy::Store || code != ValidationCode::Valid;
+        Ok(KeyVerdict {
+            code,
+            rate_limit: known.then(|| tightest(&outcome.limits)).flatten(),
+            quota_balance: outcome.quota_balance,
+        })
     }
 
-    /// CheckRateLimit: `cost` against one limit of one identifier.
+    /// The live balance of `key`'s quota, when the store answers in time.
+    pub async fn live_quota(&self, key: &ApiKey) -> Option<i64> {
+        let quota = key.quota?;
+        match self.decide(self.quota_decision(key, quota, 0), None).await {
+            Ok((outcome, DecidedBy::Store)) => outcome.quota_balance,
+            _ => None,
+        }
+    }
+
+    /// Adds `amount` (within the domain's bounds) to `key`'s live balance and
+    /// returns the new one; UNAVAILABLE when the store cannot answer.
+    pub async fn add_to_quota(&self, key: &ApiKey, amount: i64) -> Result<i64> {
+        let Some(quota) = key.quota else {
+            return Err(Error::invalid(
+                "add_to_quota",
+                "the key has no quota to add to; set one with `quota`",
+            ));
+        };
+        let (outcome, decided_by) = self
+            .decide(self.quota_decision(key, quota, amount), None)
+            .await?;
+        match (decided_by, outcome.quota_balance) {
+            (DecidedBy::Store, Some(balance)) => Ok(balance),
+            _ => Err(Error::LimiterUnavailable),
+        }
+    }
+
+    /// `key`'s usage in buckets `first..=last`, and its recent requests.
+    pub async fn key_usage(
+        &self,
+        key: &ApiKey,
+        granularity: Granularity,
+        first: i64,
+        last: i64,
+    ) -> Result<KeyUsage> {
+        let base = self.keyspace.usage_base(&key.owner_id, &key.id);
+        let recent = self.settings.retention.recent_requests;
+        let started = Instant::now();
+        let read = self
+            .store
+            .usage(&base, granularity, first, last, recent)
+            .instrument(self.store_span("usage"));
+        let result = tokio::time::timeout(self.settings.default_wait, read).await;
+        if self.store.is_remote() {
+            ::metrics::histogram!("apikeyd_redis_duration_seconds", "operation" => "usage")
+                .record(started.elapsed());
+        }
+        match result {
+            Ok(Ok(usage)) => Ok(usage),
+            Ok(Err(error)) => {
+                ::metrics::counter!("apikeyd_redis_errors_total", "operation" => "usage")
+                    .increment(1);
+                if error.means_unreachable() {
+                    self.outage_began(&error);
+                } else {
+                    tracing::warn!(%error, "the rate-limit store could not read usage");
+                }
+                Err(Error::LimiterUnavailable)
+            }
+            Err(_) => Err(Error::LimiterLate {
+                waited_ms: millis(started.elapsed()),
+            }),
+        }
+    }
+
+    /// CheckRateLimit: `cost` against one limit of one subject.
     pub async fn check(
         &self,
-        namespace: &str,
-        identifier: &str,
+        subject: &Subject,
         limit: Limit,
         cost: u32,
-    ) -> LimitStatus {
-        let key = self
-            .keyspace
-            .identifier_limit(namespace, identifier, &limit);
+        answer_by: Option<Instant>,
+    ) -> Result<LimitStatus> {
         let decision = Decision {
-            limits: vec![(key, limit)],
+            limits: vec![(self.keyspace.subject_limit(subject, &limit), limit)],
             cost,
             charge: true,
             quota: None,
             usage: None,
         };
-        self.decide(&decision).await.0.limits[0]
+        let (outcome, _) = self.decide(decision, answer_by).await?;
+        outcome
+            .limits
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Internal("a decision of one limit answered none".into()))
     }
 
-    /// Usage of a key, or an error when the store is unreachable.
-    pub async fn usage(
-        &self,
-        base: &str,
-        granularity: Granularity,
-        first: i64,
-        last: i64,
-    ) -> Result<KeyUsage, StoreError> {
-        let recent = self.retention.recent_requests;
-        let result = self
-            .bounded(
-                "usage",
-                self.store.usage(base, granularity, first, last, recent),
-            )
-            .await;
-        if let Err(error) = &result {
-            self.outage_began(error);
-        }
-        result
-    }
-
-    /// Writes the usage an imported key gathered in another store, under the
-    /// key's usage base, as far as the retention still covers it.
+    /// Writes the usage an imported key (`owner_id`'s key `id`) gathered in
+    /// another store, as far as the retention still covers it. An import
+    /// is no hot path: it waits longer than a decision does.
     pub async fn import_usage(
         &self,
-        base: &str,
-        history: &crate::domain::import::UsageHistory,
-    ) -> Result<(), StoreError> {
-        let now_secs = chrono::Utc::now().timestamp();
-        let usage = ImportedUsage::of(history, self.retention, now_secs);
+        owner_id: &str,
+        id: &KeyId,
+        history: &UsageHistory,
+    ) -> Result<()> {
+        let usage = ImportedUsage::of(history, self.settings.retention, Utc::now().timestamp());
         if usage.is_empty() {
             return Ok(());
         }
-        self.store.import_usage(base, &usage).await
+        let base = self.keyspace.usage_base(owner_id, id);
+        let started = Instant::now();
+        match tokio::time::timeout(IMPORT_USAGE_WAIT, self.store.import_usage(&base, &usage)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the rate-limit store could not take imported usage");
+                Err(Error::LimiterUnavailable)
+            }
+            Err(_) => Err(Error::LimiterLate {
+                waited_ms: millis(started.elapsed()),
+            }),
+        }
     }
 
     /// Writes usage the store gathered in the background (validations with
-    /// no limit or quota). A failure starts an outage like any other.
+    /// no limit or quota). A failure of Redis starts an outage like any other.
     pub async fn flush_usage(&self) {
-        let flushed = tokio::time::timeout(USAGE_FLUSH_TIMEOUT, self.store.flush())
-            .await
-            .unwrap_or(Err(StoreError::Timeout(USAGE_FLUSH_TIMEOUT)));
-        if let Err(error) = flushed {
-            self.outage_began(&error);
+        match tokio::time::timeout(USAGE_FLUSH_TIMEOUT, self.store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if error.means_unreachable() => self.outage_began(&error),
+            Ok(Err(error)) => tracing::warn!(%error, "a usage flush failed; its batch is dropped"),
+            Err(_) => tracing::warn!(
+                timeout_ms = millis(USAGE_FLUSH_TIMEOUT),
+                "a usage flush did not finish in time; what it had not written is dropped"
+            ),
         }
     }
 
@@ -180,53 +343,116 @@ impl RateLimiter {
         }
     }
 
-    /// Probes the store forever: ends an outage when it answers again, and
-    /// starts one when it stops answering while no traffic noticed.
+    /// Follows the store's probe forever: a failed probe starts an outage;
+    /// during one, a good probe ends it once the decision connection answers
+    /// too (decisions go through it).
     pub async fn probe_periodically(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(PROBE_INTERVAL);
-        loop {
-            ticks.tick().await;
-            match self.bounded("ping", self.store.ping()).await {
-                Ok(()) => self.outage_ended(),
-                Err(error) => self.outage_began(&error),
+        let timeout = self.settings.probe_timeout;
+        let Some(mut probes) = self.store.start_probe(PROBE_INTERVAL, timeout) else {
+            return self.probe_from_here().await;
+        };
+        while let Some(probe) = probes.recv().await {
+            match probe {
+                Err(cause) => self.outage_began(&cause),
+                Ok(()) if self.in_outage() => {
+                    if let Ok(Ok(())) = tokio::time::timeout(timeout, self.store.ping()).await {
+                        self.outage_ended();
+                    }
+                }
+                Ok(()) => {}
             }
         }
     }
 
-    /// One store call: bounded by the timeout, in its own span (a child of
-    /// the RPC's), and for Redis timed and counted in the metrics.
-    async fn bounded<T>(
-        &self,
-        operation: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        use tracing::Instrument;
-        let remote = self.store.is_remote();
-        // A child span inside a traced call; the background probe, which
-        // runs outside any call, makes none.
-        let span = if tracing::Span::current().is_none() {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-                "rate_limit_store",
-                otel.name = operation,
-                otel.kind = "client",
-                db.system = if remote { "redis" } else { "memory" },
-            )
-        };
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, call.instrument(span))
-            .await
-            .unwrap_or(Err(StoreError::Timeout(self.timeout)));
-        if remote {
-            ::metrics::histogram!("apikeyd_redis_duration_seconds", "operation" => operation)
-                .record(started.elapsed());
-            if result.is_err() {
-                ::metrics::counter!("apikeyd_redis_errors_total", "operation" => operation)
-                    .increment(1);
+    /// Without a probe of its own (its thread could not start), the store
+    /// is pinged from this runtime, where only a failure of Redis, never a
+    /// late answer, counts.
+    async fn probe_from_here(&self) {
+        let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            match tokio::time::timeout(self.settings.probe_timeout, self.store.ping()).await {
+                Ok(Ok(())) => self.outage_ended(),
+                Ok(Err(error)) if error.means_unreachable() => self.outage_began(&error),
+                Ok(Err(_)) | Err(_) => {}
             }
         }
-        result
+    }
+
+    fn quota_decision(&self, key: &ApiKey, quota: Quota, add: i64) -> Decision {
+        Decision {
+            limits: Vec::new(),
+            cost: 0,
+            charge: false,
+            quota: Some(QuotaCheck {
+                key: self.keyspace.quota(&key.owner_id, &key.id),
+                quota,
+                add,
+            }),
+            usage: None,
+        }
+    }
+
+    /// Decides one request: by the store, waiting for its answer until
+    /// `answer_by`; by the policy during an outage (including one that
+    /// begins while this decision waits). A late answer is an error.
+    async fn decide(
+        &self,
+        decision: Decision,
+        answer_by: Option<Instant>,
+    ) -> Result<(Outcome, DecidedBy)> {
+        let decision = Arc::new(decision);
+        if !self.in_outage() {
+            let started = Instant::now();
+            let answer_by = answer_by.unwrap_or(started + self.settings.default_wait);
+            let mut reachable = self.reachable.subscribe();
+            let asked = self
+                .store
+                .decide(decision.clone())
+                .instrument(self.store_span("decide"));
+            tokio::select! {
+                biased;
+                answer = asked => match answer {
+                    Ok(outcome) => {
+                        count_decision(&outcome, "store");
+                        return Ok((outcome, DecidedBy::Store));
+                    }
+                    Err(error) if error.means_unreachable() => self.outage_began(&error),
+                    Err(error) => {
+                        tracing::warn!(%error, "the rate-limit store could not decide a request");
+                        return Err(Error::LimiterUnavailable);
+                    }
+                },
+                () = tokio::time::sleep_until(answer_by) => {
+                    ::metrics::counter!("apikeyd_rate_limit_unanswered_total").increment(1);
+                    return Err(Error::LimiterLate {
+                        waited_ms: millis(started.elapsed()),
+                    });
+                }
+                _ = reachable.wait_for(|up| !*up) => {}
+            }
+        }
+        self.count_policy_decision();
+        let outcome = self.by_policy(&decision);
+        count_decision(&outcome, "policy");
+        Ok((outcome, DecidedBy::Policy))
+    }
+
+    /// A child span of the RPC's for one store call; none outside a call.
+    fn store_span(&self, operation: &'static str) -> tracing::Span {
+        if tracing::Span::current().is_none() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            "rate_limit_store",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system = if self.store.is_remote() {
+                "redis"
+            } else {
+                "memory"
+            },
+        )
     }
 
     fn in_outage(&self) -> bool {
@@ -239,12 +465,12 @@ impl RateLimiter {
         }
     }
 
-    fn outage_began(&self, error: &StoreError) {
+    fn outage_began(&self, cause: &dyn Display) {
         let mut outage = self.outage.lock().expect("outage lock poisoned");
         if outage.is_none() {
             tracing::warn!(
-                %error,
-                policy = ?self.policy,
+                error = %cause,
+                policy = ?self.settings.policy,
                 "rate-limit store unreachable: decisions follow the failure policy until it answers again"
             );
             *outage = Some(Outage {
@@ -259,9 +485,9 @@ impl RateLimiter {
         let mut outage = self.outage.lock().expect("outage lock poisoned");
         if let Some(ended) = outage.take() {
             tracing::info!(
-                outage_ms = ended.since.elapsed().as_millis() as u64,
+                outage_ms = millis(ended.since.elapsed()),
                 decisions_by_policy = ended.decisions,
-                policy = ?self.policy,
+                policy = ?self.settings.policy,
                 "rate-limit store reachable again: counting resumes"
             );
             self.reachable.send_replace(true);
@@ -271,8 +497,9 @@ impl RateLimiter {
     /// What the policy answers for a decision the store could not make.
     fn by_policy(&self, decision: &Decision) -> Outcome {
         let now_us = chrono::Utc::now().timestamp_micros();
-        let guarded = !decision.limits.is_empty() || decision.quota.is_some();
-        let refuse = self.policy == FailurePolicy::Closed && guarded && decision.charge;
+        let refuse = self.settings.policy == FailurePolicy::Closed
+            && decision.is_guarded()
+            && decision.charge;
         let limits = decision
             .limits
             .iter()
@@ -300,6 +527,23 @@ impl RateLimiter {
     }
 }
 
+/// The limit a caller must heed: of the denying ones the one that frees up
+/// last; otherwise the one with the least left (then the latest reset).
+pub fn tightest(limits: &[LimitStatus]) -> Option<LimitStatus> {
+    let denied = limits.iter().filter(|l| !l.allowed);
+    if let Some(worst) = denied.max_by_key(|l| l.retry_after_us) {
+        return Some(*worst);
+    }
+    limits
+        .iter()
+        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset_at_us)))
+        .copied()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// `apikeyd_rate_limit_decisions_total`, by verdict and by who decided.
 fn count_decision(outcome: &Outcome, decided_by: &'static str) {
     let verdict = match outcome.verdict {
@@ -310,4 +554,188 @@ fn count_decision(outcome: &Outcome, decided_by: &'static str) {
     };
     ::metrics::counter!("apikeyd_rate_limit_decisions_total", "verdict" => verdict, "decided_by" => decided_by)
         .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::domain::Algorithm;
+    use crate::ratelimit::store::{ProbeResult, StoreError};
+    use crate::ratelimit::usage::KeyUsage;
+
+    /// A store whose decisions answer as the test says: never (`None`), or
+    /// with a connection error.
+    struct FakeStore {
+        answer: Option<StoreError>,
+        probes: Mutex<Option<mpsc::Receiver<ProbeResult>>>,
+        pings_answer: AtomicBool,
+    }
+
+    #[tonic::async_trait]
+    impl RateLimitStore for FakeStore {
+        async fn decide(&self, _: Arc<Decision>) -> Result<Outcome, StoreError> {
+            match &self.answer {
+                Some(error) => Err(error.clone()),
+                None => std::future::pending().await,
+            }
+        }
+
+        async fn usage(
+            &self,
+            _: &str,
+            _: Granularity,
+            _: i64,
+            _: i64,
+            _: u32,
+        ) -> Result<KeyUsage, StoreError> {
+            std::future::pending().await
+        }
+
+        async fn import_usage(&self, _: &str, _: &ImportedUsage) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            if self.pings_answer.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(refused())
+            }
+        }
+
+        fn start_probe(&self, _: Duration, _: Duration) -> Option<mpsc::Receiver<ProbeResult>> {
+            self.probes.lock().unwrap().take()
+        }
+
+        fn is_remote(&self) -> bool {
+            true
+        }
+    }
+
+    fn refused() -> StoreError {
+        StoreError::Redis(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+    }
+
+    fn limiter(
+        answer: Option<StoreError>,
+        policy: FailurePolicy,
+    ) -> (Arc<RateLimiter>, mpsc::Sender<ProbeResult>, Arc<FakeStore>) {
+        let (probe, probes) = mpsc::channel(1);
+        let store = Arc::new(FakeStore {
+            answer,
+            probes: Mutex::new(Some(probes)),
+            pings_answer: AtomicBool::new(false),
+        });
+        let limiter = RateLimiter::new(
+            store.clone(),
+            Keyspace::new("test").unwrap(),
+            LimiterSettings {
+                policy,
+                default_wait: Duration::from_millis(500),
+                probe_timeout: Duration::from_secs(1),
+                retention: Retention {
+                    hourly_secs: 3_600,
+                    daily_secs: 86_400,
+                    recent_requests: 10,
+                },
+            },
+        );
+        (Arc::new(limiter), probe, store)
+    }
+
+    fn subject() -> Subject {
+        Subject::parse("login", "203.0.113.7").unwrap()
+    }
+
+    const LIMIT: Limit = Limit {
+        limit: 5,
+        window_ms: 60_000,
+        algorithm: Algorithm::FixedWindow,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_fails_the_call_at_its_deadline_and_is_no_outage() {
+        let (limiter, _probe, _) = limiter(None, FailurePolicy::Open);
+        let started = Instant::now();
+
+        let answer = limiter
+            .check(
+                &subject(),
+                LIMIT,
+                1,
+                Some(started + Duration::from_millis(80)),
+            )
+            .await;
+
+        assert!(
+            matches!(answer, Err(Error::LimiterLate { waited_ms: 80 })),
+            "{answer:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(80));
+        let without_deadline = limiter.check(&subject(), LIMIT, 1, None).await;
+        assert!(matches!(
+            without_deadline,
+            Err(Error::LimiterLate { waited_ms: 500 })
+        ));
+        assert!(!limiter.in_outage(), "lateness is not an outage");
+        assert!(*limiter.watch_reachable().borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connection_starts_an_outage_and_the_policy_answers() {
+        let (limiter, _probe, _) = limiter(Some(refused()), FailurePolicy::Closed);
+
+        let status = limiter.check(&subject(), LIMIT, 1, None).await.unwrap();
+
+        assert!(!status.allowed, "fail-closed refuses");
+        assert!(limiter.in_outage());
+        assert!(!*limiter.watch_reachable().borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_waiting_when_an_outage_begins_gets_the_policy_at_once() {
+        let (limiter, probe, _) = limiter(None, FailurePolicy::Open);
+        tokio::spawn(limiter.clone().probe_periodically());
+        let waiting = tokio::spawn({
+            let limiter = limiter.clone();
+            async move {
+                let started = Instant::now();
+                let answer = limiter.check(&subject(), LIMIT, 1, None).await;
+                (answer, started.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        probe.send(Err("no answer to PING".into())).await.unwrap();
+        let (answer, waited) = waiting.await.unwrap();
+
+        assert!(answer.unwrap().allowed, "fail-open admits");
+        assert!(waited < Duration::from_millis(500), "waited {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_ends_when_the_probe_and_the_decision_connection_both_answer() {
+        let (limiter, probe, store) = limiter(None, FailurePolicy::Open);
+        tokio::spawn(limiter.clone().probe_periodically());
+        probe.send(Err("refused".into())).await.unwrap();
+        probe.send(Ok(())).await.unwrap();
+        probe.send(Ok(())).await.unwrap();
+        assert!(
+            limiter.in_outage(),
+            "the decision connection does not answer yet"
+        );
+
+        store.pings_answer.store(true, Ordering::SeqCst);
+        probe.send(Ok(())).await.unwrap();
+        probe.send(Ok(())).await.unwrap();
+
+        assert!(!limiter.in_outage());
+        assert!(*limiter.watch_reachable().borrow());
+    }
 }

@@ -4,15 +4,15 @@
 //! suits a single replica.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::algorithms::{LimitState, evaluate};
 use super::imported_usage::ImportedUsage;
-use super::quota::QuotaState;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, UsageBucket};
 use crate::domain::ValidationCode;
+use crate::domain::quota::{QuotaState, add_to_balance};
 
 /// How often expired entries are swept out.
 const SWEEP_EVERY_US: i64 = 10_000_000;
@@ -81,7 +81,7 @@ impl State {
             let mut state = check
                 .quota
                 .balance(self.quotas.get(&check.key).copied(), now);
-            state.balance = (state.balance + check.add).max(0);
+            state.balance = add_to_balance(state.balance, check.add);
             if verdict == Verdict::Admitted {
                 if state.balance < i64::from(decision.cost) {
                     verdict = Verdict::QuotaExceeded;
@@ -99,11 +99,7 @@ impl State {
             }
         }
         if let Some(usage) = &decision.usage {
-            let code = match verdict {
-                Verdict::RateLimited => ValidationCode::RateLimited,
-                Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
-                _ => usage.code,
-            };
+            let code = verdict.code(usage.code);
             let secs = now.div_euclid(1_000_000);
             for (granularity, ttl) in [
                 (Granularity::Hour, usage.retention.hourly_secs),
@@ -112,7 +108,7 @@ impl State {
                 let key = bucket_key(&usage.base, granularity, secs / granularity.seconds());
                 let (counts, expires) = self.counters.entry(key).or_default();
                 *counts.entry(code).or_default() += 1;
-                *expires = now + ttl * 1_000_000;
+                *expires = now.saturating_add(ttl.saturating_mul(1_000_000));
             }
             let (log, expires) = self.logs.entry(format!("{}:log", usage.base)).or_default();
             log.push_front(RecentRequest {
@@ -121,7 +117,7 @@ impl State {
                 at_ms: now / 1000,
             });
             log.truncate(usage.retention.recent_requests as usize);
-            *expires = now + usage.retention.daily_secs * 1_000_000;
+            *expires = now.saturating_add(usage.retention.daily_secs.saturating_mul(1_000_000));
         }
         Outcome {
             verdict,
@@ -138,9 +134,9 @@ fn bucket_key(base: &str, granularity: Granularity, index: i64) -> String {
 
 #[tonic::async_trait]
 impl RateLimitStore for MemoryStore {
-    async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError> {
+    async fn decide(&self, decision: Arc<Decision>) -> Result<Outcome, StoreError> {
         let mut state = self.state.lock().expect("limiter lock poisoned");
-        Ok(state.decide(decision, now_us()))
+        Ok(state.decide(&decision, now_us()))
     }
 
     async fn usage(
@@ -201,5 +197,36 @@ impl RateLimitStore for MemoryStore {
 
     fn is_remote(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Quota;
+    use crate::ratelimit::store::QuotaCheck;
+
+    fn add(amount: i64) -> Arc<Decision> {
+        Arc::new(Decision {
+            limits: Vec::new(),
+            cost: 0,
+            charge: false,
+            quota: Some(QuotaCheck {
+                key: "q".into(),
+                quota: Quota::parse(5, 0, None, 1).unwrap(),
+                add: amount,
+            }),
+            usage: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn huge_additions_saturate_instead_of_poisoning_the_store() {
+        let store = MemoryStore::default();
+        for amount in [i64::MAX, i64::MAX, i64::MIN, i64::MAX] {
+            store.decide(add(amount)).await.unwrap();
+        }
+        let balance = store.decide(add(0)).await.unwrap().quota_balance;
+        assert_eq!(balance, Some(crate::domain::quota::MAX_QUOTA));
     }
 }

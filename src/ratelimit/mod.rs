@@ -1,14 +1,16 @@
 //! Rate limits, usage quotas and usage counters.
 //!
-//! - [`limit`]: what a limit is, its bounds, tiers from configuration.
+//! - [`limiter`]: the limiter as the rest of the service sees it, speaking in
+//!   API keys and CheckRateLimit subjects: waits bounded by the caller's
+//!   deadline, the failure policy, outage logs and health.
 //! - [`algorithms`]: sliding window, fixed window and GCRA as pure
-//!   functions, each with its exact guarantee.
-//! - [`quota`]: usage quotas and their daily or monthly refills.
+//!   functions, each with its exact guarantee. (What a limit and a quota
+//!   are lives in [`crate::domain`].)
 //! - [`usage`]: what a validation records and `GetKeyUsage` reads;
 //!   [`imported_usage`]: the history an imported key brings.
 //! - [`store`]: the one-round-trip storage interface, implemented by
 //!   [`redis`] (`decide.lua`, single node or cluster) and [`memory`].
-//! - [`limiter`]: timeouts, the failure policy, outage logs and health.
+//! - [`batch`]: decisions that arrive together share one `EVALSHA`.
 //!
 //! Storage keys are named by [`Keyspace`]: `<prefix>:{<tag>}:<rest>`, where
 //! the tag is what one decision shares (a key's owner, or a
@@ -16,22 +18,20 @@
 //! of one decision hash to one slot.
 
 pub mod algorithms;
+pub mod batch;
 pub mod imported_usage;
-pub mod limit;
 pub mod limiter;
 pub mod memory;
-pub mod quota;
 pub mod redis;
 pub mod store;
 pub mod usage;
 pub mod usage_buffer;
 
-pub use limit::{Algorithm, Limit, LimitSource, Tiers};
-pub use limiter::{FailurePolicy, RateLimiter};
-pub use quota::{Quota, RefillInterval};
-pub use store::{Decision, LimitStatus, Outcome, QuotaCheck, UsageRecord, Verdict};
+pub use limiter::{FailurePolicy, KeyCall, KeyVerdict, LimiterSettings, RateLimiter, tightest};
+pub use store::{LimitStatus, Verdict};
 
-use crate::domain::KeyId;
+use crate::domain::limit::Subject;
+use crate::domain::{KeyId, Limit};
 
 /// Names storage keys. Keys of one API key's decision carry its owner's tag,
 /// so the key's limits, its owner's shared limits, its quota and its usage
@@ -61,31 +61,34 @@ impl Keyspace {
         format!("{scope}rl:{}:{}", limit.algorithm.code(), limit.window_ms)
     }
 
-    /// A CheckRateLimit counter. The limit value is not part of the name, so
-    /// a caller may raise or lower it and keep counting.
-    pub fn identifier_limit(&self, namespace: &str, identifier: &str, limit: &Limit) -> String {
+    /// A CheckRateLimit counter. The limit is part of its name: callers
+    /// naming another limit count apart, so one call with a huge limit and
+    /// cost cannot spend an identifier's count for callers with a small one.
+    fn subject_limit(&self, subject: &Subject, limit: &Limit) -> String {
         self.key(
-            &format!("n:{namespace}:{identifier}"),
-            &Self::limit_rest("", limit),
+            &format!("n:{}:{}", subject.namespace, subject.identifier),
+            &format!("{}:{}", Self::limit_rest("", limit), limit.limit),
         )
     }
 
-    pub fn key_limit(&self, owner_id: &str, key: &KeyId, limit: &Limit) -> String {
+    /// A key's own limit. Its value is not part of the name, so an UpdateKey
+    /// that changes it keeps the count.
+    fn key_limit(&self, owner_id: &str, key: &KeyId, limit: &Limit) -> String {
         self.key(
             &owner_tag(owner_id),
             &Self::limit_rest(&format!("k:{key}:"), limit),
         )
     }
 
-    pub fn owner_limit(&self, owner_id: &str, limit: &Limit) -> String {
+    fn owner_limit(&self, owner_id: &str, limit: &Limit) -> String {
         self.key(&owner_tag(owner_id), &Self::limit_rest("o:", limit))
     }
 
-    pub fn quota(&self, owner_id: &str, key: &KeyId) -> String {
+    fn quota(&self, owner_id: &str, key: &KeyId) -> String {
         self.key(&owner_tag(owner_id), &format!("k:{key}:quota"))
     }
 
-    pub fn usage_base(&self, owner_id: &str, key: &KeyId) -> String {
+    fn usage_base(&self, owner_id: &str, key: &KeyId) -> String {
         self.key(&owner_tag(owner_id), &format!("k:{key}:usage"))
     }
 }
@@ -97,6 +100,7 @@ fn owner_tag(owner_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Algorithm;
 
     /// The part of a key Redis Cluster hashes: from the first `{` to the next `}`.
     fn hashed(key: &str) -> &str {
@@ -126,6 +130,25 @@ mod tests {
                 "{keys:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_subject_counts_apart_per_limit_but_not_per_cost() {
+        let keyspace = Keyspace::new("apikeyd").unwrap();
+        let subject = Subject::parse("login", "203.0.113.7").unwrap();
+        let small = Limit {
+            limit: 5,
+            window_ms: 60_000,
+            algorithm: Algorithm::FixedWindow,
+        };
+        let huge = Limit {
+            limit: 1_000_000_000,
+            ..small
+        };
+        assert_ne!(
+            keyspace.subject_limit(&subject, &small),
+            keyspace.subject_limit(&subject, &huge)
+        );
     }
 
     #[test]

@@ -1,36 +1,74 @@
-//! The Redis store, on a single node or a Redis Cluster. Each decision is one
-//! `EVALSHA` of `decide.lua` (redis-rs loads the script again on NOSCRIPT),
-//! so a `Validate` with limits, quota and usage costs one round trip, and
-//! every replica shares one count and one clock (the server's `TIME`).
+//! The Redis store, on a single node or a Redis Cluster. Decisions are
+//! `EVALSHA`s of `decide.lua` (redis-rs loads the script again on NOSCRIPT),
+//! each carrying every decision that queued for its slot while the previous
+//! one was in flight (see [`super::batch`]): a lone `Validate` with limits,
+//! quota and usage costs one round trip, a crowd of them far fewer than one
+//! each, and every replica shares one count and one clock (the server's
+//! `TIME`).
 
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
+use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{Lanes, slot_of_key};
 use super::imported_usage::ImportedUsage;
-use super::quota::RefillInterval;
-use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
+use super::store::{
+    Decision, LimitStatus, Outcome, ProbeResult, RateLimitStore, StoreError, Verdict, verdict,
+};
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use super::usage_buffer::UsageBuffer;
-use crate::domain::ValidationCode;
+use crate::domain::{RefillInterval, ValidationCode};
 
 const DECIDE: &str = include_str!("decide.lua");
 const USAGE: &str = include_str!("usage.lua");
 const USAGE_BATCH: &str = include_str!("usage_batch.lua");
 /// Keys written at once by a flush.
 const FLUSH_CONCURRENCY: usize = 32;
+/// The most decisions one `EVALSHA` carries.
+const MAX_BATCH: usize = 64;
 
 pub struct RedisStore {
+    shared: Arc<Shared>,
+    /// How to connect, for the probe's own connection.
+    settings: ConnectionSettings,
+}
+
+/// What the store's sender tasks share with it.
+struct Shared {
     target: Target,
+    /// True for a Redis Cluster, where each slot is its own lane.
+    cluster: bool,
     decide: Script,
     usage: Script,
     usage_batch: Script,
     /// Usage of decisions with nothing to decide, written in the background.
     buffer: UsageBuffer,
+    /// Decisions waiting for their slot's next `EVALSHA`.
+    lanes: Lanes<Waiting>,
+}
+
+/// A decision waiting in its lane, and where its answer goes.
+struct Waiting {
+    /// Shared with the caller, which needs it for the policy if it stops waiting.
+    decision: Arc<Decision>,
+    /// For the `queue` stage of the decision's time.
+    queued_at: Instant,
+    /// Dropped unheard when the caller stopped waiting.
+    answer: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+#[derive(Clone, Debug)]
+struct ConnectionSettings {
+    /// One URL, or for a cluster one or more seed nodes separated by commas.
+    urls: String,
+    cluster: bool,
+    /// The longest a connection attempt may take.
+    connect_timeout: Duration,
 }
 
 enum Target {
@@ -79,42 +117,38 @@ impl ConnectionLike for Connection {
     }
 }
 
-impl RedisStore {
-    /// Connects lazily: a Redis that is down at start is an outage like any
-    /// other, not a reason to refuse to start. `urls` holds one URL, or for
-    /// a cluster one or more seed nodes separated by commas.
-    pub fn new(urls: &str, cluster: bool, timeout: Duration) -> anyhow::Result<RedisStore> {
-        let target = if cluster {
-            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+impl Target {
+    /// Connects lazily. No response timeout: how long an answer may take is
+    /// the caller's to bound (see the limiter), and a late answer is no
+    /// reason to drop a connection.
+    fn new(settings: &ConnectionSettings) -> anyhow::Result<Target> {
+        Ok(if settings.cluster {
+            let nodes: Vec<&str> = settings.urls.split(',').map(str::trim).collect();
+            // One quick retry (a redirect, a reconnect), so that a failing
+            // cluster is reported in milliseconds, not after a backoff.
             let client = ClusterClient::builder(nodes)
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
+                .connection_timeout(settings.connect_timeout)
                 .retries(1)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
                 .build()?;
             Target::Cluster {
                 client: Box::new(client),
                 connection: RwLock::new(None),
             }
         } else {
-            let client = redis::Client::open(urls)?;
+            let client = redis::Client::open(settings.urls.as_str())?;
             let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(None)
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
             Target::Single(ConnectionManager::new_lazy_with_config(client, config)?)
-        };
-        Ok(RedisStore {
-            target,
-            decide: Script::new(DECIDE),
-            usage: Script::new(USAGE),
-            usage_batch: Script::new(USAGE_BATCH),
-            buffer: UsageBuffer::default(),
         })
     }
 
     async fn connection(&self) -> Result<Connection, StoreError> {
-        match &self.target {
+        match self {
             Target::Single(manager) => Ok(Connection::Single(manager.clone())),
             Target::Cluster { client, connection } => {
                 if let Some(c) = connection.read().expect("lock poisoned").clone() {
@@ -126,16 +160,132 @@ impl RedisStore {
             }
         }
     }
+
+    /// PING: on a cluster, every node answers.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await?;
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down at start is an outage like any
+    /// other, not a reason to refuse to start. `urls` holds one URL, or for
+    /// a cluster one or more seed nodes separated by commas.
+    pub fn new(urls: &str, cluster: bool, connect_timeout: Duration) -> anyhow::Result<RedisStore> {
+        let settings = ConnectionSettings {
+            urls: urls.to_owned(),
+            cluster,
+            connect_timeout,
+        };
+        Ok(RedisStore {
+            shared: Arc::new(Shared {
+                target: Target::new(&settings)?,
+                cluster,
+                decide: Script::new(DECIDE),
+                usage: Script::new(USAGE),
+                usage_batch: Script::new(USAGE_BATCH),
+                buffer: UsageBuffer::default(),
+                lanes: Lanes::default(),
+            }),
+            settings,
+        })
+    }
+}
+
+impl Shared {
+    /// Sends `lane`'s queued decisions, a batch at a time, until none is left.
+    async fn send_lane(self: Arc<Self>, lane: u16) {
+        while let Some(batch) = self.lanes.next_batch(lane, MAX_BATCH) {
+            self.send_batch(batch).await;
+        }
+    }
+
+    /// One `EVALSHA` for the batch, each answer to its waiter. Runs in its
+    /// own task, so a waiter that stopped waiting still gets its decision
+    /// (and usage) recorded.
+    async fn send_batch(&self, batch: Vec<Waiting>) {
+        let sent_at = Instant::now();
+        for waiting in &batch {
+            ::metrics::histogram!("apikeyd_rate_limit_decision_duration_seconds", "stage" => "queue")
+                .record(sent_at - waiting.queued_at);
+        }
+        let mut invocation = self.decide.prepare_invoke();
+        invocation.arg(batch.len());
+        for waiting in &batch {
+            encode(&mut invocation, &waiting.decision);
+        }
+        let reply: Result<Vec<i64>, StoreError> = async {
+            let mut connection = self.target.connection().await?;
+            Ok(invocation.invoke_async(&mut connection).await?)
+        }
+        .await;
+        let redis_time = sent_at.elapsed();
+        ::metrics::histogram!("apikeyd_redis_duration_seconds", "operation" => "decide")
+            .record(redis_time);
+        let decisions: Vec<&Decision> = batch.iter().map(|w| &*w.decision).collect();
+        let outcomes = reply.and_then(|reply| parse_outcomes(&decisions, &reply));
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(error) => {
+                ::metrics::counter!("apikeyd_redis_errors_total", "operation" => "decide")
+                    .increment(1);
+                vec![Err(error); batch.len()]
+            }
+        };
+        for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+            ::metrics::histogram!("apikeyd_rate_limit_decision_duration_seconds", "stage" => "redis")
+                .record(redis_time);
+            if let (Ok(outcome), Some(usage)) = (&outcome, &waiting.decision.usage) {
+                // A denial records its own code, as decide.lua would.
+                self.buffer.add(usage, outcome.verdict.code(usage.code));
+            }
+            let _ = waiting.answer.send(outcome);
+        }
+    }
+}
+
+/// A decision's part of `decide.lua`'s keys and arguments.
+fn encode(invocation: &mut ScriptInvocation<'_>, decision: &Decision) {
+    invocation
+        .arg(decision.cost)
+        .arg(u8::from(decision.charge))
+        .arg(decision.limits.len());
+    for (key, limit) in &decision.limits {
+        invocation
+            .key(key)
+            .arg(limit.algorithm.code())
+            .arg(limit.limit)
+            .arg(limit.window_us());
+    }
+    match &decision.quota {
+        Some(check) => {
+            invocation
+                .key(&check.key)
+                .arg(1)
+                .arg(check.quota.version)
+                .arg(check.quota.remaining)
+                .arg(check.quota.refill_amount)
+                .arg(RefillInterval::code(check.quota.refill_interval))
+                .arg(check.add);
+        }
+        None => {
+            invocation.arg(&[0, 0, 0, 0, 0, 0]);
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl RateLimitStore for RedisStore {
-    async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError> {
-        if decision.limits.is_empty() && decision.quota.is_none() {
+    async fn decide(&self, decision: Arc<Decision>) -> Result<Outcome, StoreError> {
+        if !decision.is_guarded() {
             // Nothing to decide: the usage waits for the next flush, and the
             // caller no round trip.
             if let Some(usage) = &decision.usage {
-                self.buffer.add(usage, usage.code);
+                self.shared.buffer.add(usage, usage.code);
             }
             return Ok(Outcome {
                 verdict: verdict(decision.charge, &[]),
@@ -144,48 +294,23 @@ impl RateLimitStore for RedisStore {
                 quota_balance: None,
             });
         }
-        let mut invocation = self.decide.prepare_invoke();
-        invocation
-            .arg(decision.cost)
-            .arg(u8::from(decision.charge))
-            .arg(decision.limits.len());
-        for (key, limit) in &decision.limits {
-            invocation
-                .key(key)
-                .arg(limit.algorithm.code())
-                .arg(limit.limit)
-                .arg(limit.window_us());
+        // On a cluster a script's keys must share a slot: one lane per slot.
+        let lane = match decision.first_key() {
+            Some(key) if self.shared.cluster => slot_of_key(key),
+            _ => 0,
+        };
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            decision,
+            queued_at: Instant::now(),
+            answer,
+        };
+        if self.shared.lanes.push(lane, waiting) {
+            tokio::spawn(self.shared.clone().send_lane(lane));
         }
-        match &decision.quota {
-            Some(check) => {
-                invocation
-                    .key(&check.key)
-                    .arg(1)
-                    .arg(check.quota.version)
-                    .arg(check.quota.remaining)
-                    .arg(check.quota.refill_amount)
-                    .arg(RefillInterval::code(check.quota.refill_interval))
-                    .arg(check.add);
-            }
-            None => {
-                invocation.arg(&[0, 0, 0, 0, 0, 0]);
-            }
-        }
-        // Usage is gathered and flushed in the background (below), so the
-        // script does only what the caller waits for: limits and quota.
-        let mut connection = self.connection().await?;
-        let reply: Vec<i64> = invocation.invoke_async(&mut connection).await?;
-        let outcome = parse_outcome(decision, &reply)?;
-        if let Some(usage) = &decision.usage {
-            // A denial records its own code, as decide.lua would.
-            let code = match outcome.verdict {
-                Verdict::RateLimited => ValidationCode::RateLimited,
-                Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
-                Verdict::Admitted | Verdict::NotCharged => usage.code,
-            };
-            self.buffer.add(usage, code);
-        }
-        Ok(outcome)
+        answered
+            .await
+            .unwrap_or_else(|_| Err(StoreError::BadReply("the batch was dropped".to_owned())))
     }
 
     async fn usage(
@@ -198,8 +323,9 @@ impl RateLimitStore for RedisStore {
     ) -> Result<KeyUsage, StoreError> {
         // A replica always sees its own validations.
         self.flush().await?;
-        let mut connection = self.connection().await?;
+        let mut connection = self.shared.target.connection().await?;
         let (buckets, log): (Vec<Vec<String>>, Vec<String>) = self
+            .shared
             .usage
             .key(base)
             .arg(granularity.code())
@@ -254,19 +380,36 @@ impl RateLimitStore for RedisStore {
                 .expire_at(&log, usage.log_expires_at_secs)
                 .ignore();
         }
-        let mut connection = self.connection().await?;
-        tokio::time::timeout(IMPORT_TIMEOUT, pipe.query_async::<()>(&mut connection))
-            .await
-            .map_err(|_| StoreError::Timeout(IMPORT_TIMEOUT))??;
+        let mut connection = self.shared.target.connection().await?;
+        pipe.query_async::<()>(&mut connection).await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await?;
-        Ok(())
+        self.shared.target.ping().await
+    }
+
+    /// A thread of its own, with a runtime and a connection of its own, so
+    /// that neither a saturated runtime nor a busy decision connection can
+    /// make a PING late: a probe that fails is Redis (or the way to it)
+    /// failing, not this process.
+    fn start_probe(
+        &self,
+        every: Duration,
+        timeout: Duration,
+    ) -> Option<mpsc::Receiver<ProbeResult>> {
+        let (results, received) = mpsc::channel(1);
+        let settings = self.settings.clone();
+        let spawned = std::thread::Builder::new()
+            .name("apikeyd-redis-probe".to_owned())
+            .spawn(move || probe(settings, every, timeout, results));
+        match spawned {
+            Ok(_) => Some(received),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the Redis probe thread; outages are detected by decisions only");
+                None
+            }
+        }
     }
 
     fn is_remote(&self) -> bool {
@@ -277,15 +420,15 @@ impl RateLimitStore for RedisStore {
     /// A failed batch is dropped (and counted), as usage is during an outage.
     async fn flush(&self) -> Result<(), StoreError> {
         use futures_util::stream::{self, StreamExt};
-        let pending = self.buffer.take();
+        let pending = self.shared.buffer.take();
         if pending.is_empty() {
             return Ok(());
         }
-        let connection = self.connection().await?;
+        let connection = self.shared.target.connection().await?;
         let results: Vec<Result<i64, StoreError>> = stream::iter(pending)
             .map(|(base, usage)| {
                 let mut connection = connection.clone();
-                let mut invocation = self.usage_batch.prepare_invoke();
+                let mut invocation = self.shared.usage_batch.prepare_invoke();
                 invocation
                     .key(&base)
                     .arg(usage.retention.hourly_secs)
@@ -322,42 +465,100 @@ impl RateLimitStore for RedisStore {
     }
 }
 
-fn parse_outcome(decision: &Decision, reply: &[i64]) -> Result<Outcome, StoreError> {
-    let n = decision.limits.len();
-    if reply.len() != 3 + 4 * n {
-        return Err(StoreError::BadReply(format!(
-            "{} numbers for {n} limits",
-            reply.len()
-        )));
-    }
-    let verdict = match reply[0] {
-        0 => Verdict::Admitted,
-        1 => Verdict::RateLimited,
-        2 => Verdict::QuotaExceeded,
-        _ => Verdict::NotCharged,
+/// The probe thread's loop: one PING every `every`, its result to the
+/// limiter, until the limiter stops listening.
+fn probe(
+    settings: ConnectionSettings,
+    every: Duration,
+    timeout: Duration,
+    results: mpsc::Sender<ProbeResult>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the Redis probe's runtime");
+            return;
+        }
     };
-    let limits = decision
-        .limits
-        .iter()
-        .zip(reply[3..].chunks(4))
-        .map(|((_, limit), r)| LimitStatus {
-            limit: *limit,
-            allowed: r[0] == 1,
-            remaining: r[1].clamp(0, i64::from(u32::MAX)) as u32,
-            reset_at_us: r[2],
-            retry_after_us: r[3],
-        })
-        .collect();
-    Ok(Outcome {
-        verdict,
-        now_us: reply[1],
-        limits,
-        quota_balance: decision.quota.as_ref().map(|_| reply[2]),
-    })
+    runtime.block_on(async move {
+        let target = match Target::new(&settings) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::error!(%error, "the Redis probe cannot connect");
+                return;
+            }
+        };
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let started = Instant::now();
+            let result = match tokio::time::timeout(timeout, target.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "no answer to PING within {} ms",
+                    timeout.as_millis()
+                )),
+            };
+            ::metrics::histogram!("apikeyd_redis_duration_seconds", "operation" => "ping")
+                .record(started.elapsed());
+            if result.is_err() {
+                ::metrics::counter!("apikeyd_redis_errors_total", "operation" => "ping")
+                    .increment(1);
+            }
+            if results.send(result).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
-/// The longest an import waits for one key's usage to be written.
-const IMPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Splits a batch's reply into one outcome per decision, in order.
+fn parse_outcomes(decisions: &[&Decision], reply: &[i64]) -> Result<Vec<Outcome>, StoreError> {
+    let expected: usize = decisions.iter().map(|d| 3 + 4 * d.limits.len()).sum();
+    if reply.len() != expected {
+        return Err(StoreError::BadReply(format!(
+            "{} numbers for {} decisions (expected {expected})",
+            reply.len(),
+            decisions.len()
+        )));
+    }
+    let mut rest = reply;
+    let mut outcomes = Vec::with_capacity(decisions.len());
+    for decision in decisions {
+        let (own, after) = rest.split_at(3 + 4 * decision.limits.len());
+        rest = after;
+        let verdict = match own[0] {
+            0 => Verdict::Admitted,
+            1 => Verdict::RateLimited,
+            2 => Verdict::QuotaExceeded,
+            _ => Verdict::NotCharged,
+        };
+        let limits = decision
+            .limits
+            .iter()
+            .zip(own[3..].chunks(4))
+            .map(|((_, limit), r)| LimitStatus {
+                limit: *limit,
+                allowed: r[0] == 1,
+                remaining: r[1].clamp(0, i64::from(u32::MAX)) as u32,
+                reset_at_us: r[2],
+                retry_after_us: r[3],
+            })
+            .collect();
+        outcomes.push(Outcome {
+            verdict,
+            now_us: own[1],
+            limits,
+            quota_balance: decision.quota.as_ref().map(|_| own[2]),
+        });
+    }
+    Ok(outcomes)
+}
 
 /// A log entry as `decide.lua` and `usage_batch.lua` write it.
 fn log_entry(request: &RecentRequest) -> String {
@@ -394,4 +595,15 @@ fn parse_log_entry(raw: &str) -> Option<RecentRequest> {
         code: ValidationCode::from_name(&entry.c)?,
         at_ms: entry.t,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::quota::MAX_QUOTA;
+
+    #[test]
+    fn the_script_caps_balances_where_the_domain_does() {
+        assert!(DECIDE.contains(&format!("local MAX_QUOTA = {MAX_QUOTA}\n")));
+    }
 }

@@ -3,11 +3,14 @@
 //! [`super::redis::RedisStore`] (shared by replicas) and
 //! [`super::memory::MemoryStore`] (one process, the embedded default).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
 use super::imported_usage::ImportedUsage;
-use super::limit::Limit;
-use super::quota::Quota;
 use super::usage::{Granularity, KeyUsage, RequestContext, Retention};
-use crate::domain::ValidationCode;
+use crate::domain::{Limit, Quota, ValidationCode};
 
 /// Everything one request asks of the limiter, answered in one round trip.
 /// Every storage key in it carries the same `{hash tag}` (see
@@ -23,12 +26,29 @@ pub struct Decision {
     pub usage: Option<UsageRecord>,
 }
 
+impl Decision {
+    /// Whether the store has anything to decide (a limit or a quota), as
+    /// opposed to usage to record.
+    pub fn is_guarded(&self) -> bool {
+        !self.limits.is_empty() || self.quota.is_some()
+    }
+
+    /// The storage key the decision's slot is named by.
+    pub fn first_key(&self) -> Option<&str> {
+        self.limits
+            .first()
+            .map(|(key, _)| key.as_str())
+            .or(self.quota.as_ref().map(|q| q.key.as_str()))
+    }
+}
+
 /// A quota to read, adjust or take from.
 #[derive(Clone, Debug)]
 pub struct QuotaCheck {
     pub key: String,
     pub quota: Quota,
-    /// Added to the balance before anything is taken (may be negative).
+    /// Added to the balance before anything is taken (may be negative; the
+    /// balance stays within 0 and `MAX_QUOTA`).
     pub add: i64,
 }
 
@@ -56,6 +76,18 @@ pub enum Verdict {
     NotCharged,
 }
 
+impl Verdict {
+    /// The validation code a request ends with: a denial's own, else the
+    /// code it came with. The one place a verdict becomes a code.
+    pub fn code(self, came_with: ValidationCode) -> ValidationCode {
+        match self {
+            Verdict::RateLimited => ValidationCode::RateLimited,
+            Verdict::QuotaExceeded => ValidationCode::UsageExceeded,
+            Verdict::Admitted | Verdict::NotCharged => came_with,
+        }
+    }
+}
+
 /// One limit's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitStatus {
@@ -77,21 +109,51 @@ pub struct Outcome {
     pub quota_balance: Option<i64>,
 }
 
-/// Why the store could not answer; the limiter's failure policy takes over.
-#[derive(Debug, thiserror::Error)]
+/// Why the store could not answer.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("no answer within {0:?}")]
-    Timeout(std::time::Duration),
     #[error("unexpected reply from the store: {0}")]
     BadReply(String),
 }
 
+impl StoreError {
+    /// Whether the error means Redis is failing (it refused or dropped the
+    /// connection, or said it cannot serve), which starts an outage. An
+    /// answer that is merely late, or a reply this process cannot read, is
+    /// no sign of that.
+    pub fn means_unreachable(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        let StoreError::Redis(error) = self else {
+            return false;
+        };
+        if error.is_timeout() {
+            return false;
+        }
+        error.is_io_error()
+            || matches!(
+                error.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::AuthenticationFailed
+                    | ErrorKind::Server(
+                        ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::BusyLoading
+                            | ServerErrorKind::ReadOnly
+                    )
+            )
+    }
+}
+
+/// What one probe of the store found: `Err` says why it failed.
+pub type ProbeResult = Result<(), String>;
+
 #[tonic::async_trait]
 pub trait RateLimitStore: Send + Sync {
-    /// Decides one request atomically on the store's clock.
-    async fn decide(&self, decision: &Decision) -> Result<Outcome, StoreError>;
+    /// Decides one request atomically on the store's clock. The decision is
+    /// shared so that a store may finish it after the caller stopped waiting.
+    async fn decide(&self, decision: Arc<Decision>) -> Result<Outcome, StoreError>;
 
     /// Usage counters of buckets `first..=last` (indices since the epoch)
     /// and the newest `recent` log entries.
@@ -108,12 +170,23 @@ pub trait RateLimitStore: Send + Sync {
     /// `base` (a key that is new here, so its log holds nothing older).
     async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError>;
 
-    /// Whether the store answers.
+    /// Whether the store answers, over the connection decisions use.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Writes usage gathered in the background, if the store gathers any.
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Starts probing the store every `every` from outside this process's
+    /// runtime, each probe failing after `timeout`; results arrive until the
+    /// receiver is dropped. `None` for a store that cannot fail.
+    fn start_probe(
+        &self,
+        _every: Duration,
+        _timeout: Duration,
+    ) -> Option<mpsc::Receiver<ProbeResult>> {
+        None
     }
 
     /// Whether the store is remote and may fail (and so has a health entry).
@@ -128,5 +201,33 @@ pub fn verdict(charge: bool, limits: &[LimitStatus]) -> Verdict {
         Verdict::Admitted
     } else {
         Verdict::RateLimited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_ends_with_its_own_code_and_anything_else_with_the_code_it_came_with() {
+        use ValidationCode::*;
+        assert_eq!(Verdict::RateLimited.code(Valid), RateLimited);
+        assert_eq!(Verdict::QuotaExceeded.code(Valid), UsageExceeded);
+        assert_eq!(Verdict::Admitted.code(Valid), Valid);
+        assert_eq!(Verdict::NotCharged.code(Revoked), Revoked);
+    }
+
+    #[test]
+    fn only_failures_of_redis_itself_mean_it_is_unreachable() {
+        use std::io;
+        let io = |kind| StoreError::Redis(redis::RedisError::from(io::Error::from(kind)));
+        assert!(io(io::ErrorKind::ConnectionRefused).means_unreachable());
+        assert!(io(io::ErrorKind::ConnectionReset).means_unreachable());
+        assert!(io(io::ErrorKind::BrokenPipe).means_unreachable());
+        assert!(
+            !io(io::ErrorKind::TimedOut).means_unreachable(),
+            "late is not down"
+        );
+        assert!(!StoreError::BadReply("odd".into()).means_unreachable());
     }
 }

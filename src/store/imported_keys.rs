@@ -14,10 +14,10 @@ use super::KeyStore;
 use super::entities::api_key;
 use super::keys::{metadata_json, scopes_json};
 use super::owner_limits::limit_columns;
+use crate::domain::LimitSource;
 use crate::domain::import::ImportedKey;
 use crate::domain::{KeyId, LegacyDigest};
 use crate::error::{Error, Result};
-use crate::ratelimit::LimitSource;
 
 /// What an imported key holds instead of an argon2 hash: it has no secret
 /// apikeyd ever saw, and a key in our format never matches it.

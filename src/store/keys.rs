@@ -14,8 +14,8 @@ use super::entities::{api_key, key_owner};
 use super::owner_limits::{limit_columns, limit_source};
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{ApiKey, Environment, KeyId, Scope, ScopeSet};
+use crate::domain::{LimitSource, Quota};
 use crate::error::{Error, Result};
-use crate::ratelimit::{LimitSource, Quota};
 
 /// A key about to be inserted: its settings plus the hash of its secret.
 pub struct NewKeyRow {

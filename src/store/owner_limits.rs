@@ -7,8 +7,8 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 
 use super::KeyStore;
 use super::entities::owner_limit;
+use crate::domain::{Limit, LimitSource};
 use crate::error::{Error, Result};
-use crate::ratelimit::{Limit, LimitSource};
 
 /// `(tier, rate_limits)` columns of a limit source.
 pub(super) fn limit_columns(source: &LimitSource) -> (Option<String>, Option<serde_json::Value>) {

@@ -12,6 +12,8 @@
 //! | `apikeyd_db_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_db_errors_total` | counter | `operation` |
 //! | `apikeyd_rate_limit_decisions_total` | counter | `verdict`, `decided_by` (`store`, `policy`) |
+//! | `apikeyd_rate_limit_decision_duration_seconds` | histogram | `stage` (`queue`, `redis`) |
+//! | `apikeyd_rate_limit_unanswered_total` | counter | |
 //! | `apikeyd_redis_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_redis_errors_total` | counter | `operation` |
 //! | `apikeyd_invalidations_lost_total` | counter | |
@@ -97,6 +99,15 @@ fn describe() {
     describe_counter!(
         "apikeyd_rate_limit_decisions_total",
         "Limit and quota decisions, by verdict and by who decided (the store, or the failure policy during an outage)"
+    );
+    describe_histogram!(
+        "apikeyd_rate_limit_decision_duration_seconds",
+        Unit::Seconds,
+        "Where a Redis decision's time goes: queue (waiting in this process before its EVALSHA leaves) or redis (that EVALSHA's round trip)"
+    );
+    describe_counter!(
+        "apikeyd_rate_limit_unanswered_total",
+        "Decisions whose answer came too late for the call, which failed UNAVAILABLE"
     );
     describe_histogram!(
         "apikeyd_redis_duration_seconds",

@@ -8,7 +8,7 @@ use crate::helpers::{TestApp, assert_status, create_request, with_bearer};
 use crate::on_every_backend;
 
 /// Creates a root key through the real CLI, as an operator would.
-fn cli_root_key(app: &TestApp, permissions: &[&str]) -> String {
+pub(crate) fn cli_root_key(app: &TestApp, permissions: &[&str]) -> String {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_apikeyd"));
     command
         .args(["root-key", "create", "--name", "ops"])

@@ -70,7 +70,8 @@ pub async fn spawn_limited_app_with(
         settings.redis_url = urls_for_settings.as_deref().map(RedisUrl::from);
         settings.redis_cluster = limiter == Limiter::Cluster;
         settings.redis_key_prefix = prefix_for_settings;
-        // Generous: a loaded two-core CI machine must not look like an outage.
+        // Generous: on a loaded two-core CI machine answers come late, and a
+        // call without a deadline would fail UNAVAILABLE past this wait.
         settings.redis_timeout_ms = 2_000;
         adjust(settings);
     })
@@ -268,6 +269,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers,
+    /// as with a hung Redis or a network that drops packets.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
     /// Starts it again on the same port (empty: no persistence) and waits for PING.
     pub fn restart(&mut self) {
         self.stop();
@@ -351,6 +372,13 @@ impl RedisCluster {
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// Kills every node (as a crash of the whole cluster would).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
     }
 
     /// Every node's URL, comma-separated (the seed list apikeyd takes).

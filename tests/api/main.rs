@@ -6,10 +6,15 @@ mod limiter_harness;
 
 mod access;
 mod bad_input;
+mod busy_replicas;
+mod cli;
 mod hot_path;
+mod http_json;
 mod imported_keys;
 mod invalidation;
 mod key_lifecycle;
+mod late_answers;
+mod limiter_bounds;
 mod listing;
 mod observability;
 mod operability;

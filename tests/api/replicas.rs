@@ -29,7 +29,8 @@ async fn start_three_replicas() -> Replicas {
         ("APIKEYD_DATABASE_URL", database_url.as_str()),
         ("APIKEYD_REDIS_URL", redis_url.as_str()),
         ("APIKEYD_REDIS_KEY_PREFIX", prefix.as_str()),
-        // A loaded two-core machine must not look like an outage.
+        // On a loaded two-core machine answers come late; calls without a
+        // deadline wait this long before failing UNAVAILABLE.
         ("APIKEYD_REDIS_TIMEOUT_MS", "2000"),
     ];
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();

@@ -1,19 +1,25 @@
 //! A Validate with limits and a quota costs one Redis round trip (one
-//! EVALSHA), and one without costs none; usage reaches Redis in background
-//! flushes, one per key. Seen with MONITOR (every command a client sends, and
+//! EVALSHA), one without costs none, and Validate calls that arrive together
+//! share EVALSHAs (still exact); usage reaches Redis in background flushes,
+//! one per key. Seen with MONITOR (every command a client sends, and
 //! the commands scripts run, marked `lua`) on a Redis this test owns.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use apikeyd::config::RedisUrl;
 use apikeyd::grpc::pb::{self, RateLimitAlgorithm};
 
 use crate::helpers::{Backend, TestApp, spawn_app_with};
-use crate::limiter_harness::{RedisServer, rate_limit, redis_cli_bin};
+use crate::limiter_harness::{RedisServer, rate_limit, redis_cli_bin, redis_connection, unique};
 
 const VALIDATIONS: usize = 20;
+/// Validate calls sent at once, against a limit of `LIMIT`.
+const CONCURRENT: usize = 300;
+const LIMIT: u32 = 100;
 
 /// A server whose limiter is a Redis this test owns (so MONITOR sees only it).
 async fn server_with_own_redis() -> (RedisServer, TestApp) {
@@ -136,7 +142,10 @@ async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
 
 /// Top-level commands apikeyd sends while `work` runs (the health probe's
 /// PING and the invalidation stream's heartbeat reads aside), seen with
-/// MONITOR on `redis`.
+/// MONITOR on `redis`. MONITOR is known to be attached
+/// before `work` starts: a marker sent from another connection must come
+/// back in its stream first; a second marker after `work` closes the window,
+/// so every command `work` caused is in it and nothing from before.
 async fn commands_sent_during(
     redis: &RedisServer,
     work: impl std::future::Future<Output = ()>,
@@ -146,24 +155,144 @@ async fn commands_sent_during(
         .stdout(Stdio::piped())
         .spawn()
         .expect("redis-cli monitor");
-    let lines = BufReader::new(monitor.stdout.take().unwrap());
-    let reader =
-        std::thread::spawn(move || lines.lines().map_while(Result::ok).collect::<Vec<_>>());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stdout = BufReader::new(monitor.stdout.take().unwrap());
+    let (lines, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut markers = redis_connection(&redis.url());
+    let (start, end) = (unique("monitor-start"), unique("monitor-end"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        redis::cmd("ECHO")
+            .arg(&start)
+            .query::<String>(&mut markers)
+            .unwrap();
+        if wait_for(&start, &mut seen, &mut Vec::new()).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MONITOR did not attach within 10 s"
+        );
+    }
+
     work.await;
+
+    redis::cmd("ECHO")
+        .arg(&end)
+        .query::<String>(&mut markers)
+        .unwrap();
+    let mut window = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if wait_for(&end, &mut seen, &mut window).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MONITOR never showed the end marker"
+        );
+    }
     let _ = monitor.kill();
     let _ = monitor.wait();
-    reader
-        .join()
-        .unwrap()
+    window
         .into_iter()
         .filter(|l| {
             l.contains(" [")
                 && !l.contains(" lua]")
+                && !l.contains(&start)
                 && !l.to_lowercase().contains("\"ping\"")
                 && !l.contains(":invalidations\"")
         })
         .collect()
+}
+
+/// Collects what MONITOR shows into `lines` until `marker` (an ECHO
+/// argument) comes (true), or nothing more comes for 100 ms (false).
+async fn wait_for(
+    marker: &str,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    lines: &mut Vec<String>,
+) -> bool {
+    let marker = format!("\"{marker}\"");
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(100), seen.recv()).await {
+        if line.contains(&marker) {
+            return true;
+        }
+        lines.push(line);
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_validates_share_script_calls_and_stay_exact() {
+    let test = async {
+        let (redis, app) = server_with_own_redis().await;
+        let mut request = crate::helpers::create_request("owner", &["*"]);
+        request.rate_limits = vec![rate_limit(
+            LIMIT,
+            30 * 86_400_000,
+            RateLimitAlgorithm::FixedWindow,
+        )];
+        let key = app
+            .keys
+            .clone()
+            .create_key(app.authed(request))
+            .await
+            .unwrap()
+            .into_inner()
+            .key;
+        let valid = Arc::new(AtomicUsize::new(0));
+
+        let sent = commands_sent_during(&redis, async {
+            let calls: Vec<_> = (0..CONCURRENT)
+                .map(|_| {
+                    let mut client = app.validation.clone();
+                    let (key, valid) = (key.clone(), valid.clone());
+                    tokio::spawn(async move {
+                        let verdict = client
+                            .validate(pb::ValidateRequest {
+                                key,
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        if verdict.valid {
+                            valid.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.await.unwrap();
+            }
+        })
+        .await;
+
+        let evalshas = sent
+            .iter()
+            .filter(|l| l.to_lowercase().contains("\"evalsha\""))
+            .count();
+        println!(
+            "{CONCURRENT} concurrent Validate calls: {evalshas} EVALSHA ({:.1} decisions per round trip)",
+            CONCURRENT as f64 / evalshas as f64
+        );
+        assert_eq!(valid.load(Ordering::Relaxed), LIMIT as usize, "exact");
+        assert!(evalshas >= 1);
+        assert!(
+            2 * evalshas <= CONCURRENT,
+            "{evalshas} EVALSHA for {CONCURRENT} calls: decisions that arrive together share them"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the test finished within 2 minutes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,24 @@ use crate::error::{Error, Result};
 /// The largest balance or refill a quota may name.
 pub const MAX_QUOTA: i64 = 1_000_000_000_000;
 
+/// Adds `amount` (may be negative) to a balance: floored at 0 and capped at
+/// [`MAX_QUOTA`], so no sequence of additions leaves the range where every
+/// store (and decide.lua's doubles) counts exactly.
+pub fn add_to_balance(balance: i64, amount: i64) -> i64 {
+    balance.saturating_add(amount).clamp(0, MAX_QUOTA)
+}
+
+/// An `add_to_quota` from a request: at most [`MAX_QUOTA`] either way.
+pub fn parse_addition(amount: i64) -> Result<i64> {
+    if amount.checked_abs().is_none_or(|size| size > MAX_QUOTA) {
+        return Err(Error::invalid(
+            "add_to_quota",
+            format!("must be -{MAX_QUOTA} to {MAX_QUOTA} (got {amount})"),
+        ));
+    }
+    Ok(amount)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefillInterval {
@@ -186,6 +204,18 @@ mod tests {
         let stored = old.balance(None, 0);
         let new = Quota::parse(50, 0, None, 2).unwrap();
         assert_eq!(new.balance(Some(stored), 0).balance, 50);
+    }
+
+    #[test]
+    fn additions_are_bounded_and_balances_stay_in_range() {
+        assert_eq!(parse_addition(-MAX_QUOTA).unwrap(), -MAX_QUOTA);
+        assert!(parse_addition(MAX_QUOTA + 1).is_err());
+        assert!(parse_addition(i64::MIN).is_err());
+        assert!(parse_addition(i64::MAX).is_err());
+        assert_eq!(add_to_balance(5, -10), 0);
+        assert_eq!(add_to_balance(MAX_QUOTA, MAX_QUOTA), MAX_QUOTA);
+        assert_eq!(add_to_balance(i64::MAX, i64::MAX), MAX_QUOTA);
+        assert_eq!(add_to_balance(3, 4), 7);
     }
 
     #[test]

@@ -17,6 +17,16 @@ pub const MIN_WINDOW_MS: u64 = 1_000;
 pub const MAX_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
 /// The most limits one key (or owner) may carry.
 pub const MAX_LIMITS: usize = 10;
+/// The longest CheckRateLimit namespace and identifier, in characters.
+pub const MAX_NAMESPACE_CHARS: usize = 64;
+pub const MAX_IDENTIFIER_CHARS: usize = 256;
+/// How much of a refused input an error message quotes, in characters.
+const QUOTED_CHARS: usize = 40;
+
+// The counting algorithms stay exact in IEEE doubles (decide.lua's numbers)
+// because every product they form is below 2^53: limits and costs are below
+// 2^30, windows below 2^42 microseconds (see `ratelimit::algorithms`).
+const _: () = assert!(MAX_LIMIT < 1 << 30 && MAX_WINDOW_MS * 1000 < 1 << 42);
 
 /// How admitted cost is counted; each variant's guarantee is written on it
 /// and in the README.
@@ -50,11 +60,30 @@ impl Algorithm {
 }
 
 /// At most `limit` units of cost per `window_ms`, counted by `algorithm`.
+/// A limit read back from the database or configuration is checked like one
+/// from a request, so the algorithms never see one out of bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedLimit")]
 pub struct Limit {
     pub limit: u32,
     pub window_ms: u64,
     pub algorithm: Algorithm,
+}
+
+/// A limit as stored, before its bounds are checked.
+#[derive(Deserialize)]
+struct UncheckedLimit {
+    limit: u32,
+    window_ms: u64,
+    algorithm: Algorithm,
+}
+
+impl TryFrom<UncheckedLimit> for Limit {
+    type Error = Error;
+
+    fn try_from(raw: UncheckedLimit) -> Result<Limit> {
+        Limit::parse("limit", raw.limit, raw.window_ms, raw.algorithm)
+    }
 }
 
 impl Limit {
@@ -99,6 +128,55 @@ impl fmt::Display for Limit {
             "{}/{}ms ({:?})",
             self.limit, self.window_ms, self.algorithm
         )
+    }
+}
+
+/// What a CheckRateLimit call counts against: a namespace (what kind of
+/// thing, e.g. `login`) and an identifier in it (e.g. an IP address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub namespace: String,
+    pub identifier: String,
+}
+
+impl Subject {
+    /// A namespace of 1 to 64 characters without `:` (it separates the
+    /// namespace from the identifier), and an identifier of 1 to 256.
+    pub fn parse(namespace: &str, identifier: &str) -> Result<Subject> {
+        let namespace_chars = namespace.chars().count();
+        if namespace_chars == 0 || namespace_chars > MAX_NAMESPACE_CHARS || namespace.contains(':')
+        {
+            return Err(Error::invalid(
+                "namespace",
+                format!(
+                    "must be 1 to {MAX_NAMESPACE_CHARS} characters without ':' (got {namespace_chars}: {})",
+                    quoted(namespace)
+                ),
+            ));
+        }
+        let identifier_chars = identifier.chars().count();
+        if identifier_chars == 0 || identifier_chars > MAX_IDENTIFIER_CHARS {
+            return Err(Error::invalid(
+                "identifier",
+                format!(
+                    "must be 1 to {MAX_IDENTIFIER_CHARS} characters (got {identifier_chars}: {})",
+                    quoted(identifier)
+                ),
+            ));
+        }
+        Ok(Subject {
+            namespace: namespace.to_owned(),
+            identifier: identifier.to_owned(),
+        })
+    }
+}
+
+/// A refused input as an error message quotes it: its first characters only,
+/// so that a megabyte of input does not come back in a header.
+fn quoted(raw: &str) -> String {
+    match raw.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{:?}…", &raw[..end]),
+        None => format!("{raw:?}"),
     }
 }
 
@@ -242,6 +320,39 @@ mod tests {
         let same_window = limit(20, 1_000, Algorithm::SlidingWindow);
         assert!(parse_limit_list("rate_limits", vec![a, same_window]).is_err());
         assert!(parse_limit_list("rate_limits", vec![a; 11]).is_err());
+    }
+
+    #[test]
+    fn stored_limits_out_of_bounds_do_not_deserialise() {
+        let good: Limit =
+            serde_json::from_str(r#"{"limit":5,"window_ms":1000,"algorithm":"fixed_window"}"#)
+                .unwrap();
+        assert_eq!(good, limit(5, 1_000, Algorithm::FixedWindow));
+        for bad in [
+            r#"{"limit":0,"window_ms":1000,"algorithm":"fixed_window"}"#,
+            r#"{"limit":5,"window_ms":0,"algorithm":"token_bucket"}"#,
+        ] {
+            assert!(serde_json::from_str::<Limit>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subjects_are_bounded_and_errors_quote_only_the_start_of_the_input() {
+        assert!(Subject::parse("login", "203.0.113.7").is_ok());
+        assert!(Subject::parse("", "x").is_err());
+        assert!(Subject::parse("a:b", "x").is_err());
+        assert!(Subject::parse("x", "").is_err());
+        assert!(Subject::parse(&"n".repeat(MAX_NAMESPACE_CHARS), &"i".repeat(256)).is_ok());
+
+        let huge = "é".repeat(100_000);
+        for error in [
+            Subject::parse(&huge, "x").unwrap_err(),
+            Subject::parse("x", &huge).unwrap_err(),
+        ] {
+            let message = error.to_string();
+            assert!(message.len() < 200, "{} bytes: {message}", message.len());
+            assert!(message.contains("100000"), "{message}");
+        }
     }
 
     #[test]

@@ -1,0 +1,52 @@
+//! The API over HTTP: every unary RPC of our services as a Connect unary
+//! call (JSON or binary protobuf), and gRPC-Web for browser gRPC clients,
+//! both delegated to the same in-process tonic services the gRPC listener
+//! serves.
+
+mod connect;
+pub mod error;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use tonic_web::{GrpcWebLayer, GrpcWebService};
+use tower::{Layer, ServiceExt};
+
+pub use connect::{ConnectionAddrs, GrpcServices, MAX_REQUEST_BYTES};
+
+/// The two protocols a `POST /<service>/<method>` may speak.
+#[derive(Clone)]
+struct Protocols {
+    connect: GrpcServices,
+    grpc_web: GrpcWebService<GrpcServices>,
+}
+
+/// `POST /{service}/{method}`: gRPC-Web by its content type, else Connect.
+pub fn router(services: GrpcServices) -> axum::Router {
+    let protocols = Protocols {
+        grpc_web: GrpcWebLayer::new().layer(services.clone()),
+        connect: services,
+    };
+    axum::Router::new()
+        .route("/{service}/{method}", axum::routing::post(call))
+        .with_state(protocols)
+}
+
+async fn call(State(protocols): State<Protocols>, mut request: Request) -> Response {
+    let grpc_web = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc-web"));
+    if !grpc_web {
+        return connect::unary(protocols.connect, request).await;
+    }
+    if let Some(peer) = connect::peer(request.extensions()) {
+        request.extensions_mut().insert(peer);
+    }
+    protocols
+        .grpc_web
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {})
+        .map(axum::body::Body::new)
+}
