@@ -24,4 +24,5 @@ mod redis_outage;
 mod replicas;
 mod round_trips;
 mod secrets_stay_secret;
+mod seed_import;
 mod validate;
