@@ -3,13 +3,23 @@
 //! does, are listed, changed, revoked and rotated like one, and are imported
 //! once however often the import runs.
 
+use std::net::SocketAddr;
+use std::time::Instant;
+
 use apikeyd::grpc::pb::import_service_client::ImportServiceClient;
+use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
+use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, ImportOutcome, ValidationCode};
 use chrono::{Duration, Utc};
 use sha2::{Digest, Sha256};
 use tonic::Code;
+use tonic::transport::Channel;
 
-use crate::helpers::{TestApp, assert_status, code_of, connect, with_bearer};
+use crate::helpers::{
+    ServerProcess, TestApp, assert_status, code_of, connect, fresh_postgres_database, sample,
+    scrape, with_bearer,
+};
+use crate::limiter_harness::{shared_redis_url, unique};
 use crate::on_every_backend;
 
 /// A key made the seed's way: `sk_live_` and 32 random bytes in hex.
@@ -55,13 +65,23 @@ pub async fn import(
     batches: Vec<Vec<pb::ImportedKey>>,
     dry_run: bool,
 ) -> Result<(Vec<pb::ImportKeyResult>, pb::ImportSummary), tonic::Status> {
-    let mut client = ImportServiceClient::new(connect(app.addr).await);
+    import_at(app.addr, &app.root_key, batches, dry_run).await
+}
+
+/// [`import`] into the server at `addr`, authorised by `root_key`.
+pub async fn import_at(
+    addr: SocketAddr,
+    root_key: &str,
+    batches: Vec<Vec<pb::ImportedKey>>,
+    dry_run: bool,
+) -> Result<(Vec<pb::ImportKeyResult>, pb::ImportSummary), tonic::Status> {
+    let mut client = ImportServiceClient::new(connect(addr).await);
     let requests: Vec<_> = batches
         .into_iter()
         .map(|keys| pb::ImportKeysRequest { keys, dry_run })
         .collect();
     let mut answers = client
-        .import_keys(with_bearer(tokio_stream::iter(requests), &app.root_key))
+        .import_keys(with_bearer(tokio_stream::iter(requests), root_key))
         .await?
         .into_inner();
     let (mut results, mut summary) = (Vec::new(), None);
@@ -256,4 +276,182 @@ on_every_backend! {
         assert!(answers.message().await.unwrap().is_some());
         assert_status(answers.message().await, Code::InvalidArgument, "dry_run");
     }
+}
+
+/// A real `apikeyd serve` process, for tests of metrics and of replicas.
+struct Replica {
+    process: ServerProcess,
+    root_key: String,
+    keys: KeyServiceClient<Channel>,
+    validation: ValidationServiceClient<Channel>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(env: &[(&str, &str)], root_key: Option<&str>) -> Replica {
+        let data_dir = tempfile::tempdir().unwrap();
+        let process = ServerProcess::start(data_dir.path(), env);
+        let root_key = match root_key {
+            Some(key) => key.to_owned(),
+            None => std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        };
+        let channel = connect(process.addr).await;
+        Replica {
+            process,
+            root_key,
+            keys: KeyServiceClient::new(channel.clone()),
+            validation: ValidationServiceClient::new(channel),
+            _data_dir: data_dir,
+        }
+    }
+
+    async fn code(&self, key: &str) -> ValidationCode {
+        let answer = self
+            .validation
+            .clone()
+            .validate(pb::ValidateRequest {
+                key: key.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        code_of(&answer)
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        sample(&scrape(self.process.http_addr).await, series)
+    }
+}
+
+/// Polls `replica` until `key` answers `expected`, for at most `within`;
+/// returns how long it took.
+async fn answered_within(
+    replica: &Replica,
+    key: &str,
+    expected: ValidationCode,
+    within: std::time::Duration,
+) -> std::time::Duration {
+    let started = Instant::now();
+    loop {
+        let code = replica.code(key).await;
+        if code == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still {code:?} after {within:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+const IMPORTED_LOOKUPS: &str =
+    r#"apikeyd_db_duration_seconds_count{operation="find_imported_key"}"#;
+const KEY_LOOKUPS: &str = r#"apikeyd_db_duration_seconds_count{operation="find_key"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_imported_key_costs_one_lookup_and_junk_none() {
+    let server = Replica::start(&[], None).await;
+    let before = (
+        server.metric(IMPORTED_LOOKUPS).await,
+        server.metric(KEY_LOOKUPS).await,
+    );
+
+    for _ in 0..20 {
+        assert_eq!(
+            server.code("sk_live_garbage").await,
+            ValidationCode::Malformed
+        );
+        assert_eq!(
+            server.code("has spaces, so no key of any store").await,
+            ValidationCode::Malformed
+        );
+    }
+    assert_eq!(
+        server.metric(IMPORTED_LOOKUPS).await,
+        before.0,
+        "junk is never looked up"
+    );
+
+    let stranger = seed_key();
+    for _ in 0..20 {
+        assert_eq!(server.code(&stranger).await, ValidationCode::NotFound);
+    }
+
+    assert_eq!(
+        server.metric(IMPORTED_LOOKUPS).await,
+        before.0 + 1.0,
+        "the absent digest is remembered"
+    );
+    assert_eq!(
+        server.metric(KEY_LOOKUPS).await,
+        before.1,
+        "and no id was read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_and_a_revocation_reach_every_replica_at_once() {
+    let database_url = fresh_postgres_database().await;
+    let (redis_url, prefix) = (shared_redis_url(), unique("apikeyd-import"));
+    let env = [
+        ("APIKEYD_DATABASE_URL", database_url.as_str()),
+        ("APIKEYD_REDIS_URL", redis_url.as_str()),
+        ("APIKEYD_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("APIKEYD_REDIS_TIMEOUT_MS", "2000"),
+    ];
+    let a = Replica::start(&env, None).await;
+    let b = Replica::start(&env, Some(&a.root_key)).await;
+    let key = seed_key();
+    // B remembers the digest as absent; its cache would keep that for 60 s.
+    assert_eq!(b.code(&key).await, ValidationCode::NotFound);
+    let bound = std::time::Duration::from_secs(5);
+
+    let (results, _) = import_at(
+        a.process.addr,
+        &a.root_key,
+        vec![vec![imported(&key, "team", &["*"], "k")]],
+        false,
+    )
+    .await
+    .unwrap();
+    let imported_after = answered_within(&b, &key, ValidationCode::Valid, bound).await;
+
+    a.keys
+        .clone()
+        .revoke_key(with_bearer(
+            pb::RevokeKeyRequest {
+                id: results[0].key_id.clone(),
+                owner_id: String::new(),
+            },
+            &a.root_key,
+        ))
+        .await
+        .unwrap();
+    let revoked_after = answered_within(&b, &key, ValidationCode::Revoked, bound).await;
+
+    eprintln!(
+        "replica B saw the import after {imported_after:?}, the revocation after {revoked_after:?}"
+    );
+    assert_eq!(
+        b.keys
+            .clone()
+            .get_key(with_bearer(
+                pb::GetKeyRequest {
+                    id: results[0].key_id.clone()
+                },
+                &b.root_key
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .api_key
+            .unwrap()
+            .prefix,
+        &key[..12]
+    );
 }
