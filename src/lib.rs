@@ -6,10 +6,12 @@
 //! - [`domain`]: the rules, with no I/O: key format and checksum
 //!   ([`domain::key_format`]), scopes ([`domain::scope`]), bounds on key
 //!   settings ([`domain::key_settings`]), limits, tiers and CheckRateLimit
-//!   subjects ([`domain::limit`]), usage quotas ([`domain::quota`]), and the
-//!   validation verdict ([`domain::api_key`]).
+//!   subjects ([`domain::limit`]), usage quotas ([`domain::quota`]), the
+//!   validation verdict ([`domain::api_key`]), and keys of other stores and
+//!   their import ([`domain::legacy_key`], [`domain::import`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
-//!   validate, usage, owner limits) over the store, the hasher and the limiter.
+//!   validate, usage, owner limits, import) over the store, the hasher and the
+//!   limiter; keys imported from another store in `authority::imported_keys`.
 //! - [`secrets`]: argon2id hashing on a bounded pool, keyed digests of
 //!   presented keys, and the memo of verified root-key secrets.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
@@ -18,7 +20,8 @@
 //! - [`key_cache`]: key records (with the digest of their verified secret)
 //!   cached for Validate: per-id generations against loads racing a change,
 //!   a 60 s backstop, the degraded TTL while invalidations may be missed;
-//!   and the guard that caps argon2 runs on wrong secrets.
+//!   imported keys' ids by digest; and the guard that caps argon2 runs on
+//!   wrong secrets.
 //! - [`invalidation`]: cache invalidation between replicas over a Redis
 //!   Stream: appends retried until taken, each replica replaying from its
 //!   last entry and knowing when it may have missed one; staleness bounds in
@@ -33,9 +36,7 @@
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
-//!   tables, JSON Lines) into the authority's import; keys imported are
-//!   found by the SHA-256 of the whole key ([`domain::legacy_key`],
-//!   [`domain::import`], and the authority's `imported_keys`).
+//!   tables, JSON Lines) into the authority's import.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line; [`client`]: the operator's commands
