@@ -703,6 +703,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_absent_digest_is_loaded_once_until_keys_are_imported() {
+        let cache = cache(true);
+        let digest = LegacyDigest::of("sk_live_never_imported_0123456789");
+        let loads = AtomicU32::new(0);
+        let load = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            async { Ok(None) }
+        };
+        for _ in 0..3 {
+            let lookup = cache.imported_or_load(&digest, load).await.unwrap();
+            assert!(lookup.found.is_none());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the absence is cached");
+        cache.evict(&id());
+        cache.imported_or_load(&digest, load).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "a key's eviction leaves digests alone"
+        );
+
+        cache.forget_imported_lookups();
+        let imported = cache
+            .imported_or_load(&digest, || async { Ok(Some((id(), digest))) })
+            .await
+            .unwrap();
+        assert_eq!(
+            imported.found,
+            Some((id(), digest)),
+            "an import ends the absence"
+        );
+    }
+
+    #[tokio::test]
     async fn concurrent_first_calls_of_one_id_load_once() {
         let cache = Arc::new(cache(true));
         let loads = Arc::new(AtomicU32::new(0));
