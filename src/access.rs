@@ -20,7 +20,7 @@ use crate::telemetry::metrics::observe_db;
 pub enum Permission {
     /// GetKey, ListKeys, GetKeyUsage, GetOwnerLimits.
     KeysRead,
-    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits.
+    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits, ImportKeys.
     KeysWrite,
 }
 
