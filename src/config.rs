@@ -52,6 +52,16 @@ pub struct Settings {
     /// Tier name → its limits (file only), e.g.
     /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
     pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
+    pub console: ConsoleSettings,
+}
+
+/// What the web console offers; a `[console]` table in the settings file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// The scopes the create dialog offers as checkboxes (others can still be typed).
+    pub scopes: Vec<String>,
 }
 
 /// One limit of a tier, as written in the settings file.
@@ -110,6 +120,7 @@ impl Default for Settings {
                     (name, limits)
                 })
                 .collect(),
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -167,6 +178,11 @@ impl Settings {
         if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
             problems
                 .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
+        }
+        for scope in &self.console.scopes {
+            if let Err(e) = crate::domain::Scope::parse(scope) {
+                problems.push(format!("console.scopes: {e}"));
+            }
         }
         problems
     }
@@ -359,7 +375,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
 
-    /// Address of the HTTP listener: Prometheus metrics at /metrics and the API over HTTP/JSON [default: 127.0.0.1:8080].
+    /// Address of the HTTP listener: Prometheus metrics at /metrics, the API over HTTP/JSON, and the web console at / [default: 127.0.0.1:8080].
     #[arg(long, env = "APIKEYD_HTTP_ADDR", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
@@ -575,6 +591,28 @@ mod tests {
         );
         let pro = crate::domain::LimitSource::Tier("pro".into());
         assert_eq!(tiers.resolve(&pro)[0].limit, 1_000, "built-in tiers stay");
+    }
+
+    #[test]
+    fn console_scopes_come_from_the_file_and_are_checked() {
+        assert!(Settings::default().console.scopes.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apikeyd.toml");
+        std::fs::write(
+            &file,
+            "[console]\nscopes = [\"posts:read\", \"not a scope\"]\n",
+        )
+        .unwrap();
+        let flags = SettingsArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let settings = Settings::load(&flags).unwrap();
+        assert_eq!(settings.console.scopes, ["posts:read", "not a scope"]);
+        let problems = settings.problems().join("\n");
+        assert!(problems.contains("console.scopes"), "{problems}");
+        assert!(problems.contains("not a scope"), "{problems}");
+        assert!(!problems.contains("posts:read"), "{problems}");
     }
 
     #[test]

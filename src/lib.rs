@@ -35,6 +35,7 @@
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
+//! - [`console`]: the web console, its assets built into the binary.
 //! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
 //!   tables, JSON Lines) into the authority's import.
 //! - [`startup`]: wiring, serving, health, draining.
@@ -47,6 +48,7 @@ pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod grpc;

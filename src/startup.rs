@@ -258,7 +258,8 @@ impl Application {
         let api = self.api_services();
         let http = axum::serve(
             self.http_listener,
-            http_routes(api.clone()).into_make_service_with_connect_info::<ConnectionAddrs>(),
+            http_routes(api.clone(), &self.settings.console)
+                .into_make_service_with_connect_info::<ConnectionAddrs>(),
         )
         .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
@@ -385,10 +386,10 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics and the API over HTTP/JSON
-/// (the web console joins here). Calls over HTTP pass the gRPC metrics layer
-/// like calls over gRPC.
-fn http_routes(api: Routes) -> axum::Router {
+/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
+/// the web console. Calls over HTTP pass the gRPC metrics layer like calls
+/// over gRPC.
+fn http_routes(api: Routes, console: &crate::config::ConsoleSettings) -> axum::Router {
     let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
     axum::Router::new()
         .route(
@@ -396,6 +397,7 @@ fn http_routes(api: Routes) -> axum::Router {
             axum::routing::get(|| async { metrics::prometheus().render() }),
         )
         .merge(crate::http::router(api))
+        .merge(crate::console::routes(console))
 }
 
 /// Redis when a URL is configured, else the in-process store.
