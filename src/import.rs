@@ -36,8 +36,14 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 #[command(group(clap::ArgGroup::new("source").required(true).args(["from_seed", "from_jsonl"])))]
 pub struct ImportArgs {
     /// PostgreSQL URL of a store made by the seed design (its `ApiKey`
-    /// table), read in one read-only transaction.
-    #[arg(long, value_name = "URL")]
+    /// table), read in one read-only transaction. From the environment, a
+    /// password in it stays out of the process list.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "APIKEYD_IMPORT_SEED_URL",
+        hide_env_values = true
+    )]
     pub from_seed: Option<String>,
     /// A file of one JSON object per line: sha256, owner_id, name, scopes,
     /// and optionally prefix, environment, enabled, metadata, tier,
