@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::limit::seed_tiers;
 use crate::domain::{Algorithm, Limit, Tiers};
+use crate::envoy::ratelimit_config::RateLimitConfig;
+use crate::envoy::routes::{RouteRule, RouteTable};
 use crate::ratelimit::FailurePolicy;
 use crate::ratelimit::usage::Retention;
 use crate::secrets::Argon2Cost;
@@ -52,6 +54,13 @@ pub struct Settings {
     /// Tier name → its limits (file only), e.g.
     /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
     pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
+    /// that set no `context_extensions` (file only), e.g.
+    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
+    pub envoy_routes: Vec<RouteRule>,
+    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
+    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
+    pub envoy_ratelimit_config: Option<PathBuf>,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
 }
@@ -120,6 +129,8 @@ impl Default for Settings {
                     (name, limits)
                 })
                 .collect(),
+            envoy_routes: Vec::new(),
+            envoy_ratelimit_config: None,
             console: ConsoleSettings::default(),
         }
     }
@@ -174,6 +185,14 @@ impl Settings {
         }
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
+        }
+        if let Err(e) = RouteTable::parse(&self.envoy_routes) {
+            problems.push(format!("{e}"));
+        }
+        if let Some(path) = &self.envoy_ratelimit_config {
+            if let Err(e) = RateLimitConfig::load(path) {
+                problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
         }
         if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
             problems
@@ -494,6 +513,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_DEFAULT_TIER", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
+
+    /// envoyproxy/ratelimit's YAML configuration (a file, or a directory of .yaml files) for Envoy's ShouldRateLimit; reloaded when it changes [default: none].
+    #[arg(long, env = "APIKEYD_ENVOY_RATELIMIT_CONFIG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_ratelimit_config: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -548,6 +572,29 @@ mod tests {
         assert!(!problems.contains("hunter2"), "{problems}");
         assert!(!settings.describe().contains("hunter2"));
         assert!(Settings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn a_bad_envoy_ratelimit_file_is_a_problem_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rl.yaml");
+        std::fs::write(
+            &file,
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            envoy_ratelimit_config: Some(file.clone()),
+            ..Settings::default()
+        };
+        let problems = settings.problems().join("\n");
+        assert!(
+            problems.contains(&format!(
+                "envoy_ratelimit_config: {}:5: invalid rate limit unit 'fortnight'",
+                file.display()
+            )),
+            "{problems}"
+        );
     }
 
     #[test]

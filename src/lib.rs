@@ -33,6 +33,10 @@
 //!   one script call) or in-process; waits bounded by the caller's deadline,
 //!   and the failure policy for real Redis outages.
 //! - [`grpc`]: generated protobuf types and the thin tonic services.
+//! - [`envoy`]: Envoy's ext_authz (`Authorization/Check`, over the same
+//!   validate use case) and an envoyproxy/ratelimit drop-in (`ShouldRateLimit`,
+//!   their YAML format, decided by the limiter), with the protos vendored in
+//!   `proto/third_party`.
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`console`]: the web console, its assets built into the binary.
@@ -50,6 +54,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod domain;
+pub mod envoy;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -22,6 +22,13 @@ use crate::access::RootKeyGate;
 use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
 use crate::config::Settings;
 use crate::domain::{Scope, ScopeSet};
+use crate::envoy;
+use crate::envoy::ext_authz::ExtAuthzApi;
+use crate::envoy::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::envoy::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServer;
+use crate::envoy::rate_limit_service::EnvoyRateLimitApi;
+use crate::envoy::ratelimit_source::RateLimitConfigSource;
+use crate::envoy::routes::RouteTable;
 use crate::grpc::pb::import_service_server::ImportServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
@@ -52,11 +59,13 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 6] = [
     "apikeyd.v1.ImportService",
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.ValidationService",
+    "envoy.service.auth.v3.Authorization",
+    "envoy.service.ratelimit.v3.RateLimitService",
 ];
 /// The health name for liveness probes.
 pub const LIVENESS: &str = "liveness";
@@ -78,6 +87,10 @@ pub struct Application {
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
     limiter: Arc<RateLimiter>,
+    /// Scopes and cost of ext_authz requests whose route names none.
+    envoy_routes: Arc<RouteTable>,
+    /// envoyproxy/ratelimit's configuration, when one is given.
+    envoy_ratelimit: Option<Arc<RateLimitConfigSource>>,
 }
 
 impl Application {
@@ -168,6 +181,11 @@ impl Application {
             .publishing_to(invalidation_bus.clone()),
         );
         let gate = RootKeyGate::new(db.clone(), hasher);
+        let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
+        let envoy_ratelimit = match &settings.envoy_ratelimit_config {
+            Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
+            None => None,
+        };
         Ok(Application {
             settings,
             listener,
@@ -180,6 +198,8 @@ impl Application {
             limiter,
             key_cache,
             invalidation_bus,
+            envoy_routes,
+            envoy_ratelimit,
         })
     }
 
@@ -210,10 +230,12 @@ impl Application {
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
@@ -226,6 +248,9 @@ impl Application {
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
         ];
+        if let Some(source) = &self.envoy_ratelimit {
+            background.push(tokio::spawn(source.clone().watch()));
+        }
         let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
             background.push(tokio::spawn(
                 bus.clone()
@@ -275,6 +300,15 @@ impl Application {
             .add_service(ImportServiceServer::new(ImportApi {
                 authority: self.authority.clone(),
                 gate: self.gate.clone(),
+            }))
+            // Envoy's services: gRPC only (Envoy speaks nothing else to them).
+            .add_service(AuthorizationServer::new(ExtAuthzApi {
+                authority: self.authority.clone(),
+                routes: self.envoy_routes.clone(),
+            }))
+            .add_service(EnvoyRateLimitServer::new(EnvoyRateLimitApi {
+                limiter: self.limiter.clone(),
+                config: self.envoy_ratelimit.clone(),
             }))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.

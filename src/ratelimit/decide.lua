@@ -12,9 +12,11 @@
 -- KEYS: per decision, one per limit, then its quota key if it has a quota.
 -- All keys share one cluster slot.
 --
--- ARGV: the number of decisions, then per decision: cost, charge (1 or 0: peek
---   only), number of limits n, then n x (algorithm "s"|"f"|"t", limit, window
---   in microseconds), then has_quota, version, seed, refill_amount,
+-- ARGV: the number of decisions, then per decision: the quota's cost, charge
+--   (1 or 0: peek only), number of limits n, then n x (algorithm "s"|"f"|"t",
+--   limit, window in microseconds, the limit's own cost, enforcement "e"
+--   (over it refuses) | "s" (never refuses) | "c" (refuses when every "c"
+--   limit is over)), then has_quota, version, seed, refill_amount,
 --   refill_interval (0 none, 1 day, 2 month), amount to add to the balance
 --   (UpdateKey's add_to_quota; 0 otherwise).
 -- Returns per decision: verdict (0 admitted, 1 rate limited, 2 quota exceeded,
@@ -169,15 +171,23 @@ for _ = 1, tonumber(ARGV[1]) do
   if not charge then verdict = 3 end
   local results = {}
   local commits = {}
+  local collective, collective_over = 0, 0
   for i = 1, n do
     local alg, limit, w = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    a = a + 3
-    local allowed, remaining, reset, retry, commit = algorithms[alg](KEYS[k], limit, w, cost)
+    local own_cost, enforcement = tonumber(ARGV[a + 3]), ARGV[a + 4]
+    a = a + 5
+    local allowed, remaining, reset, retry, commit = algorithms[alg](KEYS[k], limit, w, own_cost)
     k = k + 1
-    if not allowed and verdict == 0 then verdict = 1 end
+    if enforcement == 'c' then
+      collective = collective + 1
+      if not allowed then collective_over = collective_over + 1 end
+    elseif enforcement == 'e' and not allowed and verdict == 0 then
+      verdict = 1
+    end
     commits[i] = commit
     results[i] = { allowed and 1 or 0, remaining, reset, retry }
   end
+  if verdict == 0 and collective > 0 and collective_over == collective then verdict = 1 end
 
   local balance = -1
   if ARGV[a] == '1' then
@@ -207,7 +217,10 @@ for _ = 1, tonumber(ARGV[1]) do
   a = a + 6
 
   if verdict == 0 then
-    for i = 1, n do commits[i]() end
+    -- A shadow or collective limit that is over is not charged.
+    for i = 1, n do
+      if results[i][1] == 1 then commits[i]() end
+    end
   end
 
   out[#out + 1] = verdict

@@ -30,7 +30,8 @@ use tracing::Instrument;
 use super::Keyspace;
 use super::imported_usage::ImportedUsage;
 use super::store::{
-    Decision, LimitStatus, Outcome, QuotaCheck, RateLimitStore, UsageRecord, Verdict,
+    Decision, Enforcement, LimitCharge, LimitStatus, Outcome, QuotaCheck, RateLimitStore,
+    UsageRecord, Verdict,
 };
 use super::usage::{Granularity, KeyUsage, RequestContext, Retention};
 use crate::domain::import::UsageHistory;
@@ -112,6 +113,16 @@ pub struct KeyCall<'a> {
     pub answer_by: Option<Instant>,
 }
 
+/// One counted limit of a ShouldRateLimit request.
+pub struct DescriptorLimit<'a> {
+    /// The descriptor's identity within its domain (its counter's name).
+    pub counter: &'a str,
+    pub limit: Limit,
+    /// What this request takes from it (0 looks only).
+    pub hits: u32,
+    pub enforcement: Enforcement,
+}
+
 /// The limiter's answer to a [`KeyCall`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyVerdict {
@@ -175,14 +186,13 @@ impl RateLimiter {
                 quota_balance: None,
             });
         }
-        let own = call
-            .own_limits
-            .iter()
-            .map(|l| (self.keyspace.key_limit(owner, &key.id, l), *l));
+        let own = call.own_limits.iter().map(|l| {
+            LimitCharge::enforced(self.keyspace.key_limit(owner, &key.id, l), *l, call.cost)
+        });
         let shared = call
             .owner_limits
             .iter()
-            .map(|l| (self.keyspace.owner_limit(owner, l), *l));
+            .map(|l| LimitCharge::enforced(self.keyspace.owner_limit(owner, l), *l, call.cost));
         let decision = Decision {
             limits: own.chain(shared).collect(),
             cost: call.cost,
@@ -278,7 +288,11 @@ impl RateLimiter {
         answer_by: Option<Instant>,
     ) -> Result<LimitStatus> {
         let decision = Decision {
-            limits: vec![(self.keyspace.subject_limit(subject, &limit), limit)],
+            limits: vec![LimitCharge::enforced(
+                self.keyspace.subject_limit(subject, &limit),
+                limit,
+                cost,
+            )],
             cost,
             charge: true,
             quota: None,
@@ -318,6 +332,52 @@ impl RateLimiter {
                 waited_ms: millis(started.elapsed()),
             }),
         }
+    }
+
+    /// ShouldRateLimit's part: the counted limits of one request's
+    /// descriptors in `domain` (all in the domain's slot), each charged its
+    /// own hits, decided at once; `charge` false only looks (the request was
+    /// refused before counting). Returns one status per limit and the store's
+    /// clock. A limit left uncharged reports what it has left without this
+    /// request's hits.
+    pub async fn descriptors(
+        &self,
+        domain: &str,
+        limits: &[DescriptorLimit<'_>],
+        charge: bool,
+        answer_by: Option<Instant>,
+    ) -> Result<(Vec<LimitStatus>, i64)> {
+        let charges = limits
+            .iter()
+            .map(|l| LimitCharge {
+                key: self.keyspace.descriptor_limit(domain, l.counter, &l.limit),
+                limit: l.limit,
+                cost: l.hits,
+                enforcement: l.enforcement,
+            })
+            .collect();
+        let decision = Decision {
+            limits: charges,
+            cost: 0,
+            charge,
+            quota: None,
+            usage: None,
+        };
+        let (outcome, _) = self.decide(decision, answer_by).await?;
+        let charged = outcome.verdict == Verdict::Admitted;
+        let statuses = limits
+            .iter()
+            .zip(outcome.limits)
+            .map(|(l, mut status)| {
+                // The stores report an admitting limit's remaining as if it
+                // were charged; exact to add back for all three algorithms.
+                if status.allowed && !charged {
+                    status.remaining = status.remaining.saturating_add(l.hits).min(l.limit.limit);
+                }
+                status
+            })
+            .collect();
+        Ok((statuses, outcome.now_us))
     }
 
     /// Writes usage the store gathered in the background (validations with
@@ -503,10 +563,10 @@ impl RateLimiter {
         let limits = decision
             .limits
             .iter()
-            .map(|(_, limit)| LimitStatus {
-                limit: *limit,
+            .map(|charge| LimitStatus {
+                limit: charge.limit,
                 allowed: !refuse,
-                remaining: if refuse { 0 } else { limit.limit },
+                remaining: if refuse { 0 } else { charge.limit.limit },
                 reset_at_us: now_us + if refuse { CLOSED_RETRY_AFTER_US } else { 0 },
                 retry_after_us: if refuse { CLOSED_RETRY_AFTER_US } else { 0 },
             })

@@ -57,12 +57,13 @@ impl State {
         let evaluations: Vec<_> = decision
             .limits
             .iter()
-            .map(|(key, limit)| {
-                let state = match self.limits.get(key) {
+            .map(|charge| {
+                let state = match self.limits.get(&charge.key) {
                     Some((state, expires)) if *expires > now => *state,
                     _ => LimitState::Empty,
                 };
-                (key, limit, evaluate(limit, state, now, decision.cost))
+                let evaluation = evaluate(&charge.limit, state, now, charge.cost);
+                (&charge.key, &charge.limit, evaluation)
             })
             .collect();
         let limits: Vec<LimitStatus> = evaluations
@@ -75,7 +76,7 @@ impl State {
                 retry_after_us: e.retry_after_us,
             })
             .collect();
-        let mut verdict = verdict(decision.charge, &limits);
+        let mut verdict = verdict(decision.charge, &decision.limits, &limits);
         let mut quota_balance = None;
         if let Some(check) = &decision.quota {
             let mut state = check
@@ -93,7 +94,8 @@ impl State {
             quota_balance = Some(state.balance);
         }
         if verdict == Verdict::Admitted {
-            for (key, _, e) in &evaluations {
+            // A shadow or collective limit that is over is not charged.
+            for (key, _, e) in evaluations.iter().filter(|(_, _, e)| e.allowed) {
                 self.limits
                     .insert((*key).clone(), (e.next, e.expires_at_us));
             }
@@ -204,7 +206,7 @@ impl RateLimitStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::domain::Quota;
-    use crate::ratelimit::store::QuotaCheck;
+    use crate::ratelimit::store::{Enforcement, LimitCharge, QuotaCheck};
 
     fn add(amount: i64) -> Arc<Decision> {
         Arc::new(Decision {
@@ -228,5 +230,102 @@ mod tests {
         }
         let balance = store.decide(add(0)).await.unwrap().quota_balance;
         assert_eq!(balance, Some(crate::domain::quota::MAX_QUOTA));
+    }
+
+    fn charge(key: &str, limit: u32, cost: u32, enforcement: Enforcement) -> LimitCharge {
+        LimitCharge {
+            key: key.into(),
+            limit: crate::domain::Limit {
+                limit,
+                window_ms: 30 * 86_400_000,
+                algorithm: crate::domain::Algorithm::FixedWindow,
+            },
+            cost,
+            enforcement,
+        }
+    }
+
+    fn limits(charges: Vec<LimitCharge>) -> Arc<Decision> {
+        Arc::new(Decision {
+            limits: charges,
+            cost: 0,
+            charge: true,
+            quota: None,
+            usage: None,
+        })
+    }
+
+    fn remaining(outcome: &Outcome) -> Vec<u32> {
+        outcome.limits.iter().map(|l| l.remaining).collect()
+    }
+
+    #[tokio::test]
+    async fn each_limit_is_charged_its_own_cost() {
+        let store = MemoryStore::default();
+        let both = || {
+            limits(vec![
+                charge("a", 5, 3, Enforcement::Enforced),
+                charge("b", 5, 0, Enforcement::Enforced),
+            ])
+        };
+        let first = store.decide(both()).await.unwrap();
+        let second = store.decide(both()).await.unwrap();
+        assert_eq!(
+            (first.verdict, remaining(&first)),
+            (Verdict::Admitted, vec![2, 5])
+        );
+        assert_eq!(
+            second.verdict,
+            Verdict::RateLimited,
+            "3 more do not fit in a"
+        );
+        let peek = store
+            .decide(limits(vec![charge("a", 5, 0, Enforcement::Enforced)]))
+            .await
+            .unwrap();
+        assert_eq!(remaining(&peek), [2], "the refusal charged nothing");
+    }
+
+    #[tokio::test]
+    async fn a_shadow_limit_never_refuses_and_over_it_is_not_charged() {
+        let store = MemoryStore::default();
+        let request = || {
+            limits(vec![
+                charge("s", 1, 1, Enforcement::Shadow),
+                charge("e", 9, 1, Enforcement::Enforced),
+            ])
+        };
+        store.decide(request()).await.unwrap();
+        let over = store.decide(request()).await.unwrap();
+        assert_eq!(over.verdict, Verdict::Admitted);
+        assert!(!over.limits[0].allowed);
+        assert_eq!(
+            remaining(&over),
+            [0, 7],
+            "the enforced limit was charged, the shadow one not"
+        );
+    }
+
+    #[tokio::test]
+    async fn collective_limits_refuse_only_when_all_are_over() {
+        let store = MemoryStore::default();
+        let request = || {
+            limits(vec![
+                charge("c1", 1, 1, Enforcement::Collective),
+                charge("c2", 2, 1, Enforcement::Collective),
+            ])
+        };
+        let verdicts: Vec<Verdict> = [
+            store.decide(request()).await.unwrap(),
+            store.decide(request()).await.unwrap(),
+            store.decide(request()).await.unwrap(),
+        ]
+        .iter()
+        .map(|o| o.verdict)
+        .collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Admitted, Verdict::Admitted, Verdict::RateLimited]
+        );
     }
 }

@@ -13,9 +13,9 @@
 //! - [`batch`]: decisions that arrive together share one `EVALSHA`.
 //!
 //! Storage keys are named by [`Keyspace`]: `<prefix>:{<tag>}:<rest>`, where
-//! the tag is what one decision shares (a key's owner, or a
-//! CheckRateLimit namespace and identifier), so on a Redis Cluster all keys
-//! of one decision hash to one slot.
+//! the tag is what one decision shares (a key's owner, a CheckRateLimit
+//! namespace and identifier, or a ShouldRateLimit domain), so on a Redis
+//! Cluster all keys of one decision hash to one slot.
 
 pub mod algorithms;
 pub mod batch;
@@ -27,8 +27,10 @@ pub mod store;
 pub mod usage;
 pub mod usage_buffer;
 
-pub use limiter::{FailurePolicy, KeyCall, KeyVerdict, LimiterSettings, RateLimiter, tightest};
-pub use store::{LimitStatus, Verdict};
+pub use limiter::{
+    DescriptorLimit, FailurePolicy, KeyCall, KeyVerdict, LimiterSettings, RateLimiter, tightest,
+};
+pub use store::{Enforcement, LimitStatus, Verdict};
 
 use crate::domain::limit::Subject;
 use crate::domain::{KeyId, Limit};
@@ -77,6 +79,16 @@ impl Keyspace {
         self.key(
             &owner_tag(owner_id),
             &Self::limit_rest(&format!("k:{key}:"), limit),
+        )
+    }
+
+    /// A ShouldRateLimit counter, tagged by its domain so that every
+    /// descriptor of one request is in one slot (a busy domain is one
+    /// shard's load). Like a key's, its value is not part of the name.
+    fn descriptor_limit(&self, domain: &str, counter: &str, limit: &Limit) -> String {
+        self.key(
+            &format!("e:{domain}"),
+            &format!("{}:{counter}", Self::limit_rest("", limit)),
         )
     }
 

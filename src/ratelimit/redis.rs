@@ -254,12 +254,14 @@ fn encode(invocation: &mut ScriptInvocation<'_>, decision: &Decision) {
         .arg(decision.cost)
         .arg(u8::from(decision.charge))
         .arg(decision.limits.len());
-    for (key, limit) in &decision.limits {
+    for charge in &decision.limits {
         invocation
-            .key(key)
-            .arg(limit.algorithm.code())
-            .arg(limit.limit)
-            .arg(limit.window_us());
+            .key(&charge.key)
+            .arg(charge.limit.algorithm.code())
+            .arg(charge.limit.limit)
+            .arg(charge.limit.window_us())
+            .arg(charge.cost)
+            .arg(charge.enforcement.code());
     }
     match &decision.quota {
         Some(check) => {
@@ -288,7 +290,7 @@ impl RateLimitStore for RedisStore {
                 self.shared.buffer.add(usage, usage.code);
             }
             return Ok(Outcome {
-                verdict: verdict(decision.charge, &[]),
+                verdict: verdict(decision.charge, &[], &[]),
                 now_us: chrono::Utc::now().timestamp_micros(),
                 limits: Vec::new(),
                 quota_balance: None,
@@ -542,8 +544,8 @@ fn parse_outcomes(decisions: &[&Decision], reply: &[i64]) -> Result<Vec<Outcome>
             .limits
             .iter()
             .zip(own[3..].chunks(4))
-            .map(|((_, limit), r)| LimitStatus {
-                limit: *limit,
+            .map(|(charge, r)| LimitStatus {
+                limit: charge.limit,
                 allowed: r[0] == 1,
                 remaining: r[1].clamp(0, i64::from(u32::MAX)) as u32,
                 reset_at_us: r[2],

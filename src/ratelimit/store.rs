@@ -17,8 +17,9 @@ use crate::domain::{Limit, Quota, ValidationCode};
 /// [`super::Keyspace`]), so on a Redis Cluster they live in one slot.
 #[derive(Clone, Debug)]
 pub struct Decision {
-    /// Each limit with the storage key of its state.
-    pub limits: Vec<(String, Limit)>,
+    /// Each limit with the storage key of its state and what it is charged.
+    pub limits: Vec<LimitCharge>,
+    /// What the quota is charged.
     pub cost: u32,
     /// False to evaluate without charging (the request was already refused).
     pub charge: bool,
@@ -37,8 +38,58 @@ impl Decision {
     pub fn first_key(&self) -> Option<&str> {
         self.limits
             .first()
-            .map(|(key, _)| key.as_str())
+            .map(|l| l.key.as_str())
             .or(self.quota.as_ref().map(|q| q.key.as_str()))
+    }
+}
+
+/// One limit of a decision: the storage key of its state, what this request
+/// takes from it, and how it weighs on the decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitCharge {
+    pub key: String,
+    pub limit: Limit,
+    /// Its own: a ShouldRateLimit descriptor has its own `hits_addend` (0
+    /// looks without taking anything).
+    pub cost: u32,
+    pub enforcement: Enforcement,
+}
+
+impl LimitCharge {
+    /// A limit that refuses the decision when over: every limit of a key,
+    /// CheckRateLimit's.
+    pub fn enforced(key: String, limit: Limit, cost: u32) -> LimitCharge {
+        LimitCharge {
+            key,
+            limit,
+            cost,
+            enforcement: Enforcement::Enforced,
+        }
+    }
+}
+
+/// How a limit that is over weighs on its decision. Whatever refuses the
+/// decision, nothing is charged; when it is admitted, a limit that is over
+/// (only a `Shadow` or `Collective` one can be) is not charged either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Refuses the decision.
+    Enforced,
+    /// Never refuses (envoyproxy/ratelimit's `shadow_mode`).
+    Shadow,
+    /// Refuses only when every `Collective` limit of the decision is over
+    /// (envoyproxy/ratelimit's `quota_mode`).
+    Collective,
+}
+
+impl Enforcement {
+    /// Its letter in `decide.lua`'s arguments.
+    pub fn code(self) -> &'static str {
+        match self {
+            Enforcement::Enforced => "e",
+            Enforcement::Shadow => "s",
+            Enforcement::Collective => "c",
+        }
     }
 }
 
@@ -193,14 +244,25 @@ pub trait RateLimitStore: Send + Sync {
     fn is_remote(&self) -> bool;
 }
 
-/// Turns a decision's per-limit results into an outcome's verdict.
-pub fn verdict(charge: bool, limits: &[LimitStatus]) -> Verdict {
+/// Turns a decision's per-limit results (one per `charges`, in order) into
+/// an outcome's verdict, as `decide.lua` does: refused when an enforced
+/// limit is over, or every collective one (if any) is.
+pub fn verdict(charge: bool, charges: &[LimitCharge], limits: &[LimitStatus]) -> Verdict {
+    let over = |kind: Enforcement| {
+        charges
+            .iter()
+            .zip(limits)
+            .filter(move |(c, _)| c.enforcement == kind)
+            .map(|(_, l)| !l.allowed)
+    };
+    let mut collective = over(Enforcement::Collective).peekable();
+    let all_collective_over = collective.peek().is_some() && collective.all(|over| over);
     if !charge {
         Verdict::NotCharged
-    } else if limits.iter().all(|l| l.allowed) {
-        Verdict::Admitted
-    } else {
+    } else if over(Enforcement::Enforced).any(|over| over) || all_collective_over {
         Verdict::RateLimited
+    } else {
+        Verdict::Admitted
     }
 }
 

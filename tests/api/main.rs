@@ -1,6 +1,7 @@
 //! Integration tests: a real server over real gRPC on a loopback port, on
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
+mod envoy_harness;
 mod helpers;
 mod limiter_harness;
 
@@ -8,6 +9,8 @@ mod access;
 mod bad_input;
 mod busy_replicas;
 mod cli;
+mod envoy_ext_authz;
+mod envoy_ratelimit;
 mod hot_path;
 mod http_json;
 mod imported_keys;
