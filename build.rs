@@ -7,12 +7,14 @@
 
 use std::{env, error::Error, path::PathBuf};
 
-const PROTOS: [&str; 6] = [
+const PROTOS: [&str; 8] = [
     "proto/apikeyd/v1/api_key.proto",
+    "proto/apikeyd/v1/audit_service.proto",
     "proto/apikeyd/v1/import_service.proto",
     "proto/apikeyd/v1/key_service.proto",
     "proto/apikeyd/v1/rate_limit.proto",
     "proto/apikeyd/v1/rate_limit_service.proto",
+    "proto/apikeyd/v1/root_key_service.proto",
     "proto/apikeyd/v1/validation_service.proto",
 ];
 

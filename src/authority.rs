@@ -6,7 +6,7 @@
 
 mod imported_keys;
 
-pub use imported_keys::{ImportRow, ImportRun, ImportSummary};
+pub use imported_keys::{ImportActor, ImportRow, ImportRun, ImportSummary};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,10 +14,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use subtle::ConstantTimeEq;
 
+use crate::access::{key_out_of_reach, require_owner};
+use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::ExpiryChange;
 use crate::domain::{
     self, ApiKey, Environment, GeneratedKey, KeyId, KeyKind, LimitSource, PresentedKey, Quota,
-    Scope, ScopeSet, Tiers, ValidationCode,
+    RootKey, Scope, ScopeSet, Tiers, ValidationCode,
 };
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
@@ -28,7 +30,6 @@ use crate::ratelimit::{KeyCall, LimitStatus, RateLimiter};
 use crate::secrets::SecretHasher;
 use crate::store::{
     Expiry, IMPORTED_SECRET_HASH, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow,
-    NewRootKeyRow,
 };
 use crate::telemetry::metrics::observe_db;
 
@@ -162,7 +163,14 @@ impl KeyAuthority {
         &self.tiers
     }
 
-    pub async fn create_key(&self, new: NewKey) -> Result<IssuedKey> {
+    /// Issues a key for an owner `caller` reaches; the event records its id.
+    pub async fn create_key(
+        &self,
+        caller: &RootKey,
+        new: NewKey,
+        audit: &mut AuditEvent,
+    ) -> Result<IssuedKey> {
+        require_owner(caller, &new.owner_id)?;
         let generated = GeneratedKey::generate(new.environment.key_kind());
         let row = NewKeyRow {
             id: generated.id.clone(),
@@ -183,12 +191,14 @@ impl KeyAuthority {
                 ..q
             }),
         };
+        audit.set_key(&generated.id);
         let api_key = observe_db(
             "create_key",
             self.store.create_within_owner_limit(
                 row,
                 self.max_active_keys_per_owner,
                 domain::now(),
+                audit,
             ),
         )
         .await?;
@@ -198,12 +208,47 @@ impl KeyAuthority {
         })
     }
 
-    pub async fn get_key(&self, id: &KeyId) -> Result<ApiKey> {
-        let key = observe_db("get_key", self.store.get(id)).await?;
+    pub async fn get_key(&self, caller: &RootKey, id: &KeyId) -> Result<ApiKey> {
+        let key = self.reachable_key(caller, id, None).await?;
         Ok(self.with_live_quota(key).await)
     }
 
-    pub async fn list_keys(&self, query: ListQuery) -> Result<(Vec<ApiKey>, Option<ListCursor>)> {
+    /// The key `id`, if `caller` reaches its owner (recording the owner in
+    /// `audit`). A root key that reaches every owner learns that an id does
+    /// not exist; a scoped one gets one answer for "not yours" and "no such
+    /// key", so it cannot probe other owners' ids.
+    async fn reachable_key(
+        &self,
+        caller: &RootKey,
+        id: &KeyId,
+        audit: Option<&mut AuditEvent>,
+    ) -> Result<ApiKey> {
+        match observe_db("get_key", self.store.get(id)).await {
+            Ok(key) => {
+                if let Some(audit) = audit {
+                    audit.set_owner(&key.owner_id);
+                }
+                if caller.reaches_owner(&key.owner_id) {
+                    Ok(key)
+                } else {
+                    Err(key_out_of_reach(caller, id, true))
+                }
+            }
+            Err(Error::KeyNotFound { .. }) => Err(key_out_of_reach(caller, id, false)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// One page of the keys `caller` reaches.
+    pub async fn list_keys(
+        &self,
+        caller: &RootKey,
+        mut query: ListQuery,
+    ) -> Result<(Vec<ApiKey>, Option<ListCursor>)> {
+        if let Some(owner_id) = &query.owner_id {
+            require_owner(caller, owner_id)?;
+        }
+        query.scope = caller.owner_scope.clone();
         let (keys, next) = observe_db("list_keys", self.store.list(query, domain::now())).await?;
         let mut live = Vec::with_capacity(keys.len());
         for key in keys {
@@ -216,10 +261,13 @@ impl KeyAuthority {
     /// limiter, and a key that has a quota).
     pub async fn update_key(
         &self,
+        caller: &RootKey,
         id: &KeyId,
         mut changes: KeyChanges,
         quota: Option<QuotaChange>,
+        audit: &mut AuditEvent,
     ) -> Result<ApiKey> {
+        let current = self.reachable_key(caller, id, Some(audit)).await?;
         let mut add = None;
         match quota {
             None => {}
@@ -232,11 +280,7 @@ impl KeyAuthority {
             Some(QuotaChange::Remove) => changes.quota = Some(None),
             Some(QuotaChange::Add(amount)) => {
                 let amount = domain::quota::parse_addition(amount)?;
-                if observe_db("get_key", self.store.get(id))
-                    .await?
-                    .quota
-                    .is_none()
-                {
+                if current.quota.is_none() {
                     return Err(Error::invalid(
                         "add_to_quota",
                         "the key has no quota to add to; set one with `quota`",
@@ -245,8 +289,11 @@ impl KeyAuthority {
                 add = Some(amount);
             }
         }
-        let mut key =
-            observe_db("update_key", self.store.update(id, changes, domain::now())).await?;
+        let mut key = observe_db(
+            "update_key",
+            self.store.update(id, changes, domain::now(), audit),
+        )
+        .await?;
         self.key_changed(id);
         if let Some(amount) = add {
             let balance = self.limiter.add_to_quota(&key, amount).await?;
@@ -258,8 +305,29 @@ impl KeyAuthority {
         Ok(self.with_live_quota(key).await)
     }
 
-    pub async fn revoke_key(&self, id: &KeyId, owner_id: Option<&str>) -> Result<ApiKey> {
-        let key = observe_db("revoke_key", self.store.revoke(id, owner_id, domain::now())).await?;
+    pub async fn revoke_key(
+        &self,
+        caller: &RootKey,
+        id: &KeyId,
+        owner_id: Option<&str>,
+        audit: &mut AuditEvent,
+    ) -> Result<ApiKey> {
+        let reach = |key: &ApiKey| {
+            if caller.reaches_owner(&key.owner_id) {
+                Ok(())
+            } else {
+                Err(key_out_of_reach(caller, id, true))
+            }
+        };
+        let revoked = observe_db(
+            "revoke_key",
+            self.store.revoke(id, owner_id, domain::now(), audit, reach),
+        )
+        .await;
+        let key = match revoked {
+            Err(Error::KeyNotFound { .. }) => return Err(key_out_of_reach(caller, id, false)),
+            other => other?,
+        };
         self.key_changed(id);
         Ok(self.with_live_quota(key).await)
     }
@@ -278,20 +346,28 @@ impl KeyAuthority {
     }
 
     /// The limits all of `owner_id`'s keys share.
-    pub async fn owner_limits(&self, owner_id: &str) -> Result<Option<LimitSource>> {
+    pub async fn owner_limits(
+        &self,
+        caller: &RootKey,
+        owner_id: &str,
+    ) -> Result<Option<LimitSource>> {
+        require_owner(caller, owner_id)?;
         observe_db("owner_limits", self.store.owner_limits(owner_id)).await
     }
 
     /// Sets (or with `None`, removes) the limits all of `owner_id`'s keys share.
     pub async fn set_owner_limits(
         &self,
+        caller: &RootKey,
         owner_id: &str,
         limits: Option<LimitSource>,
+        audit: &AuditEvent,
     ) -> Result<()> {
+        require_owner(caller, owner_id)?;
         observe_db(
             "set_owner_limits",
             self.store
-                .set_owner_limits(owner_id, limits.as_ref(), domain::now()),
+                .set_owner_limits(owner_id, limits.as_ref(), domain::now(), audit),
         )
         .await?;
         self.keys.evict_owner(owner_id);
@@ -303,12 +379,13 @@ impl KeyAuthority {
     /// the 24 buckets up to now), and its recent requests.
     pub async fn key_usage(
         &self,
+        caller: &RootKey,
         id: &KeyId,
         granularity: Granularity,
         start: Option<DateTime<Utc>>,
         end: Option<DateTime<Utc>>,
     ) -> Result<KeyUsage> {
-        let key = observe_db("get_key", self.store.get(id)).await?;
+        let key = self.reachable_key(caller, id, None).await?;
         let size = granularity.seconds();
         let last = end.unwrap_or_else(Utc::now).timestamp().div_euclid(size);
         let first = start.map_or(last - 23, |s| s.timestamp().div_euclid(size));
@@ -336,17 +413,25 @@ impl KeyAuthority {
 
     /// A new key with the old one's settings; the old key keeps validating
     /// for `grace` (zero revokes it at once).
-    pub async fn rotate_key(&self, id: &KeyId, grace: Duration) -> Result<(IssuedKey, ApiKey)> {
+    pub async fn rotate_key(
+        &self,
+        caller: &RootKey,
+        id: &KeyId,
+        grace: Duration,
+        audit: &mut AuditEvent,
+    ) -> Result<(IssuedKey, ApiKey)> {
         if grace < Duration::zero() || grace > MAX_ROTATION_GRACE {
             return Err(Error::invalid(
                 "grace_period",
                 "must be between 0 and 7 days",
             ));
         }
-        let current = self.get_key(id).await?;
+        let current = self.reachable_key(caller, id, Some(audit)).await?;
+        let current = self.with_live_quota(current).await;
         let generated = GeneratedKey::generate(current.environment.key_kind());
         let secret_hash = self.hasher.hash(&generated.secret).await?;
         let (new_id, prefix) = (generated.id.clone(), generated.display_prefix());
+        audit.set_field("new_key_id", new_id.as_str());
         let now = domain::now();
         let rotation = self.store.rotate(
             id,
@@ -371,6 +456,7 @@ impl KeyAuthority {
             },
             now + grace,
             now,
+            audit,
         );
         let (api_key, previous) = observe_db("rotate_key", rotation).await?;
         self.key_changed(id);
@@ -521,22 +607,4 @@ impl KeyAuthority {
 /// limiter holds for an older one.
 fn quota_version() -> i64 {
     Utc::now().timestamp_micros()
-}
-
-/// Mints a root key: used by the bootstrap at first start and by the CLI.
-pub async fn mint_root_key(
-    hasher: &SecretHasher,
-    name: String,
-    permissions: ScopeSet,
-) -> Result<(String, NewRootKeyRow)> {
-    let generated = GeneratedKey::generate(KeyKind::Root);
-    let row = NewRootKeyRow {
-        id: generated.id.clone(),
-        prefix: generated.display_prefix(),
-        secret_hash: hasher.hash(&generated.secret).await?,
-        name,
-        permissions,
-        created_at: domain::now(),
-    };
-    Ok((generated.into_full_key(), row))
 }

@@ -51,6 +51,8 @@ pub struct Settings {
     pub usage_daily_retention_days: u32,
     pub recent_requests_kept: u32,
     pub default_tier: String,
+    pub data_plane_auth: DataPlaneAuth,
+    pub audit_retention_days: u32,
     /// Tier name → its limits (file only), e.g.
     /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
     pub tiers: BTreeMap<String, Vec<TierLimit>>,
@@ -115,6 +117,8 @@ impl Default for Settings {
             usage_daily_retention_days: 90,
             recent_requests_kept: 100,
             default_tier: "free".to_owned(),
+            data_plane_auth: DataPlaneAuth::None,
+            audit_retention_days: 365,
             tiers: seed_tiers()
                 .into_iter()
                 .map(|(name, limits)| {
@@ -301,16 +305,49 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
-/// `scheme://user:password@host/…` → `scheme://user:***@host/…`.
+/// Query parameters that carry a secret (libpq's `password` and `sslpassword`).
+const SECRET_QUERY_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
+
+/// `scheme://user:password@host/…?sslpassword=…` →
+/// `scheme://user:***@host/…?sslpassword=***`.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        Err(_) => "<unparseable URL>".to_owned(),
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "<unparseable URL>".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    let is_secret = |name: &str| {
+        SECRET_QUERY_PARAMETERS
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+    };
+    if url.query_pairs().any(|(name, _)| is_secret(&name)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_secret(&name) {
+                    "***".into()
+                } else {
+                    value
+                };
+                (name.into_owned(), value.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+/// Who may call Validate and CheckRateLimit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPlaneAuth {
+    /// Anyone who reaches the port (keep it behind your network boundary).
+    None,
+    /// A root key with `validate` (Validate) or `ratelimit` (CheckRateLimit)
+    /// in `authorization: Bearer` metadata: the production setting.
+    RootKey,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -366,17 +403,37 @@ pub enum ConfigCommand {
     Check,
 }
 
+/// Root keys, directly in the database (for bootstrap and recovery): these
+/// commands need no root key, only the settings `serve` uses.
 #[derive(Debug, Subcommand)]
 pub enum RootKeyCommand {
-    /// Create a root key directly in the database and print it, alone, on
-    /// the last line of stdout.
+    /// Create a root key and print it, alone, on the last line of stdout.
     Create {
         /// A label for the key, e.g. "billing-service".
         #[arg(long)]
         name: String,
-        /// Permissions to grant (repeatable): keys:read, keys:write, keys:*, or *.
+        /// Permissions to grant (repeatable): keys:read, keys:write, root_keys:read,
+        /// root_keys:write, audit:read, validate, ratelimit, or wildcards such as keys:* and *.
         #[arg(long = "permission", default_value = "*")]
         permissions: Vec<String>,
+        /// Owners whose keys it reaches (repeatable): an owner id (tenant-42) or a
+        /// prefix ending in * (tenant-*); none for every owner.
+        #[arg(long = "owner-scope")]
+        owner_scope: Vec<String>,
+        /// Days until it expires (1 to 365); unset for a key that never expires.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List root keys (never their secrets), newest first.
+    List {
+        /// Also list revoked root keys.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke a root key now: it is refused from its next call on.
+    Revoke {
+        /// The root key's id (the 16 characters after rk_).
+        id: String,
     },
 }
 
@@ -514,6 +571,16 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
 
+    /// Who may call Validate and CheckRateLimit: none (anyone who reaches the port) or root-key (a root key with the validate / ratelimit permission, the production setting) [default: none].
+    #[arg(long, env = "APIKEYD_DATA_PLANE_AUTH", global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_plane_auth: Option<DataPlaneAuth>,
+
+    /// Days audit events are kept; 0 keeps them forever [default: 365].
+    #[arg(long, env = "APIKEYD_AUDIT_RETENTION_DAYS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_retention_days: Option<u32>,
+
     /// envoyproxy/ratelimit's YAML configuration (a file, or a directory of .yaml files) for Envoy's ShouldRateLimit; reloaded when it changes [default: none].
     #[arg(long, env = "APIKEYD_ENVOY_RATELIMIT_CONFIG", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -638,6 +705,20 @@ mod tests {
         );
         let pro = crate::domain::LimitSource::Tier("pro".into());
         assert_eq!(tiers.resolve(&pro)[0].limit, 1_000, "built-in tiers stay");
+    }
+
+    #[test]
+    fn passwords_in_the_query_string_are_redacted() {
+        let url = DatabaseUrl::from(
+            "postgres://app@db/keys?sslmode=verify-full&password=hunter2&SSLPassword=s3cret",
+        );
+        let shown = url.to_string();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(shown.contains("sslmode=verify-full"), "{shown}");
+        assert!(shown.contains("password=***"), "{shown}");
     }
 
     #[test]

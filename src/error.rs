@@ -6,8 +6,6 @@
 
 use tonic::{Code, Status};
 
-use crate::access::Permission;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// INVALID_ARGUMENT: a request field is out of bounds or malformed.
@@ -38,8 +36,40 @@ pub enum Error {
     #[error("root key {root_key_id} lacks the {permission} permission needed for this call")]
     PermissionDenied {
         root_key_id: String,
-        permission: Permission,
+        permission: &'static str,
     },
+
+    /// PERMISSION_DENIED: the owner is outside the root key's owner scope.
+    #[error(
+        "root key {root_key_id} may not act on owner {owner_id}: it is outside the root key's owner scope"
+    )]
+    OutsideOwnerScope {
+        root_key_id: String,
+        /// Quoted and truncated.
+        owner_id: String,
+    },
+
+    /// PERMISSION_DENIED: a scoped root key named a key it cannot reach. A key
+    /// of another owner and a key that does not exist get this same answer.
+    #[error(
+        "root key {root_key_id} may not act on API key {key_id}: there is no such key within its owner scope"
+    )]
+    KeyOutOfReach { root_key_id: String, key_id: String },
+
+    /// PERMISSION_DENIED: a root key named a root key wider than itself. A
+    /// wider one and one that does not exist get this same answer.
+    #[error(
+        "root key {root_key_id} may not see or change root key {target}: there is no such root key within its own permissions and owner scope"
+    )]
+    RootKeyOutOfReach { root_key_id: String, target: String },
+
+    /// PERMISSION_DENIED: a root key asked for a root key wider than itself.
+    #[error("root key {root_key_id} cannot create this root key: {reason}")]
+    Escalation { root_key_id: String, reason: String },
+
+    /// NOT_FOUND: no root key with this id (told only to a root key that oversees every one).
+    #[error("no root key with id {id:?}")]
+    RootKeyNotFound { id: String },
 
     /// UNAVAILABLE: the rate-limit store cannot answer a call that needs it
     /// (GetKeyUsage, add_to_quota; during an outage Validate and
@@ -82,7 +112,12 @@ impl From<Error> for Status {
             Error::KeyRevoked { .. } => Status::failed_precondition(error.to_string()),
             Error::KeyLimitReached { .. } => Status::resource_exhausted(error.to_string()),
             Error::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
-            Error::PermissionDenied { .. } => Status::permission_denied(error.to_string()),
+            Error::PermissionDenied { .. }
+            | Error::OutsideOwnerScope { .. }
+            | Error::KeyOutOfReach { .. }
+            | Error::RootKeyOutOfReach { .. }
+            | Error::Escalation { .. } => Status::permission_denied(error.to_string()),
+            Error::RootKeyNotFound { .. } => Status::not_found(error.to_string()),
             Error::LimiterUnavailable | Error::LimiterLate { .. } => {
                 Status::unavailable(error.to_string())
             }

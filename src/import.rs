@@ -17,7 +17,9 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::authority::{AuthorityPolicy, ImportRow, ImportRun, ImportSummary, KeyAuthority};
+use crate::authority::{
+    AuthorityPolicy, ImportActor, ImportRow, ImportRun, ImportSummary, KeyAuthority,
+};
 use crate::config::Settings;
 use crate::domain::import::{RowOutcome, RowResult};
 use crate::invalidation::InvalidationBus;
@@ -111,7 +113,7 @@ pub async fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<()> {
     let mut source = Source::open(&args).await?;
     let importer = Importer::connect(&settings).await?;
     let progress = progress_bar(source.total());
-    let mut run = ImportRun::new(args.dry_run);
+    let mut run = ImportRun::new(args.dry_run, ImportActor::command_line());
     let mut refused = Vec::new();
     loop {
         let rows = source.next_batch(usize::from(args.batch_size)).await?;

@@ -2,7 +2,8 @@
 //! bounded. Each replica either has applied every invalidation or knows it
 //! may have missed one, and then trusts its cache for the degraded TTL only.
 //!
-//! - A change (to a key, or to an owner's shared limits) is appended to a
+//! - A change (to a key, to an owner's shared limits, or a root key's
+//!   revocation) is appended to a
 //!   Redis Stream, `<prefix>:invalidations` ([`redis_stream`]). The
 //!   [`publisher`] queues it (bounded) and retries until Redis takes it;
 //!   if the queue overflows, the next append tells every replica to flush.
@@ -46,6 +47,8 @@ pub enum Invalidation {
     Owner(String),
     /// Keys were imported: a digest remembered as absent may now be a key.
     ImportedKeys,
+    /// A root key was revoked: data-plane credentials are checked anew.
+    RootKey(KeyId),
     /// Anything may have changed: some invalidations were dropped.
     All,
 }
@@ -57,6 +60,7 @@ impl Invalidation {
             Invalidation::Key(id) => ("k", id.as_str()),
             Invalidation::Owner(owner) => ("o", owner),
             Invalidation::ImportedKeys => ("i", ""),
+            Invalidation::RootKey(id) => ("r", id.as_str()),
             Invalidation::All => ("*", ""),
         }
     }
@@ -68,6 +72,7 @@ impl Invalidation {
             "k" => KeyId::parse(value).map(Invalidation::Key),
             "o" => Some(Invalidation::Owner(value.to_owned())),
             "i" => Some(Invalidation::ImportedKeys),
+            "r" => KeyId::parse(value).map(Invalidation::RootKey),
             "*" => Some(Invalidation::All),
             _ => None,
         }
@@ -170,7 +175,14 @@ mod tests {
     fn changes_round_trip_through_stream_fields_and_junk_is_ignored() {
         let key = Invalidation::Key(KeyId::parse("0123456789abcdef").unwrap());
         let owner = Invalidation::Owner("team:a".to_owned());
-        for change in [key, owner, Invalidation::ImportedKeys, Invalidation::All] {
+        let root_key = Invalidation::RootKey(KeyId::parse("fedcba9876543210").unwrap());
+        for change in [
+            key,
+            owner,
+            root_key,
+            Invalidation::ImportedKeys,
+            Invalidation::All,
+        ] {
             let (field, value) = change.field();
             assert_eq!(Invalidation::from_field(field, value), Some(change));
         }

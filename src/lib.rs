@@ -3,12 +3,15 @@
 //! and may do what is asked.
 //!
 //! Map of the crate:
-//! - [`domain`]: the rules, with no I/O: key format and checksum
+//! - [`domain`]: the rules, with no I/O: key format, checksum and redaction
 //!   ([`domain::key_format`]), scopes ([`domain::scope`]), bounds on key
 //!   settings ([`domain::key_settings`]), limits, tiers and CheckRateLimit
 //!   subjects ([`domain::limit`]), usage quotas ([`domain::quota`]), the
-//!   validation verdict ([`domain::api_key`]), and keys of other stores and
-//!   their import ([`domain::legacy_key`], [`domain::import`]).
+//!   validation verdict ([`domain::api_key`]), root keys' permissions, owner
+//!   scopes and no-escalation rules ([`domain::permission`],
+//!   [`domain::owner_scope`], [`domain::root_key`]), the audit record
+//!   ([`domain::audit`]), and keys of other stores and their import
+//!   ([`domain::legacy_key`], [`domain::import`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
 //!   validate, usage, owner limits, import) over the store, the hasher and the
 //!   limiter; keys imported from another store in `authority::imported_keys`.
@@ -16,7 +19,14 @@
 //!   presented keys, and the memo of verified root-key secrets.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
-//! - [`access`]: root keys and the permission each management call needs.
+//! - [`access`]: who may call: the root key a call carries, its
+//!   permissions and owner scope (and, when required, the data plane's
+//!   service credential).
+//! - [`root_keys`]: the root-key lifecycle (create, get, list, revoke)
+//!   within the caller's own reach; [`bootstrap`]: the first root key and
+//!   its file.
+//! - [`audit`]: the audit trail of changes and refused calls (database and
+//!   `apikeyd::audit` log lines), its listing and retention.
 //! - [`key_cache`]: key records (with the digest of their verified secret)
 //!   cached for Validate: per-id generations against loads racing a change,
 //!   a 60 s backstop, the degraded TTL while invalidations may be missed;
@@ -48,7 +58,9 @@
 //!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
+pub mod audit;
 pub mod authority;
+pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -64,6 +76,7 @@ pub mod key_cache;
 pub mod last_used;
 pub mod proto_json;
 pub mod ratelimit;
+pub mod root_keys;
 pub mod secrets;
 pub mod shutdown;
 pub mod startup;

@@ -3,9 +3,7 @@
 //! future resolves, then drains within the grace period.
 
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +17,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::access::RootKeyGate;
-use crate::authority::{AuthorityPolicy, KeyAuthority, mint_root_key};
-use crate::config::Settings;
-use crate::domain::{Scope, ScopeSet};
+use crate::audit::AuditTrail;
+use crate::authority::{AuthorityPolicy, KeyAuthority};
+use crate::config::{DataPlaneAuth, Settings};
+use crate::domain::Permission;
 use crate::envoy;
 use crate::envoy::ext_authz::ExtAuthzApi;
 use crate::envoy::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -29,11 +28,15 @@ use crate::envoy::pb::envoy::service::ratelimit::v3::rate_limit_service_server::
 use crate::envoy::rate_limit_service::EnvoyRateLimitApi;
 use crate::envoy::ratelimit_source::RateLimitConfigSource;
 use crate::envoy::routes::RouteTable;
+use crate::grpc::pb::audit_service_server::AuditServiceServer;
 use crate::grpc::pb::import_service_server::ImportServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
+use crate::grpc::pb::root_key_service_server::RootKeyServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
-use crate::grpc::{ImportApi, KeyApi, RateLimitApi, ValidationApi, pb};
+use crate::grpc::{
+    AuditApi, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
+};
 use crate::http::{ConnectionAddrs, GrpcServices};
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
@@ -42,6 +45,7 @@ use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
 use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
+use crate::root_keys::RootKeys;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
@@ -59,10 +63,12 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 8] = [
+    "apikeyd.v1.AuditService",
     "apikeyd.v1.ImportService",
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
+    "apikeyd.v1.RootKeyService",
     "apikeyd.v1.ValidationService",
     "envoy.service.auth.v3.Authorization",
     "envoy.service.ratelimit.v3.RateLimitService",
@@ -84,6 +90,7 @@ pub struct Application {
     db: DatabaseConnection,
     store: KeyStore,
     authority: Arc<KeyAuthority>,
+    root_keys: Arc<RootKeys>,
     gate: RootKeyGate,
     last_used: Arc<LastUsedTracker>,
     limiter: Arc<RateLimiter>,
@@ -108,23 +115,14 @@ impl Application {
         store::prepare(&db, None)
             .await
             .context("cannot migrate the database")?;
-        // Only an empty database gets a bootstrap key (so only then is one
-        // hashed); `prepare` checks again under its lock, so replicas starting
-        // together on an empty database still create one between them.
-        if store::count_root_keys(&db).await? == 0 {
-            let (bootstrap_key, bootstrap_row) =
-                mint_root_key(&hasher, "bootstrap".to_owned(), everything()).await?;
-            if store::prepare(&db, Some(bootstrap_row))
-                .await
-                .context("cannot migrate the database")?
-            {
-                let path = write_bootstrap_key(&settings.data_dir, &bootstrap_key)?;
-                tracing::warn!(
-                    path = %path.display(),
-                    "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
-                     keep it somewhere safe and delete the file"
-                );
-            }
+        if let Some(path) =
+            crate::bootstrap::bootstrap_root_key(&db, &hasher, &settings.data_dir).await?
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "created the first root key (all permissions) and wrote it to this file, readable only by its owner; \
+                 keep it somewhere safe and delete the file"
+            );
         }
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -180,7 +178,10 @@ impl Application {
             )
             .publishing_to(invalidation_bus.clone()),
         );
-        let gate = RootKeyGate::new(db.clone(), hasher);
+        let gate = RootKeyGate::new(db.clone(), hasher.clone());
+        let root_keys = Arc::new(
+            RootKeys::new(db.clone(), hasher, gate.clone()).publishing_to(invalidation_bus.clone()),
+        );
         let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
         let envoy_ratelimit = match &settings.envoy_ratelimit_config {
             Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
@@ -193,6 +194,7 @@ impl Application {
             db,
             store,
             authority,
+            root_keys,
             gate,
             last_used,
             limiter,
@@ -247,15 +249,22 @@ impl Application {
                 self.store.clone(),
                 Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
             )),
+            tokio::spawn(crate::audit::prune_periodically(
+                self.db.clone(),
+                self.settings.audit_retention_days,
+            )),
         ];
         if let Some(source) = &self.envoy_ratelimit {
             background.push(tokio::spawn(source.clone().watch()));
         }
         let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
-            background.push(tokio::spawn(
-                bus.clone()
-                    .follow_forever(self.key_cache.clone(), self.limiter.watch_reachable()),
-            ));
+            background.push(tokio::spawn(bus.clone().follow_forever(
+                Arc::new(Caches {
+                    keys: self.key_cache.clone(),
+                    root_keys: self.gate.clone(),
+                }),
+                self.limiter.watch_reachable(),
+            )));
             bus.spawn_publisher()
         });
         if self.limiter.is_remote() {
@@ -300,16 +309,28 @@ impl Application {
             .add_service(ImportServiceServer::new(ImportApi {
                 authority: self.authority.clone(),
                 gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
             }))
-            // Envoy's services: gRPC only (Envoy speaks nothing else to them).
-            .add_service(AuthorizationServer::new(ExtAuthzApi {
-                authority: self.authority.clone(),
-                routes: self.envoy_routes.clone(),
-            }))
-            .add_service(EnvoyRateLimitServer::new(EnvoyRateLimitApi {
-                limiter: self.limiter.clone(),
-                config: self.envoy_ratelimit.clone(),
-            }))
+            // Envoy's services: gRPC only (Envoy speaks nothing else to them),
+            // behind the same service credential as Validate and CheckRateLimit.
+            .add_service(data_plane(
+                AuthorizationServer::new(ExtAuthzApi {
+                    authority: self.authority.clone(),
+                    routes: self.envoy_routes.clone(),
+                }),
+                self.settings.data_plane_auth,
+                &self.gate,
+                Permission::Validate,
+            ))
+            .add_service(data_plane(
+                EnvoyRateLimitServer::new(EnvoyRateLimitApi {
+                    limiter: self.limiter.clone(),
+                    config: self.envoy_ratelimit.clone(),
+                }),
+                self.settings.data_plane_auth,
+                &self.gate,
+                Permission::RateLimit,
+            ))
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
             .serve_with_incoming_shutdown(
@@ -386,20 +407,43 @@ impl Application {
     }
 }
 
-/// The key cache as the invalidation bus feeds it: the two modules do not
-/// know each other.
-impl InvalidationSink for KeyCache {
+/// A data-plane service, behind a service credential when configured.
+fn data_plane<S>(
+    service: S,
+    auth: DataPlaneAuth,
+    gate: &RootKeyGate,
+    permission: Permission,
+) -> ServiceCredential<S> {
+    let gate = match auth {
+        DataPlaneAuth::None => None,
+        DataPlaneAuth::RootKey => Some(gate.clone()),
+    };
+    ServiceCredential::new(service, gate, permission)
+}
+
+/// What the invalidation bus feeds: the key cache, and the root-key records
+/// of the data plane. The caches and the bus do not know each other.
+struct Caches {
+    keys: Arc<KeyCache>,
+    root_keys: RootKeyGate,
+}
+
+impl InvalidationSink for Caches {
     fn apply(&self, change: &Invalidation) {
         match change {
-            Invalidation::Key(id) => self.evict(id),
-            Invalidation::Owner(owner_id) => self.evict_owner(owner_id),
-            Invalidation::ImportedKeys => self.forget_imported_lookups(),
-            Invalidation::All => self.evict_all(),
+            Invalidation::Key(id) => self.keys.evict(id),
+            Invalidation::Owner(owner_id) => self.keys.evict_owner(owner_id),
+            Invalidation::RootKey(_) => self.root_keys.root_key_revoked(),
+            Invalidation::ImportedKeys => self.keys.forget_imported_lookups(),
+            Invalidation::All => {
+                self.keys.evict_all();
+                self.root_keys.root_key_revoked();
+            }
         }
     }
 
     fn set_trusted(&self, trusted: bool) {
-        self.set_invalidations_flowing(trusted);
+        self.keys.set_invalidations_flowing(trusted);
     }
 }
 
@@ -410,13 +454,33 @@ impl Application {
         Routes::new(KeyServiceServer::new(KeyApi {
             authority: self.authority.clone(),
             gate: self.gate.clone(),
+            audit: AuditTrail::new(self.db.clone()),
         }))
-        .add_service(ValidationServiceServer::new(ValidationApi {
-            authority: self.authority.clone(),
+        .add_service(RootKeyServiceServer::new(RootKeyApi {
+            root_keys: self.root_keys.clone(),
+            gate: self.gate.clone(),
+            audit: AuditTrail::new(self.db.clone()),
         }))
-        .add_service(RateLimitServiceServer::new(RateLimitApi {
-            limiter: self.limiter.clone(),
+        .add_service(AuditServiceServer::new(AuditApi {
+            gate: self.gate.clone(),
+            audit: AuditTrail::new(self.db.clone()),
         }))
+        .add_service(data_plane(
+            ValidationServiceServer::new(ValidationApi {
+                authority: self.authority.clone(),
+            }),
+            self.settings.data_plane_auth,
+            &self.gate,
+            Permission::Validate,
+        ))
+        .add_service(data_plane(
+            RateLimitServiceServer::new(RateLimitApi {
+                limiter: self.limiter.clone(),
+            }),
+            self.settings.data_plane_auth,
+            &self.gate,
+            Permission::RateLimit,
+        ))
     }
 }
 
@@ -469,10 +533,6 @@ async fn watch_limiter(limiter: Arc<RateLimiter>, reporter: HealthReporter) {
     }
 }
 
-fn everything() -> ScopeSet {
-    ScopeSet::new(vec![Scope::parse("*").expect("* is a scope")])
-}
-
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     for service in SERVICES {
@@ -514,20 +574,4 @@ async fn flush_last_used_periodically(
             tracing::warn!(error = %e, "could not write last_used_at; will retry");
         }
     }
-}
-
-/// Writes the bootstrap root key to `<data_dir>/bootstrap-root-key`, mode 0600.
-fn write_bootstrap_key(data_dir: &Path, key: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("bootstrap-root-key");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write the bootstrap root key to {}", path.display()))?;
-    writeln!(file, "{key}")?;
-    Ok(path)
 }

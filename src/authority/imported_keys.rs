@@ -9,11 +9,13 @@ use std::collections::HashSet;
 use subtle::ConstantTimeEq;
 
 use super::{KeyAuthority, ValidationRequest, Verdict};
+use crate::access::require_owner;
 use crate::domain::LimitSource;
+use crate::domain::audit::AuditEvent;
 use crate::domain::import::{
     ImportRecord, ImportTally, ImportedKey, OwnerOverLimit, RowOutcome, RowResult, UsageHistory,
 };
-use crate::domain::{KeyId, LegacyDigest, MalformedKey, ValidationCode};
+use crate::domain::{KeyId, LegacyDigest, MalformedKey, RootKey, ValidationCode};
 use crate::error::Result;
 use crate::invalidation::Invalidation;
 use crate::store::{IMPORTED_SECRET_HASH, ImportedKeyRow};
@@ -29,19 +31,43 @@ pub struct ImportRow {
     pub usage: UsageHistory,
 }
 
-/// An import under way: its totals, and the digests it has seen (so that a
-/// dry run, which writes nothing, still reports a repeated key once).
+/// Who runs an import, as each batch's audit event records it.
+pub struct ImportActor {
+    /// `apikeyd.v1.ImportService/ImportKeys`, or `cli import`.
+    pub method: &'static str,
+    pub peer: String,
+    /// The root key of an RPC; its owner scope bounds what it may import.
+    /// `None` for the command line, which reaches the database directly.
+    pub root_key: Option<RootKey>,
+}
+
+impl ImportActor {
+    /// The command line: every owner, recorded as peer `cli`.
+    pub fn command_line() -> ImportActor {
+        ImportActor {
+            method: "cli import",
+            peer: "cli".to_owned(),
+            root_key: None,
+        }
+    }
+}
+
+/// An import under way: who runs it, its totals, and the digests it has
+/// seen (so that a dry run, which writes nothing, still reports a repeated
+/// key once).
 pub struct ImportRun {
     dry_run: bool,
+    actor: ImportActor,
     tally: ImportTally,
     seen: HashSet<LegacyDigest>,
 }
 
 impl ImportRun {
     /// `dry_run` checks and counts every row but writes nothing.
-    pub fn new(dry_run: bool) -> ImportRun {
+    pub fn new(dry_run: bool, actor: ImportActor) -> ImportRun {
         ImportRun {
             dry_run,
+            actor,
             tally: ImportTally::default(),
             seen: HashSet::new(),
         }
@@ -106,10 +132,11 @@ impl KeyAuthority {
     }
 
     /// Checks and (unless the run is dry) writes one batch of rows: a row is
-    /// refused with its reason, skipped when its digest is already here, or
-    /// imported under a new id. Rows never fail the batch; a store error does
-    /// (nothing of the batch is written, and running the import again
-    /// resumes it).
+    /// refused with its reason (also for an owner the run's root key does not
+    /// reach), skipped when its digest is already here, or imported under a
+    /// new id, with one audit event for the batch in its transaction. Rows
+    /// never fail the batch; a store error does (nothing of the batch is
+    /// written, and running the import again resumes it).
     pub async fn import_batch(
         &self,
         run: &mut ImportRun,
@@ -118,7 +145,14 @@ impl KeyAuthority {
         let mut outcomes: Vec<Option<RowOutcome>> = Vec::with_capacity(rows.len());
         let mut candidates = Vec::new();
         for (index, row) in rows.iter().enumerate() {
-            match row.record.clone().and_then(|r| self.parse_import(r)) {
+            let parsed = row.record.clone().and_then(|r| self.parse_import(r));
+            let reached = parsed.and_then(|key| match &run.actor.root_key {
+                Some(caller) => require_owner(caller, &key.owner_id)
+                    .map(|()| key)
+                    .map_err(|e| e.to_string()),
+                None => Ok(key),
+            });
+            match reached {
                 Ok(key) => {
                     candidates.push((index, key));
                     outcomes.push(None);
@@ -154,11 +188,19 @@ impl KeyAuthority {
             to_write.push(ImportedKeyRow { id, key, limits });
         }
         if !run.dry_run && !to_write.is_empty() {
+            let now = crate::domain::now();
+            let mut event = AuditEvent::new(run.actor.method, &run.actor.peer, now);
+            if let Some(caller) = &run.actor.root_key {
+                event.set_actor(caller);
+            }
             let written = observe_db(
                 "import_keys",
-                self.store.insert_imported(to_write, crate::domain::now()),
+                self.store.insert_imported(to_write, now, &mut event),
             )
             .await?;
+            if !written.is_empty() {
+                crate::audit::log(&event, true);
+            }
             // A concurrent import took some digests first: those are present.
             for outcome in &mut outcomes {
                 if let Some(RowOutcome::Imported(id)) = outcome {

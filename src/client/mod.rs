@@ -193,6 +193,16 @@ fn authed<T>(message: T, root_key: &RootKey) -> Result<Request<T>, Failure> {
     Ok(request)
 }
 
+/// A data-plane call, carrying the root key when one is configured: the
+/// server asks for it under `--data-plane-auth root-key` (a root key with
+/// `validate` or `ratelimit`), and ignores it otherwise.
+fn data_plane<T>(message: T, args: &ClientArgs, data_dir: &Path) -> Result<Request<T>, Failure> {
+    match root_key(args, data_dir) {
+        Ok(key) => authed(message, &key),
+        Err(_) => Ok(Request::new(message)),
+    }
+}
+
 pub async fn keys(args: KeysArgs, settings: &Settings) -> ExitCode {
     finish(run_keys(args, settings).await)
 }
@@ -444,7 +454,10 @@ async fn run_ratelimit(args: RatelimitArgs, settings: &Settings) -> Result<(), F
     let request = check_request(check)?;
     let uri = server_uri(&args.client, settings)?;
     let mut limiter = RateLimitServiceClient::new(connect(&uri).await?);
-    let response = limiter.check_rate_limit(request).await?.into_inner();
+    let response = limiter
+        .check_rate_limit(data_plane(request, &args.client, &settings.data_dir)?)
+        .await?
+        .into_inner();
     match args.client.output {
         Output::Json => sayln!(
             "{}",
@@ -509,13 +522,14 @@ async fn run_validate(args: ValidateArgs, settings: &Settings) -> Result<(), Fai
     };
     let uri = server_uri(&args.client, settings)?;
     let mut validation = ValidationServiceClient::new(connect(&uri).await?);
+    let request = pb::ValidateRequest {
+        key,
+        required_scopes: args.scopes,
+        context: None,
+        cost: args.cost.unwrap_or(0),
+    };
     let response = validation
-        .validate(pb::ValidateRequest {
-            key,
-            required_scopes: args.scopes,
-            context: None,
-            cost: args.cost.unwrap_or(0),
-        })
+        .validate(data_plane(request, &args.client, &settings.data_dir)?)
         .await?
         .into_inner();
     match args.client.output {

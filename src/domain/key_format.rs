@@ -27,6 +27,13 @@ pub const MAX_PRESENTED_KEY_LEN: usize = 512;
 
 /// A regular expression that matches every key apikeyd issues and little else.
 pub const KEY_PATTERN: &str = r"\b(?:sk_live|sk_test|rk)_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}\b";
+/// [`KEY_PATTERN`] without its word boundaries, for redaction: a key glued
+/// to other characters (`?token=xsk_live_…`) is still a key.
+const KEY_BODY_PATTERN: &str = r"(?:sk_live|sk_test|rk)_[0-9A-Za-z]{16}_[0-9A-Za-z]{49}";
+/// The longest key: a root key's body after the longest prefix.
+const MAX_KEY_CHARS: usize = 8 + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+/// What replaces a key's secret and checksum in anything recorded.
+pub const REDACTED: &str = "[REDACTED]";
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -209,6 +216,35 @@ impl fmt::Debug for PresentedKey {
     }
 }
 
+/// What may be stored of a string a caller sent (a request's endpoint or user
+/// agent, a field in the audit trail): at most `max_chars` characters, with
+/// the secret of every apikeyd key in it replaced by [`REDACTED`] (its kind
+/// and id, which are public, stay). Only the first `max_chars` characters,
+/// plus room for one key across the cut, are ever scanned.
+pub fn recordable(raw: &str, max_chars: usize) -> String {
+    static KEYS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::RegexBuilder::new(KEY_BODY_PATTERN)
+            .unicode(false)
+            .build()
+            .expect("the key pattern compiles")
+    });
+    let scanned = truncate(raw, max_chars.saturating_add(MAX_KEY_CHARS));
+    let redacted = KEYS.replace_all(scanned, |found: &regex::Captures<'_>| {
+        let key = &found[0];
+        let public = key.len() - SECRET_LEN - CHECKSUM_LEN;
+        format!("{}{REDACTED}", &key[..public])
+    });
+    truncate(&redacted, max_chars).to_owned()
+}
+
+/// The first `max_chars` characters of `raw`.
+fn truncate(raw: &str, max_chars: usize) -> &str {
+    match raw.char_indices().nth(max_chars) {
+        Some((end, _)) => &raw[..end],
+        None => raw,
+    }
+}
+
 fn is_base62(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
@@ -344,6 +380,38 @@ mod tests {
         for printed in [format!("{generated:?}"), format!("{parsed:?}")] {
             assert!(!printed.contains(&secret), "{printed}");
         }
+    }
+
+    #[test]
+    fn recorded_strings_lose_every_secret_but_keep_the_key_id() {
+        let live = GeneratedKey::generate(KeyKind::Live);
+        let id = live.id.clone();
+        let live = live.into_full_key();
+        let root = GeneratedKey::generate(KeyKind::Root).into_full_key();
+        let raw = format!("/v1/things?api_key={live}&x=1 Bearer {root}, glued:x{live}");
+
+        let recorded = recordable(&raw, 1000);
+
+        assert!(!recorded.contains(&live[live.len() - 49..]), "{recorded}");
+        assert!(!recorded.contains(&root[root.len() - 49..]), "{recorded}");
+        assert!(
+            recorded.contains(&format!("sk_live_{id}_{REDACTED}&x=1")),
+            "{recorded}"
+        );
+        assert_eq!(recorded.matches(REDACTED).count(), 3, "{recorded}");
+    }
+
+    #[test]
+    fn a_key_across_the_cut_is_redacted_before_the_cut() {
+        let key = GeneratedKey::generate(KeyKind::Test).into_full_key();
+        let raw = format!("{}{key}", "é".repeat(20));
+
+        let recorded = recordable(&raw, 60);
+
+        assert!(recorded.chars().count() <= 60, "{recorded}");
+        assert!(recorded.ends_with(REDACTED), "{recorded}");
+        assert!(!recorded.contains(&key[30..50]), "{recorded}");
+        assert!(recordable("short", 60) == "short");
     }
 
     #[test]

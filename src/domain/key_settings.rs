@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 
+use super::owner_scope::OwnerScope;
+use super::permission::PermissionSet;
 use super::scope::{Scope, ScopeSet};
 use crate::error::{Error, Result};
 
@@ -14,6 +16,8 @@ pub const MAX_SCOPES: usize = 50;
 pub const MAX_METADATA_ENTRIES: usize = 50;
 pub const MAX_METADATA_BYTES: usize = 4096;
 pub const MAX_EXPIRY_DAYS: u32 = 365;
+/// The most permissions one root key may be given.
+pub const MAX_PERMISSIONS: usize = 50;
 
 /// Length in characters, not bytes: limits are stated to people.
 fn chars(s: &str) -> usize {
@@ -69,6 +73,27 @@ pub fn parse_scopes(field: &'static str, raw: &[String], at_least_one: bool) -> 
 
 pub fn parse_granted_scopes(raw: &[String]) -> Result<ScopeSet> {
     parse_scopes("scopes", raw, true).map(ScopeSet::new)
+}
+
+/// A root key's permissions: 1 to 50 that mean something (see
+/// [`super::permission`]), naming `field` in the error.
+pub fn parse_permissions(field: &'static str, raw: &[String]) -> Result<PermissionSet> {
+    if raw.is_empty() || raw.len() > MAX_PERMISSIONS {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "1 to {MAX_PERMISSIONS} permissions, e.g. \"keys:read\" (got {})",
+                raw.len()
+            ),
+        ));
+    }
+    PermissionSet::parse_requested(raw, super::quote)
+        .map_err(|e| Error::invalid(field, e.to_string()))
+}
+
+/// A root key's owner scope (see [`super::owner_scope`]); empty for every owner.
+pub fn parse_owner_scope(field: &'static str, raw: &[String]) -> Result<OwnerScope> {
+    OwnerScope::parse(raw, super::quote).map_err(|e| Error::invalid(field, e.to_string()))
 }
 
 pub fn parse_metadata(

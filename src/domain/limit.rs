@@ -250,7 +250,8 @@ impl Tiers {
             Err(Error::invalid(
                 field,
                 format!(
-                    "unknown tier {raw:?}; configured tiers: {}",
+                    "unknown tier {}; configured tiers: {}",
+                    super::quote(raw),
                     self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             ))

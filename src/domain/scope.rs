@@ -21,10 +21,11 @@ pub struct Scope {
 pub enum InvalidScope {
     #[error("scope is empty")]
     Empty,
-    #[error("scope {0:?} is longer than {MAX_SCOPE_LEN} characters")]
+    /// The scope as quoted in the message (truncated).
+    #[error("scope {0} is longer than {MAX_SCOPE_LEN} characters")]
     TooLong(String),
     #[error(
-        "scope {0:?} is not `resource:action` (letters, digits, `_`, `-`, `.`, or `*` for either part)"
+        "scope {0} is not `resource:action` (letters, digits, `_`, `-`, `.`, or `*` for either part)"
     )]
     BadGrammar(String),
 }
@@ -35,12 +36,12 @@ impl Scope {
             return Err(InvalidScope::Empty);
         }
         if raw.len() > MAX_SCOPE_LEN {
-            return Err(InvalidScope::TooLong(raw.to_owned()));
+            return Err(InvalidScope::TooLong(super::quote(raw)));
         }
         if raw == "*" {
             return Ok(Scope::everything());
         }
-        let bad = || InvalidScope::BadGrammar(raw.to_owned());
+        let bad = || InvalidScope::BadGrammar(super::quote(raw));
         let (resource, action) = raw.split_once(':').ok_or_else(bad)?;
         if !is_part(resource) || !is_part(action) {
             return Err(bad());
@@ -51,11 +52,21 @@ impl Scope {
         })
     }
 
-    fn everything() -> Scope {
+    /// `*`: every action on every resource.
+    pub fn everything() -> Scope {
         Scope {
             resource: "*".to_owned(),
             action: "*".to_owned(),
         }
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.resource == "*" && self.action == "*"
+    }
+
+    /// The resource and the action (`*` for every one).
+    pub fn parts(&self) -> (&str, &str) {
+        (&self.resource, &self.action)
     }
 
     /// Whether this grant covers `required`. A wildcard in `required` is taken

@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::pb;
 use crate::domain::limit::parse_limit_list;
 use crate::domain::{Algorithm, Limit, LimitSource, Quota, RefillInterval, Tiers};
-use crate::domain::{ApiKey, Environment, KeyId, ValidationCode};
+use crate::domain::{ApiKey, Environment, KeyId, RootKey, ValidationCode};
 use crate::error::{Error, Result};
 use crate::ratelimit::LimitStatus;
 use crate::store::ListCursor;
@@ -66,9 +66,20 @@ pub fn owner_limits(owner_id: String, limits: Option<LimitSource>) -> pb::OwnerL
 }
 
 pub fn parse_timestamp(field: &'static str, raw: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
-    Utc.timestamp_opt(raw.seconds, raw.nanos.max(0) as u32)
+    let nanos = u32::try_from(raw.nanos).map_err(|_| Error::invalid(field, "negative nanos"))?;
+    Utc.timestamp_opt(raw.seconds, nanos)
         .single()
         .ok_or_else(|| Error::invalid(field, "not a valid timestamp"))
+}
+
+/// A timestamp from seconds since the epoch (saturating far out of range).
+pub fn timestamp_secs(secs: i64) -> prost_types::Timestamp {
+    timestamp_us(secs.saturating_mul(1_000_000))
+}
+
+/// A timestamp from milliseconds since the epoch (saturating far out of range).
+pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    timestamp_us(ms.saturating_mul(1_000))
 }
 
 /// A timestamp from microseconds since the epoch.
@@ -126,18 +137,53 @@ pub fn parse_algorithm(field: &'static str, raw: i32) -> Result<Algorithm> {
     }
 }
 
-/// A window in whole milliseconds.
+/// A window in whole milliseconds. Seconds beyond what milliseconds can
+/// count are refused here (they would wrap), the rest by the limit's bounds.
 pub fn parse_window(field: &'static str, window: Option<&prost_types::Duration>) -> Result<u64> {
     let Some(window) = window else {
         return Err(Error::invalid(field, "a window is required, e.g. \"60s\""));
     };
-    if window.seconds < 0 || window.nanos < 0 || window.nanos % 1_000_000 != 0 {
+    if window.seconds < 0
+        || !(0..1_000_000_000).contains(&window.nanos)
+        || window.nanos % 1_000_000 != 0
+    {
         return Err(Error::invalid(
             field,
             "window must be positive, in whole milliseconds",
         ));
     }
-    Ok(window.seconds as u64 * 1000 + window.nanos as u64 / 1_000_000)
+    u64::try_from(window.seconds)
+        .ok()
+        .and_then(|secs| secs.checked_mul(1000))
+        .and_then(|ms| ms.checked_add(window.nanos as u64 / 1_000_000))
+        .ok_or_else(|| Error::invalid(field, "window is far too long; at most 30 days"))
+}
+
+/// A duration from 0 to `max`, checked before any arithmetic on it.
+pub fn parse_bounded_duration(
+    field: &'static str,
+    raw: &prost_types::Duration,
+    max: chrono::Duration,
+) -> Result<chrono::Duration> {
+    if raw.seconds < 0 || raw.nanos < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    let too_long = || {
+        Error::invalid(
+            field,
+            format!("must be at most {} seconds", max.num_seconds()),
+        )
+    };
+    if raw.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "nanos must be below one second"));
+    }
+    let duration = chrono::Duration::try_seconds(raw.seconds)
+        .and_then(|secs| secs.checked_add(&chrono::Duration::nanoseconds(i64::from(raw.nanos))))
+        .ok_or_else(too_long)?;
+    if duration > max {
+        return Err(too_long());
+    }
+    Ok(duration)
 }
 
 pub fn parse_rate_limit(field: &'static str, raw: &pb::RateLimit) -> Result<Limit> {
@@ -188,6 +234,20 @@ pub fn parse_quota(raw: &pb::UsageQuota) -> Result<Quota> {
         }
     };
     Quota::parse(raw.remaining, raw.refill_amount, interval, 0)
+}
+
+pub fn root_key(key: RootKey) -> pb::RootKey {
+    pb::RootKey {
+        id: key.id.to_string(),
+        name: key.name,
+        prefix: key.prefix,
+        permissions: key.permissions.to_strings(),
+        owner_scope: key.owner_scope.to_strings(),
+        created_at: Some(timestamp(key.created_at)),
+        expires_at: key.expires_at.map(timestamp),
+        revoked_at: key.revoked_at.map(timestamp),
+        created_by: key.created_by.map(|id| id.to_string()).unwrap_or_default(),
+    }
 }
 
 fn environment(environment: Environment) -> pb::Environment {
@@ -269,9 +329,66 @@ pub fn parse_page_token(raw: &str) -> Result<Option<ListCursor>> {
     Ok(Some(ListCursor { created_at, id }))
 }
 
+const AUDIT_PAGE_TOKEN_VERSION: &str = "a1";
+
+/// Audit pages continue before an event id: `a1.<id>`.
+pub fn audit_page_token(before_id: i64) -> String {
+    format!("{AUDIT_PAGE_TOKEN_VERSION}.{before_id}")
+}
+
+pub fn parse_audit_page_token(raw: &str) -> Result<Option<i64>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.strip_prefix(AUDIT_PAGE_TOKEN_VERSION)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|id| id.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::invalid(
+                "page_token",
+                "not a token this server issued; pass next_page_token unchanged",
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_that_would_wrap_are_refused() {
+        // 2^61 + 60 seconds is 60,000 ms modulo 2^64: a wrapping multiply
+        // would have read it as one minute.
+        let wrapping = prost_types::Duration {
+            seconds: (1_i64 << 61) + 60,
+            nanos: 0,
+        };
+        assert!(parse_window("window", Some(&wrapping)).is_err());
+        let minute = prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        };
+        assert_eq!(parse_window("window", Some(&minute)).unwrap(), 60_000);
+    }
+
+    #[test]
+    fn bounded_durations_never_overflow() {
+        let week = chrono::Duration::days(7);
+        let huge = prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        };
+        assert!(parse_bounded_duration("grace_period", &huge, week).is_err());
+        let hour = prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        };
+        assert_eq!(
+            parse_bounded_duration("grace_period", &hour, week).unwrap(),
+            chrono::Duration::hours(1)
+        );
+    }
 
     #[test]
     fn page_tokens_round_trip() {

@@ -13,29 +13,51 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
+use super::key_service::caller;
 use super::pb::{self, import_service_server::ImportService};
-use crate::access::{Permission, RootKeyGate};
-use crate::authority::{ImportRow, ImportRun, ImportSummary, KeyAuthority};
+use crate::access::RootKeyGate;
+use crate::audit::{AuditTrail, AuditedCall, CallKind};
+use crate::authority::{ImportActor, ImportRow, ImportRun, ImportSummary, KeyAuthority};
+use crate::domain::Permission;
 use crate::domain::import::{ImportRecord, RowOutcome, RowResult};
 use crate::error::Error;
 
 /// The most keys one message may carry.
 pub const MAX_KEYS_PER_MESSAGE: usize = 1_000;
 
+const METHOD: &str = "apikeyd.v1.ImportService/ImportKeys";
+
 pub struct ImportApi {
     pub authority: Arc<KeyAuthority>,
     pub gate: RootKeyGate,
+    /// Records a refused call; each batch written records itself.
+    pub audit: AuditTrail,
 }
 
 type Answers = Pin<Box<dyn Stream<Item = Result<pb::ImportKeysResponse, Status>> + Send>>;
 
-/// Where the answer stream is: importing batches, or done.
+/// Where the answer stream is: importing batches, or done. The run starts
+/// with the first message, which says whether it is dry.
 enum Phase {
     Importing {
         inbound: Box<Streaming<pb::ImportKeysRequest>>,
-        run: Option<ImportRun>,
+        run: Box<Run>,
     },
     Done,
+}
+
+enum Run {
+    NotStarted(ImportActor),
+    Started(ImportRun),
+}
+
+impl Run {
+    fn start(self, dry_run: bool) -> ImportRun {
+        match self {
+            Run::NotStarted(actor) => ImportRun::new(dry_run, actor),
+            Run::Started(run) => run,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -46,13 +68,22 @@ impl ImportService for ImportApi {
         &self,
         request: Request<Streaming<pb::ImportKeysRequest>>,
     ) -> Result<Response<Answers>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysWrite)
-            .await?;
+        // Only a refusal is recorded here; each batch written records itself.
+        let mut call = AuditedCall::start(METHOD, CallKind::Read, &request);
+        let authorized = caller(&self.gate, &request, &mut call, Permission::KeysWrite).await;
+        let root_key = self.audit.finish(call, authorized).await?;
+        let actor = ImportActor {
+            method: METHOD,
+            peer: request
+                .remote_addr()
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+            root_key: Some(root_key),
+        };
         let authority = self.authority.clone();
         let start = Phase::Importing {
             inbound: Box::new(request.into_inner()),
-            run: None,
+            run: Box::new(Run::NotStarted(actor)),
         };
         let answers = futures_util::stream::unfold(start, move |phase| {
             let authority = authority.clone();
@@ -62,13 +93,13 @@ impl ImportService for ImportApi {
                 };
                 match inbound.next().await {
                     Some(Ok(message)) => {
-                        let answer = answer_batch(&authority, run, message).await;
+                        let answer = answer_batch(&authority, *run, message).await;
                         Some(match answer {
                             Ok((response, run)) => (
                                 Ok(response),
                                 Phase::Importing {
                                     inbound,
-                                    run: Some(run),
+                                    run: Box::new(Run::Started(run)),
                                 },
                             ),
                             Err(status) => (Err(status), Phase::Done),
@@ -76,7 +107,7 @@ impl ImportService for ImportApi {
                     }
                     Some(Err(status)) => Some((Err(status), Phase::Done)),
                     None => {
-                        let run = run.unwrap_or_else(|| ImportRun::new(false));
+                        let run = run.start(false);
                         let summary = authority.finish_import(run).await;
                         Some((
                             summary
@@ -98,7 +129,7 @@ impl ImportService for ImportApi {
 /// Imports one message's keys; the first message decides whether the run is dry.
 async fn answer_batch(
     authority: &KeyAuthority,
-    run: Option<ImportRun>,
+    run: Run,
     message: pb::ImportKeysRequest,
 ) -> Result<(pb::ImportKeysResponse, ImportRun), Status> {
     if message.keys.len() > MAX_KEYS_PER_MESSAGE {
@@ -111,7 +142,7 @@ async fn answer_batch(
         )
         .into());
     }
-    let mut run = run.unwrap_or_else(|| ImportRun::new(message.dry_run));
+    let mut run = run.start(message.dry_run);
     if run.is_dry() != message.dry_run {
         return Err(Error::invalid(
             "dry_run",

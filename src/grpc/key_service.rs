@@ -1,4 +1,6 @@
-//! `apikeyd.v1.KeyService`: authorise, parse, delegate to the authority, convert.
+//! `apikeyd.v1.KeyService`: authenticate, authorise, parse, delegate to the
+//! authority, convert; every call leaves its audit event (a change's inside
+//! its transaction, a refusal's when it is answered).
 
 use std::sync::Arc;
 
@@ -7,11 +9,13 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb::{self, key_service_server::KeyService};
-use crate::access::{Permission, RootKeyGate};
-use crate::authority::{KeyAuthority, NewKey, QuotaChange};
-use crate::domain::LimitSource;
+use crate::access::{RootKeyGate, require};
+use crate::audit::{AuditTrail, AuditedCall, CallKind};
+use crate::authority::{KeyAuthority, MAX_ROTATION_GRACE, NewKey, QuotaChange};
+use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::{self, ExpiryChange};
-use crate::error::Error;
+use crate::domain::{LimitSource, OwnerScope, Permission, RootKey};
+use crate::error::{Error, Result};
 use crate::ratelimit::usage::Granularity;
 use crate::store::{KeyChanges, ListQuery};
 
@@ -21,6 +25,45 @@ const MAX_PAGE_SIZE: i32 = 100;
 pub struct KeyApi {
     pub authority: Arc<KeyAuthority>,
     pub gate: RootKeyGate,
+    pub audit: AuditTrail,
+}
+
+/// The page size a request asks for: 1 to 100, 0 for 50.
+pub fn parse_page_size(raw: i32) -> Result<usize> {
+    match raw {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n as usize),
+        n => Err(Error::invalid(
+            "page_size",
+            format!("must be 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE} (got {n})"),
+        )),
+    }
+}
+
+/// The root key a call carries, recorded as the call's actor, holding `permission`.
+pub async fn caller<T>(
+    gate: &RootKeyGate,
+    request: &Request<T>,
+    call: &mut AuditedCall,
+    permission: Permission,
+) -> Result<RootKey> {
+    let caller = gate.authenticate(request.metadata()).await?;
+    call.actor(&caller);
+    require(&caller, permission)?;
+    Ok(caller)
+}
+
+/// Records a limit source (or its removal) in an audit event.
+fn record_limits(event: &mut AuditEvent, field: &str, limits: Option<&LimitSource>) {
+    let value = match limits {
+        None => "none".to_owned(),
+        Some(LimitSource::Tier(tier)) => format!("tier {tier}"),
+        Some(LimitSource::Own(limits)) => {
+            let listed: Vec<String> = limits.iter().map(ToString::to_string).collect();
+            listed.join(", ")
+        }
+    };
+    event.set_field(field, &value);
 }
 
 #[tonic::async_trait]
@@ -29,9 +72,128 @@ impl KeyService for KeyApi {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysWrite)
-            .await?;
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/CreateKey",
+            CallKind::Change,
+            create
+        )
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/GetKey",
+            CallKind::Read,
+            get
+        )
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/ListKeys",
+            CallKind::Read,
+            list
+        )
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::UpdateKeyResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/UpdateKey",
+            CallKind::Change,
+            update
+        )
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/RevokeKey",
+            CallKind::Change,
+            revoke
+        )
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/RotateKey",
+            CallKind::Change,
+            rotate
+        )
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/GetKeyUsage",
+            CallKind::Read,
+            usage
+        )
+    }
+
+    async fn set_owner_limits(
+        &self,
+        request: Request<pb::SetOwnerLimitsRequest>,
+    ) -> Result<Response<pb::SetOwnerLimitsResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/SetOwnerLimits",
+            CallKind::Change,
+            set_limits
+        )
+    }
+
+    async fn get_owner_limits(
+        &self,
+        request: Request<pb::GetOwnerLimitsRequest>,
+    ) -> Result<Response<pb::GetOwnerLimitsResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/GetOwnerLimits",
+            CallKind::Read,
+            get_limits
+        )
+    }
+}
+
+impl KeyApi {
+    async fn create(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+        call: &mut AuditedCall,
+    ) -> Result<pb::CreateKeyResponse> {
+        call.target_owner(&request.get_ref().owner_id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let new = NewKey {
             owner_id: key_settings::parse_owner_id(&req.owner_id)?,
@@ -52,70 +214,80 @@ impl KeyService for KeyApi {
             )?,
             quota: req.quota.as_ref().map(convert::parse_quota).transpose()?,
         };
-        let issued = self.authority.create_key(new).await?;
-        Ok(Response::new(pb::CreateKeyResponse {
+        let event = &mut call.event;
+        event.set_field("name", &new.name);
+        event.set_list_field("scopes", &new.scopes.to_strings());
+        event.set_field("environment", new.environment.as_str());
+        if !new.metadata.is_empty() {
+            event.set_field(
+                "metadata",
+                &serde_json::to_string(&new.metadata).unwrap_or_default(),
+            );
+        }
+        if let ExpiryChange::InDays(days) = new.expiry {
+            event.set_field("expires_in_days", &days.to_string());
+        }
+        if let Some(limits) = &new.limits {
+            record_limits(event, "limits", Some(limits));
+        }
+        if let Some(quota) = &new.quota {
+            event.set_field("quota", &serde_json::to_string(quota).unwrap_or_default());
+        }
+        let issued = self.authority.create_key(&caller, new, event).await?;
+        Ok(pb::CreateKeyResponse {
             key: issued.full_key,
             api_key: Some(convert::api_key(issued.api_key)),
-        }))
+        })
     }
 
-    async fn get_key(
+    async fn get(
         &self,
         request: Request<pb::GetKeyRequest>,
-    ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysRead)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::GetKeyResponse> {
+        call.target_key(&request.get_ref().id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let id = convert::parse_key_id("id", &request.get_ref().id)?;
-        let key = self.authority.get_key(&id).await?;
-        Ok(Response::new(pb::GetKeyResponse {
+        let key = self.authority.get_key(&caller, &id).await?;
+        Ok(pb::GetKeyResponse {
             api_key: Some(convert::api_key(key)),
-        }))
+        })
     }
 
-    async fn list_keys(
+    async fn list(
         &self,
         request: Request<pb::ListKeysRequest>,
-    ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysRead)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::ListKeysResponse> {
+        call.target_owner(&request.get_ref().owner_id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let req = request.into_inner();
-        let page_size = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            n => {
-                return Err(Error::invalid(
-                    "page_size",
-                    format!("must be 1 to {MAX_PAGE_SIZE}, or 0 for {DEFAULT_PAGE_SIZE} (got {n})"),
-                )
-                .into());
-            }
-        };
+        let page_size = parse_page_size(req.page_size)?;
         let owner_id = match req.owner_id.as_str() {
             "" => None,
             raw => Some(key_settings::parse_owner_id(raw)?),
         };
         let query = ListQuery {
             owner_id,
+            scope: OwnerScope::All,
             include_revoked: req.include_revoked,
             after: convert::parse_page_token(&req.page_token)?,
             page_size: page_size as u64,
         };
-        let (keys, next) = self.authority.list_keys(query).await?;
-        Ok(Response::new(pb::ListKeysResponse {
+        let (keys, next) = self.authority.list_keys(&caller, query).await?;
+        Ok(pb::ListKeysResponse {
             api_keys: keys.into_iter().map(convert::api_key).collect(),
             next_page_token: next.as_ref().map(convert::page_token).unwrap_or_default(),
-        }))
+        })
     }
 
-    async fn update_key(
+    async fn update(
         &self,
         request: Request<pb::UpdateKeyRequest>,
-    ) -> Result<Response<pb::UpdateKeyResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysWrite)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::UpdateKeyResponse> {
+        call.target_key(&request.get_ref().id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
         let changes = KeyChanges {
@@ -145,8 +317,7 @@ impl KeyService for KeyApi {
                     return Err(Error::invalid(
                         "never_expires",
                         "only true is meaningful; to set an expiry use expires_in_days",
-                    )
-                    .into());
+                    ));
                 }
             },
             limits: match req.limits {
@@ -175,63 +346,72 @@ impl KeyService for KeyApi {
                 return Err(Error::invalid(
                     "remove_quota",
                     "only true is meaningful; to change the quota use quota or add_to_quota",
-                )
-                .into());
+                ));
             }
         };
-        let key = self.authority.update_key(&id, changes, quota).await?;
-        Ok(Response::new(pb::UpdateKeyResponse {
+        record_update(&mut call.event, &changes, quota.as_ref());
+        let key = self
+            .authority
+            .update_key(&caller, &id, changes, quota, &mut call.event)
+            .await?;
+        Ok(pb::UpdateKeyResponse {
             api_key: Some(convert::api_key(key)),
-        }))
+        })
     }
 
-    async fn revoke_key(
+    async fn revoke(
         &self,
         request: Request<pb::RevokeKeyRequest>,
-    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysWrite)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::RevokeKeyResponse> {
+        call.target_key(&request.get_ref().id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
         let owner_id = (!req.owner_id.is_empty()).then_some(req.owner_id.as_str());
-        let key = self.authority.revoke_key(&id, owner_id).await?;
-        Ok(Response::new(pb::RevokeKeyResponse {
+        call.event.set_field("revoked", "true");
+        let key = self
+            .authority
+            .revoke_key(&caller, &id, owner_id, &mut call.event)
+            .await?;
+        Ok(pb::RevokeKeyResponse {
             api_key: Some(convert::api_key(key)),
-        }))
+        })
     }
 
-    async fn rotate_key(
+    async fn rotate(
         &self,
         request: Request<pb::RotateKeyRequest>,
-    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysWrite)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::RotateKeyResponse> {
+        call.target_key(&request.get_ref().id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
         let grace = match req.grace_period {
             None => Duration::zero(),
-            Some(d) if d.seconds < 0 || d.nanos < 0 => {
-                return Err(Error::invalid("grace_period", "must not be negative").into());
-            }
-            Some(d) => Duration::seconds(d.seconds) + Duration::nanoseconds(i64::from(d.nanos)),
+            Some(raw) => convert::parse_bounded_duration("grace_period", &raw, MAX_ROTATION_GRACE)?,
         };
-        let (issued, previous) = self.authority.rotate_key(&id, grace).await?;
-        Ok(Response::new(pb::RotateKeyResponse {
+        call.event
+            .set_field("grace_period_secs", &grace.num_seconds().to_string());
+        let (issued, previous) = self
+            .authority
+            .rotate_key(&caller, &id, grace, &mut call.event)
+            .await?;
+        Ok(pb::RotateKeyResponse {
             key: issued.full_key,
             api_key: Some(convert::api_key(issued.api_key)),
             previous_api_key: Some(convert::api_key(previous)),
-        }))
+        })
     }
 
-    async fn get_key_usage(
+    async fn usage(
         &self,
         request: Request<pb::GetKeyUsageRequest>,
-    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysRead)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::GetKeyUsageResponse> {
+        call.target_key(&request.get_ref().id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let req = request.into_inner();
         let id = convert::parse_key_id("id", &req.id)?;
         let granularity = match pb::UsageGranularity::try_from(req.granularity) {
@@ -241,8 +421,7 @@ impl KeyService for KeyApi {
                 return Err(Error::invalid(
                     "granularity",
                     "use USAGE_GRANULARITY_HOUR or USAGE_GRANULARITY_DAY",
-                )
-                .into());
+                ));
             }
         };
         let start = req
@@ -257,14 +436,14 @@ impl KeyService for KeyApi {
             .transpose()?;
         let usage = self
             .authority
-            .key_usage(&id, granularity, start, end)
+            .key_usage(&caller, &id, granularity, start, end)
             .await?;
-        Ok(Response::new(pb::GetKeyUsageResponse {
+        Ok(pb::GetKeyUsageResponse {
             buckets: usage
                 .buckets
                 .into_iter()
                 .map(|bucket| pb::UsageBucket {
-                    start_time: Some(convert::timestamp_us(bucket.start_secs * 1_000_000)),
+                    start_time: Some(convert::timestamp_secs(bucket.start_secs)),
                     total: bucket.counts.iter().map(|(_, n)| n).sum(),
                     counts: bucket
                         .counts
@@ -285,42 +464,78 @@ impl KeyService for KeyApi {
                     ip: r.context.ip,
                     user_agent: r.context.user_agent,
                     code: convert::validation_code(r.code) as i32,
-                    time: Some(convert::timestamp_us(r.at_ms * 1000)),
+                    time: Some(convert::timestamp_ms(r.at_ms)),
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn set_owner_limits(
+    async fn set_limits(
         &self,
         request: Request<pb::SetOwnerLimitsRequest>,
-    ) -> Result<Response<pb::SetOwnerLimitsResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysWrite)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::SetOwnerLimitsResponse> {
+        call.target_owner(&request.get_ref().owner_id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
         let req = request.into_inner();
         let owner_id = key_settings::parse_owner_id(&req.owner_id)?;
         let limits =
             convert::parse_limit_source(self.authority.tiers(), &req.tier, &req.rate_limits)?;
+        record_limits(&mut call.event, "owner_limits", limits.as_ref());
         self.authority
-            .set_owner_limits(&owner_id, limits.clone())
+            .set_owner_limits(&caller, &owner_id, limits.clone(), &call.event)
             .await?;
-        Ok(Response::new(pb::SetOwnerLimitsResponse {
+        Ok(pb::SetOwnerLimitsResponse {
             owner_limits: Some(convert::owner_limits(owner_id, limits)),
-        }))
+        })
     }
 
-    async fn get_owner_limits(
+    async fn get_limits(
         &self,
         request: Request<pb::GetOwnerLimitsRequest>,
-    ) -> Result<Response<pb::GetOwnerLimitsResponse>, Status> {
-        self.gate
-            .authorize(request.metadata(), Permission::KeysRead)
-            .await?;
+        call: &mut AuditedCall,
+    ) -> Result<pb::GetOwnerLimitsResponse> {
+        call.target_owner(&request.get_ref().owner_id);
+        let caller = caller(&self.gate, &request, call, Permission::KeysRead).await?;
         let owner_id = key_settings::parse_owner_id(&request.get_ref().owner_id)?;
-        let limits = self.authority.owner_limits(&owner_id).await?;
-        Ok(Response::new(pb::GetOwnerLimitsResponse {
+        let limits = self.authority.owner_limits(&caller, &owner_id).await?;
+        Ok(pb::GetOwnerLimitsResponse {
             owner_limits: Some(convert::owner_limits(owner_id, limits)),
-        }))
+        })
+    }
+}
+
+/// Records what an UpdateKey changes in its audit event.
+fn record_update(event: &mut AuditEvent, changes: &KeyChanges, quota: Option<&QuotaChange>) {
+    if let Some(name) = &changes.name {
+        event.set_field("name", name);
+    }
+    if let Some(enabled) = changes.enabled {
+        event.set_field("enabled", &enabled.to_string());
+    }
+    if let Some(scopes) = &changes.scopes {
+        event.set_list_field("scopes", &scopes.to_strings());
+    }
+    if let Some(metadata) = &changes.metadata {
+        event.set_field(
+            "metadata",
+            &serde_json::to_string(metadata).unwrap_or_default(),
+        );
+    }
+    match changes.expiry {
+        Some(ExpiryChange::InDays(days)) => event.set_field("expires_in_days", &days.to_string()),
+        Some(ExpiryChange::Never) => event.set_field("never_expires", "true"),
+        None => {}
+    }
+    if let Some(limits) = &changes.limits {
+        record_limits(event, "limits", Some(limits));
+    }
+    match quota {
+        Some(QuotaChange::Set(quota)) => {
+            event.set_field("quota", &serde_json::to_string(quota).unwrap_or_default());
+        }
+        Some(QuotaChange::Add(amount)) => event.set_field("add_to_quota", &amount.to_string()),
+        Some(QuotaChange::Remove) => event.set_field("remove_quota", "true"),
+        None => {}
     }
 }

@@ -1,16 +1,36 @@
 //! The gRPC layer: generated types, and thin services that convert requests
 //! into domain calls and domain results into responses.
 
+/// Runs `$self.$inner(request, &mut call)` as one audited management call
+/// to `$method`, and answers with its outcome.
+macro_rules! audited {
+    ($self:ident, $request:ident, $method:literal, $kind:expr, $inner:ident) => {{
+        let mut call = $crate::audit::AuditedCall::start($method, $kind, &$request);
+        let outcome = $self.$inner($request, &mut call).await;
+        $self
+            .audit
+            .finish(call, outcome)
+            .await
+            .map(tonic::Response::new)
+    }};
+}
+
+mod audit_service;
 pub mod convert;
 pub mod deadline;
 mod import_service;
 mod key_service;
 mod rate_limit_service;
+mod root_key_service;
+mod service_credential;
 mod validation_service;
 
+pub use audit_service::AuditApi;
 pub use import_service::{ImportApi, MAX_KEYS_PER_MESSAGE};
 pub use key_service::KeyApi;
 pub use rate_limit_service::RateLimitApi;
+pub use root_key_service::RootKeyApi;
+pub use service_credential::ServiceCredential;
 pub use validation_service::ValidationApi;
 
 /// Code generated from `proto/apikeyd/v1`.

@@ -8,11 +8,13 @@ use tonic::{Request, Response, Status};
 use super::pb::{self, validation_service_server::ValidationService};
 use super::{convert, deadline};
 use crate::authority::{KeyAuthority, ValidationRequest};
-use crate::domain::key_format::MAX_PRESENTED_KEY_LEN;
+use crate::domain::key_format::{MAX_PRESENTED_KEY_LEN, recordable};
 use crate::domain::limit::MAX_LIMIT;
 use crate::domain::{ValidationCode, key_settings};
 use crate::error::Error;
-use crate::ratelimit::usage::RequestContext;
+use crate::ratelimit::usage::{
+    MAX_ENDPOINT_CHARS, MAX_IP_CHARS, MAX_METHOD_CHARS, MAX_USER_AGENT_CHARS, RequestContext,
+};
 
 pub struct ValidationApi {
     pub authority: Arc<KeyAuthority>,
@@ -38,14 +40,16 @@ impl ValidationService for ValidationApi {
             return Err(Error::invalid("cost", format!("at most {MAX_LIMIT}")).into());
         }
         let context = req.context.unwrap_or_default();
+        // A gateway may put a key in a URL (`?api_key=…`): keys are redacted
+        // before the context is stored anywhere.
         let request = ValidationRequest {
             required: &required,
             cost: req.cost.max(1),
             context: RequestContext::truncated(
-                &context.endpoint,
-                &context.method,
-                &context.ip,
-                &context.user_agent,
+                &recordable(&context.endpoint, MAX_ENDPOINT_CHARS),
+                &recordable(&context.method, MAX_METHOD_CHARS),
+                &recordable(&context.ip, MAX_IP_CHARS),
+                &recordable(&context.user_agent, MAX_USER_AGENT_CHARS),
             ),
             answer_by,
         };

@@ -11,10 +11,12 @@ use sea_orm::{
 };
 
 use super::KeyStore;
+use super::audit_events;
 use super::entities::api_key;
 use super::keys::{metadata_json, scopes_json};
 use super::owner_limits::limit_columns;
 use crate::domain::LimitSource;
+use crate::domain::audit::AuditEvent;
 use crate::domain::import::ImportedKey;
 use crate::domain::{KeyId, LegacyDigest};
 use crate::error::{Error, Result};
@@ -79,11 +81,13 @@ impl KeyStore {
     }
 
     /// Writes `rows` in one transaction, skipping any whose digest a key
-    /// already has (another import may be running); returns the ids written.
+    /// already has (another import may be running), with `audit` (told how
+    /// many were written) when any was; returns the ids written.
     pub async fn insert_imported(
         &self,
         rows: Vec<ImportedKeyRow>,
         now: DateTime<Utc>,
+        audit: &mut AuditEvent,
     ) -> Result<HashSet<KeyId>> {
         if rows.is_empty() {
             return Ok(HashSet::new());
@@ -117,6 +121,10 @@ impl KeyStore {
                 found.iter().filter_map(|id| KeyId::parse(id)).collect()
             }
         };
+        if !written.is_empty() {
+            audit.set_field("imported", &written.len().to_string());
+            audit_events::insert(&txn, audit).await?;
+        }
         txn.commit().await?;
         Ok(written)
     }

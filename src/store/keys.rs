@@ -10,11 +10,13 @@ use sea_orm::{
     TryIntoModel,
 };
 
+use super::audit_events;
 use super::entities::{api_key, key_owner};
 use super::owner_limits::{limit_columns, limit_source};
+use super::within_owner_scope;
+use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::ExpiryChange;
-use crate::domain::{ApiKey, Environment, KeyId, Scope, ScopeSet};
-use crate::domain::{LimitSource, Quota};
+use crate::domain::{ApiKey, Environment, KeyId, LimitSource, OwnerScope, Quota, Scope, ScopeSet};
 use crate::error::{Error, Result};
 
 /// A key about to be inserted: its settings plus the hash of its secret.
@@ -62,6 +64,8 @@ pub struct ListCursor {
 
 pub struct ListQuery {
     pub owner_id: Option<String>,
+    /// Only keys of owners within this scope (a scoped root key's view).
+    pub scope: OwnerScope,
     pub include_revoked: bool,
     pub after: Option<ListCursor>,
     pub page_size: u64,
@@ -85,7 +89,8 @@ impl KeyStore {
         &self.db
     }
 
-    /// Inserts a key unless its owner already has `limit` unrevoked keys.
+    /// Inserts a key unless its owner already has `limit` unrevoked keys,
+    /// with the event that records it.
     ///
     /// The transaction's first statement upserts the owner's row, which takes
     /// a row lock on PostgreSQL and the write lock on SQLite; concurrent
@@ -95,6 +100,7 @@ impl KeyStore {
         row: NewKeyRow,
         limit: u32,
         now: DateTime<Utc>,
+        audit: &AuditEvent,
     ) -> Result<ApiKey> {
         let txn = self.db.begin().await?;
         key_owner::Entity::insert(key_owner::ActiveModel {
@@ -120,6 +126,7 @@ impl KeyStore {
             });
         }
         let model = insert_key(&txn, row, now).await?;
+        audit_events::insert(&txn, audit).await?;
         txn.commit().await?;
         to_domain(model)
     }
@@ -136,11 +143,7 @@ impl KeyStore {
     }
 
     pub async fn get(&self, id: &KeyId) -> Result<ApiKey> {
-        let model = api_key::Entity::find_by_id(id.as_str())
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| not_found(id))?;
-        to_domain(model)
+        get(&self.db, id).await
     }
 
     /// One page, newest first, and the cursor of the next page if there is one.
@@ -152,6 +155,9 @@ impl KeyStore {
         let mut select = api_key::Entity::find();
         if let Some(owner_id) = &query.owner_id {
             select = select.filter(api_key::Column::OwnerId.eq(owner_id));
+        }
+        if let Some(condition) = within_owner_scope(api_key::Column::OwnerId, &query.scope) {
+            select = select.filter(condition);
         }
         if !query.include_revoked {
             select = select.filter(not_revoked_at(now));
@@ -176,25 +182,24 @@ impl KeyStore {
             .limit(query.page_size + 1)
             .all(&self.db)
             .await?;
-        let next = if models.len() as u64 > query.page_size {
-            models.truncate(query.page_size as usize);
-            models.last().map(|last| ListCursor {
-                created_at: last.created_at,
-                id: KeyId::parse(&last.id).expect("stored ids are well formed"),
-            })
-        } else {
-            None
-        };
-        let keys = models.into_iter().map(to_domain).collect::<Result<_>>()?;
+        let more = models.len() as u64 > query.page_size;
+        models.truncate(query.page_size as usize);
+        let keys: Vec<ApiKey> = models.into_iter().map(to_domain).collect::<Result<_>>()?;
+        let next = keys.last().filter(|_| more).map(|last| ListCursor {
+            created_at: last.created_at,
+            id: last.id.clone(),
+        });
         Ok((keys, next))
     }
 
-    /// Applies `changes` to a key that is not revoked (nor being rotated out).
+    /// Applies `changes` to a key that is not revoked (nor being rotated
+    /// out), with the event that records it.
     pub async fn update(
         &self,
         id: &KeyId,
         changes: KeyChanges,
         now: DateTime<Utc>,
+        audit: &AuditEvent,
     ) -> Result<ApiKey> {
         let mut model = api_key::ActiveModel {
             updated_at: Set(now),
@@ -223,27 +228,40 @@ impl KeyStore {
         if let Some(quota) = changes.quota {
             model.quota = Set(quota.as_ref().map(quota_json));
         }
+        let txn = self.db.begin().await?;
         let updated = api_key::Entity::update_many()
             .set(model)
             .filter(api_key::Column::Id.eq(id.as_str()))
             .filter(api_key::Column::RevokedAt.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
         if updated.rows_affected == 0 {
+            drop(txn);
             return Err(self.explain_unchanged(id, "updated").await);
         }
-        self.get(id).await
+        let key = get(&txn, id).await?;
+        audit_events::insert(&txn, audit).await?;
+        txn.commit().await?;
+        Ok(key)
     }
 
-    /// Revokes a key now. Revoking a revoked key changes nothing and is not an
+    /// Revokes a key now, with the event that records it (and the key's
+    /// owner in it). Revoking a revoked key changes nothing and is not an
     /// error, so a retried revoke is safe. With `owner_id`, a key of another
-    /// owner is reported as not found.
+    /// owner is reported as not found. `reach` vets the key before anything
+    /// commits: the caller's scope is checked in the same few round trips
+    /// as the change (this is the revocation path replicas wait on).
     pub async fn revoke(
         &self,
         id: &KeyId,
         owner_id: Option<&str>,
         now: DateTime<Utc>,
+        audit: &mut AuditEvent,
+        reach: impl FnOnce(&ApiKey) -> Result<()>,
     ) -> Result<ApiKey> {
+        // Writing first takes the row's lock (and SQLite's write lock);
+        // a refusal below rolls it back.
+        let txn = self.db.begin().await?;
         let mut update = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(now))
             .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
@@ -252,24 +270,30 @@ impl KeyStore {
         if let Some(owner_id) = owner_id {
             update = update.filter(api_key::Column::OwnerId.eq(owner_id));
         }
-        update.exec(&self.db).await?;
-        let key = self.get(id).await?;
+        update.exec(&txn).await?;
+        let key = get(&txn, id).await?;
+        audit.set_owner(&key.owner_id);
+        reach(&key)?;
         if owner_id.is_some_and(|owner| owner != key.owner_id) {
             return Err(not_found(id));
         }
+        audit_events::insert(&txn, audit).await?;
+        txn.commit().await?;
         Ok(key)
     }
 
     /// Inserts `replacement` with the settings of key `id` and schedules the
     /// old key's revocation at `old_revoked_at`, in one transaction. The old
     /// key leaves the owner's count as the new one enters it, so a rotation
-    /// never trips the per-owner limit.
+    /// never trips the per-owner limit. The event that records it is written
+    /// in the same transaction.
     pub async fn rotate(
         &self,
         id: &KeyId,
         replacement: impl FnOnce(&ApiKey) -> NewKeyRow,
         old_revoked_at: DateTime<Utc>,
         now: DateTime<Utc>,
+        audit: &AuditEvent,
     ) -> Result<(ApiKey, ApiKey)> {
         let txn = self.db.begin().await?;
         // Writing first takes the row's lock (and SQLite's write lock).
@@ -290,6 +314,7 @@ impl KeyStore {
             .ok_or_else(|| not_found(id))?;
         let old = to_domain(old)?;
         let new = insert_key(&txn, replacement(&old), now).await?;
+        audit_events::insert(&txn, audit).await?;
         txn.commit().await?;
         Ok((to_domain(new)?, old))
     }
@@ -339,6 +364,14 @@ impl KeyStore {
             Err(e) => e.into(),
         }
     }
+}
+
+async fn get(db: &impl ConnectionTrait, id: &KeyId) -> Result<ApiKey> {
+    let model = api_key::Entity::find_by_id(id.as_str())
+        .one(db)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    to_domain(model)
 }
 
 fn not_found(id: &KeyId) -> Error {

@@ -2,6 +2,7 @@
 //! the data directory) or PostgreSQL. Plain async functions over a
 //! connection, tested through the service against both backends.
 
+mod audit_events;
 pub mod entities;
 mod imported_keys;
 mod keys;
@@ -13,17 +14,24 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use apikeyd_migrations::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Alias, Expr, Func, SimpleExpr};
 use sea_orm::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    SqlxSqliteConnector, TransactionTrait,
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, SqlxSqliteConnector, TransactionTrait,
 };
+
+use crate::domain::OwnerScope;
+use crate::domain::audit::AuditEvent;
+use crate::domain::owner_scope::OwnerPattern;
+
+pub use audit_events::{AuditQuery, StoredAuditEvent};
 
 pub use imported_keys::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 pub use keys::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
-pub use root_keys::{NewRootKeyRow, RootKeyRecord};
+pub use root_keys::{NewRootKeyRow, RootKeyPageQuery};
 
 /// Where the database is: a URL (`postgres://…`, `sqlite://…`), or the
 /// embedded SQLite file inside the data directory.
@@ -83,12 +91,12 @@ async fn connect_sqlite(options: SqliteConnectOptions) -> Result<DatabaseConnect
 }
 
 /// Brings the schema up to date and, if no root key exists yet, inserts
-/// `bootstrap` (returning whether it did). On PostgreSQL both happen under
-/// one advisory lock, so replicas that start together migrate once and
-/// bootstrap at most one root key.
+/// `bootstrap` with its audit event (returning whether it did). On
+/// PostgreSQL both happen under one advisory lock, so replicas that start
+/// together migrate once and bootstrap at most one root key.
 pub async fn prepare(
     db: &DatabaseConnection,
-    bootstrap: Option<NewRootKeyRow>,
+    bootstrap: Option<(NewRootKeyRow, &AuditEvent)>,
 ) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
     if db.get_database_backend() == DbBackend::Postgres {
@@ -98,8 +106,9 @@ pub async fn prepare(
     }
     Migrator::up(&txn, None).await?;
     let bootstrapped = match bootstrap {
-        Some(row) if root_keys::count(&txn).await? == 0 => {
+        Some((row, event)) if root_keys::count(&txn).await? == 0 => {
             root_keys::insert(&txn, row).await?;
+            audit_events::insert(&txn, event).await?;
             true
         }
         _ => false,
@@ -108,4 +117,38 @@ pub async fn prepare(
     Ok(bootstrapped)
 }
 
-pub use root_keys::{count as count_root_keys, find as find_root_key, insert as insert_root_key};
+/// Rows whose owner `column` is within `scope`; `None` when every owner is.
+/// A prefix compares the leading characters exactly (`substr`), not with
+/// `LIKE`, which SQLite matches without regard to case.
+fn within_owner_scope(column: impl ColumnTrait, scope: &OwnerScope) -> Option<Condition> {
+    let patterns = scope.patterns();
+    if patterns.is_empty() {
+        return None;
+    }
+    let mut any = Condition::any();
+    for pattern in patterns {
+        any = any.add(match pattern {
+            OwnerPattern::Exact(owner_id) => column.eq(owner_id.as_str()),
+            OwnerPattern::Prefix(prefix) => {
+                let chars = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
+                let leading: SimpleExpr = Func::cust(Alias::new("substr"))
+                    .arg(Expr::col(column.as_column_ref()))
+                    .arg(1)
+                    .arg(chars)
+                    .into();
+                leading.eq(prefix.as_str())
+            }
+        });
+    }
+    Some(any)
+}
+
+pub use audit_events::{
+    delete_before as delete_audit_events_before, insert as insert_audit_event,
+    list as list_audit_events,
+};
+pub use root_keys::{
+    count as count_root_keys, find as find_root_key, insert as insert_root_key,
+    insert_audited as insert_root_key_audited, revoke_audited as revoke_root_key_audited,
+    scan as scan_root_keys,
+};

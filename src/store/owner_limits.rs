@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, EntityTrait};
+use sea_orm::{ActiveValue::Set, EntityTrait, TransactionTrait};
 
-use super::KeyStore;
 use super::entities::owner_limit;
+use super::{KeyStore, audit_events};
+use crate::domain::audit::AuditEvent;
 use crate::domain::{Limit, LimitSource};
 use crate::error::{Error, Result};
 
@@ -49,17 +50,22 @@ impl KeyStore {
             .ok_or_else(|| Error::Internal(format!("owner {owner_id:?} has a corrupt limit list")))
     }
 
-    /// Sets (or with `None`, removes) the limits `owner_id`'s keys share.
+    /// Sets (or with `None`, removes) the limits `owner_id`'s keys share,
+    /// with the event that records it.
     pub async fn set_owner_limits(
         &self,
         owner_id: &str,
         limits: Option<&LimitSource>,
         now: DateTime<Utc>,
+        audit: &AuditEvent,
     ) -> Result<()> {
+        let txn = self.connection().begin().await?;
         let Some(limits) = limits else {
             owner_limit::Entity::delete_by_id(owner_id)
-                .exec(self.connection())
+                .exec(&txn)
                 .await?;
+            audit_events::insert(&txn, audit).await?;
+            txn.commit().await?;
             return Ok(());
         };
         let (tier, rate_limits) = limit_columns(limits);
@@ -78,8 +84,10 @@ impl KeyStore {
                 ])
                 .to_owned(),
         )
-        .exec_without_returning(self.connection())
+        .exec_without_returning(&txn)
         .await?;
+        audit_events::insert(&txn, audit).await?;
+        txn.commit().await?;
         Ok(())
     }
 }

@@ -254,7 +254,8 @@ fn method_label(path: &str) -> &'static str {
         .map_or("other", |known| &known[1..])
 }
 
-fn code_label(code: tonic::Code) -> &'static str {
+/// The canonical name of a gRPC status code (`PERMISSION_DENIED`).
+pub fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

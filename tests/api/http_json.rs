@@ -160,6 +160,14 @@ on_every_backend! {
         let rotated = http.call("apikeyd.v1.KeyService/RotateKey", json!({"id": id, "gracePeriod": "3600s"}), root).await.ok();
         let new_id = rotated["apiKey"]["id"].as_str().unwrap().to_owned();
         let revoked = http.call("apikeyd.v1.KeyService/RevokeKey", json!({"id": new_id}), root).await.ok();
+        let root_created = http.call("apikeyd.v1.RootKeyService/CreateRootKey", json!({
+            "name": "edge", "permissions": ["keys:read"], "ownerScope": ["user_*"],
+        }), root).await.ok();
+        let root_id = root_created["rootKey"]["id"].as_str().unwrap().to_owned();
+        let root_got = http.call("apikeyd.v1.RootKeyService/GetRootKey", json!({"id": root_id}), root).await.ok();
+        let root_listed = http.call("apikeyd.v1.RootKeyService/ListRootKeys", json!({}), root).await.ok();
+        let root_revoked = http.call("apikeyd.v1.RootKeyService/RevokeRootKey", json!({"id": root_id}), root).await.ok();
+        let audited = http.call("apikeyd.v1.AuditService/ListAuditEvents", json!({"keyId": id}), root).await.ok();
 
         assert!(key.starts_with("sk_test_"), "{created}");
         assert_eq!(created["apiKey"]["metadata"], json!({"team": "edge"}));
@@ -182,6 +190,14 @@ on_every_backend! {
         assert_eq!(rotated["previousApiKey"]["id"], id.as_str());
         assert!(rotated["previousApiKey"]["revokedAt"].is_string(), "{rotated}");
         assert!(revoked["apiKey"]["revokedAt"].is_string(), "{revoked}");
+        assert!(root_created["key"].as_str().unwrap().starts_with("rk_"), "{root_created}");
+        assert_eq!(root_got["rootKey"]["ownerScope"], json!(["user_*"]));
+        assert_eq!(root_listed["rootKeys"].as_array().unwrap().len(), 2, "{root_listed}");
+        assert!(root_revoked["rootKey"]["revokedAt"].is_string(), "{root_revoked}");
+        let events = audited["auditEvents"].as_array().unwrap();
+        let methods: Vec<&str> = events.iter().map(|e| e["method"].as_str().unwrap()).collect();
+        assert_eq!(methods, ["apikeyd.v1.KeyService/RotateKey", "apikeyd.v1.KeyService/UpdateKey", "apikeyd.v1.KeyService/CreateKey"]);
+        assert!(events[0]["peerAddress"].as_str().unwrap().starts_with("127.0.0.1:"), "the caller's address over HTTP too: {audited}");
         assert_eq!(
             http.called(),
             every_public_procedure(),

@@ -254,6 +254,28 @@ on_every_backend! {
         assert!(verdict.api_key.is_none());
     }
 
+    async fn a_scoped_root_key_imports_only_its_owners_and_each_batch_is_audited(app) {
+        let (scoped, record) = crate::root_keys::create_root_key(&app, &app.root_key, &["keys:write", "audit:read"], &["tenant-7"]).await;
+        let (ours, theirs) = (seed_key(), seed_key());
+
+        let (results, summary) = import_at(app.addr, &scoped, vec![
+            vec![imported(&ours, "tenant-7", &["*"], "ours")],
+            vec![imported(&theirs, "tenant-8", &["*"], "theirs")],
+        ], false).await.unwrap();
+
+        assert_eq!((summary.imported, summary.refused), (1, 1));
+        assert!(results[1].reason.contains("outside the root key's owner scope"), "{:?}", results[1]);
+        assert!(app.validate(&ours, &[]).await.valid);
+        assert_eq!(code_of(&app.validate(&theirs, &[]).await), ValidationCode::NotFound);
+        let events = apikeyd::grpc::pb::audit_service_client::AuditServiceClient::new(connect(app.addr).await)
+            .list_audit_events(with_bearer(pb::ListAuditEventsRequest { page_size: 100, ..Default::default() }, &app.root_key))
+            .await.unwrap().into_inner().audit_events;
+        let imports: Vec<_> = events.iter().filter(|e| e.method == "apikeyd.v1.ImportService/ImportKeys").collect();
+        assert_eq!(imports.len(), 1, "one batch wrote a key: {events:#?}");
+        assert_eq!(imports[0].root_key_id, record.id);
+        assert_eq!(imports[0].changed_fields.get("imported").map(String::as_str), Some("1"));
+    }
+
     async fn import_keys_needs_a_root_key_with_keys_write(app) {
         let mut client = ImportServiceClient::new(connect(app.addr).await);
         let request = tonic::Request::new(tokio_stream::iter(vec![pb::ImportKeysRequest::default()]));

@@ -8,10 +8,14 @@ pub struct Model {
     pub name: String,
     pub prefix: String,
     pub secret_hash: String,
-    /// JSON array of permission scopes such as "keys:read".
+    /// JSON array of permissions such as "keys:read".
     pub permissions: Json,
     pub created_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
+    pub expires_at: Option<DateTimeUtc>,
+    /// JSON array of owner ids and `prefix*` entries; `None` for every owner.
+    pub owner_scope: Option<Json>,
+    pub created_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
