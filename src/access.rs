@@ -20,7 +20,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::domain::{self, KeyId, KeyKind, OwnerScope, Permission, PresentedKey, RootKey};
 use crate::error::{Error, Result};
-use crate::secrets::SecretHasher;
+use crate::secrets::{SecretCheck, SecretHasher};
 use crate::store;
 use crate::telemetry::metrics::observe_db;
 
@@ -130,12 +130,21 @@ impl RootKeyGate {
         found: Option<(&RootKey, &str)>,
     ) -> Result<RootKey> {
         let (record, hash) = found.ok_or(Error::Unauthenticated(UNKNOWN_ROOT_KEY))?;
-        if !self
-            .hasher
-            .verify(presented.kind, &presented.id, &presented.secret, hash)
-            .await?
-        {
-            return Err(Error::Unauthenticated(UNKNOWN_ROOT_KEY));
+        match self.hasher.check_root_key(presented, hash).await? {
+            SecretCheck::Wrong => return Err(Error::Unauthenticated(UNKNOWN_ROOT_KEY)),
+            SecretCheck::Right { rehashed: None } => {}
+            SecretCheck::Right {
+                rehashed: Some(new_hash),
+            } => {
+                let replaced = observe_db(
+                    "rehash_root_key",
+                    store::replace_root_key_hash(&self.db, &record.id, hash, &new_hash),
+                )
+                .await;
+                if let Err(e) = replaced {
+                    tracing::warn!(root_key_id = %record.id, error = %e, "could not store the root key's rehashed secret");
+                }
+            }
         }
         if let Some(refusal) = record.refusal(domain::now()) {
             return Err(Error::Unauthenticated(refusal));

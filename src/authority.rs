@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use subtle::ConstantTimeEq;
 
 use crate::access::{key_out_of_reach, require_owner};
 use crate::domain::audit::AuditEvent;
@@ -23,11 +22,11 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::key_cache::{CachedLookup, KeyCache, WrongSecretGuard};
+use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
 use crate::ratelimit::{KeyCall, LimitStatus, RateLimiter};
-use crate::secrets::SecretHasher;
+use crate::secrets::{SecretCheck, SecretHasher};
 use crate::store::{
     Expiry, IMPORTED_SECRET_HASH, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow,
 };
@@ -36,16 +35,11 @@ use crate::telemetry::metrics::observe_db;
 /// The longest grace period a rotation may give the old key.
 pub const MAX_ROTATION_GRACE: Duration = Duration::days(7);
 
-/// The window over which wrong secrets for one key id are counted.
-const WRONG_SECRET_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The authority's configurable rules.
 #[derive(Clone, Copy, Debug)]
 pub struct AuthorityPolicy {
     /// Unrevoked keys an owner may hold at once.
     pub max_active_keys_per_owner: u32,
-    /// Wrong secrets per key id per minute before argon2 stops running for it.
-    pub wrong_secret_limit: u32,
 }
 
 /// A key to issue, with every field already within bounds.
@@ -117,8 +111,6 @@ pub struct KeyAuthority {
     keys: Arc<KeyCache>,
     /// Where changes are published for the other replicas, when they share Redis.
     invalidations: Option<Arc<InvalidationBus>>,
-    /// Caps argon2 runs spent on wrong secrets for one key id.
-    wrong_secrets: WrongSecretGuard,
     hasher: Arc<SecretHasher>,
     last_used: Arc<LastUsedTracker>,
     /// Counts limits, quotas and usage.
@@ -143,7 +135,6 @@ impl KeyAuthority {
             store,
             keys,
             invalidations: None,
-            wrong_secrets: WrongSecretGuard::new(policy.wrong_secret_limit, WRONG_SECRET_WINDOW),
             hasher,
             last_used,
             limiter,
@@ -175,7 +166,7 @@ impl KeyAuthority {
         let row = NewKeyRow {
             id: generated.id.clone(),
             prefix: generated.display_prefix(),
-            secret_hash: self.hasher.hash(&generated.secret).await?,
+            secret_hash: self.hasher.hash(generated.kind, &generated.secret).await?,
             owner_id: new.owner_id,
             name: new.name,
             scopes: new.scopes,
@@ -429,7 +420,7 @@ impl KeyAuthority {
         let current = self.reachable_key(caller, id, Some(audit)).await?;
         let current = self.with_live_quota(current).await;
         let generated = GeneratedKey::generate(current.environment.key_kind());
-        let secret_hash = self.hasher.hash(&generated.secret).await?;
+        let secret_hash = self.hasher.hash(generated.kind, &generated.secret).await?;
         let (new_id, prefix) = (generated.id.clone(), generated.display_prefix());
         audit.set_field("new_key_id", new_id.as_str());
         let now = domain::now();
@@ -498,12 +489,16 @@ impl KeyAuthority {
         {
             return Ok(Verdict::refused(ValidationCode::NotFound));
         }
-        if !self
-            .secret_matches(&presented, &lookup, secret_hash)
+        match self
+            .hasher
+            .check(&presented, secret_hash, &lookup.verified)
             .await?
         {
-            self.wrong_secrets.record_failure(&presented.id);
-            return Ok(Verdict::refused(ValidationCode::NotFound));
+            SecretCheck::Wrong => return Ok(Verdict::refused(ValidationCode::NotFound)),
+            SecretCheck::Right { rehashed: None } => {}
+            SecretCheck::Right {
+                rehashed: Some(new_hash),
+            } => self.store_rehash(&api_key.id, secret_hash, new_hash).await,
         }
         self.admit(api_key, request).await
     }
@@ -526,38 +521,20 @@ impl KeyAuthority {
         })
     }
 
-    /// Whether the presented secret is the key's: a constant-time digest
-    /// comparison once the cached record has been verified, argon2 before
-    /// that, and no argon2 at all for an id past its wrong-secret limit.
-    async fn secret_matches(
-        &self,
-        presented: &PresentedKey,
-        lookup: &CachedLookup,
-        secret_hash: &str,
-    ) -> Result<bool> {
-        let digest = self
-            .hasher
-            .digest(presented.kind, &presented.id, &presented.secret);
-        let remembered = lookup
-            .verified
-            .get()
-            .is_some_and(|known| bool::from(known.ct_eq(&digest)));
-        let result = if remembered { "hit" } else { "miss" };
-        ::metrics::counter!("apikeyd_secret_memo_total", "result" => result).increment(1);
-        if remembered {
-            return Ok(true);
+    /// Replaces a key's hash made under an old argon2 cost with one made
+    /// under the configured cost, unless it has changed meanwhile (another
+    /// replica did the same, or the key was rotated). The cached record keeps
+    /// the old hash, which the same secret still matches. A failure is only
+    /// logged: the next process to verify the key tries again.
+    async fn store_rehash(&self, id: &KeyId, old_hash: &str, new_hash: String) {
+        let replaced = observe_db(
+            "rehash_key",
+            self.store.replace_secret_hash(id, old_hash, &new_hash),
+        )
+        .await;
+        if let Err(e) = replaced {
+            tracing::warn!(key_id = %id, error = %e, "could not store the key's rehashed secret");
         }
-        if self.wrong_secrets.exhausted(&presented.id) {
-            return Ok(false);
-        }
-        let matched = self
-            .hasher
-            .verify_with_argon2(&presented.secret, secret_hash)
-            .await?;
-        if matched {
-            let _ = lookup.verified.set(digest);
-        }
-        Ok(matched)
     }
 
     /// The limiter's part of Validate, for a key found with the right

@@ -111,7 +111,10 @@ async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Resul
                     None => ExpiryChange::Never,
                 },
             };
-            let hasher = Arc::new(SecretHasher::new(settings.argon2_cost(), 1)?);
+            let hasher = Arc::new(SecretHasher::new(
+                settings.argon2_costs(),
+                settings.argon2_budget(),
+            )?);
             let (key, row) = root_keys::mint(&hasher, new, None, now).await?;
             let mut event = AuditEvent::new("cli root-key create", "cli", now);
             root_keys::describe_new(&mut event, &row);

@@ -14,13 +14,14 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::argon2_pool::{Argon2Budget, default_max_in_flight};
 use crate::domain::limit::seed_tiers;
 use crate::domain::{Algorithm, Limit, Tiers};
 use crate::envoy::ratelimit_config::RateLimitConfig;
 use crate::envoy::routes::{RouteRule, RouteTable};
 use crate::ratelimit::FailurePolicy;
 use crate::ratelimit::usage::Retention;
-use crate::secrets::Argon2Cost;
+use crate::secrets::{Argon2Cost, Argon2Costs};
 
 /// Every setting the service reads. In a TOML file the keys are these field
 /// names, e.g. `grpc_addr = "0.0.0.0:50051"`.
@@ -32,13 +33,21 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: Option<DatabaseUrl>,
     pub max_active_keys_per_owner: u32,
-    pub argon2_memory_kib: u32,
-    pub argon2_iterations: u32,
-    pub argon2_parallelism: u32,
+    pub api_key_argon2_memory_kib: u32,
+    pub api_key_argon2_iterations: u32,
+    pub api_key_argon2_parallelism: u32,
+    pub root_key_argon2_memory_kib: u32,
+    pub root_key_argon2_iterations: u32,
+    pub root_key_argon2_parallelism: u32,
+    /// Unset: the CPUs this process may use (its cgroup quota).
+    pub argon2_max_in_flight: Option<u32>,
+    pub argon2_max_queued: u32,
+    pub grpc_max_concurrent_streams: u32,
+    pub grpc_max_request_bytes: u32,
+    pub grpc_default_deadline_ms: u64,
     pub last_used_flush_secs: u64,
     pub key_cache_max_mib: u64,
     pub key_cache_degraded_ttl_secs: u64,
-    pub wrong_secret_limit: u32,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
     pub redis_url: Option<RedisUrl>,
@@ -91,20 +100,30 @@ fn sliding_window() -> Algorithm {
 
 impl Default for Settings {
     fn default() -> Self {
-        let argon2 = Argon2Cost::default();
+        let Argon2Costs {
+            api_keys,
+            root_keys,
+        } = Argon2Costs::default();
         Settings {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8080).into(),
             data_dir: PathBuf::from("./data"),
             database_url: None,
             max_active_keys_per_owner: 10,
-            argon2_memory_kib: argon2.memory_kib,
-            argon2_iterations: argon2.iterations,
-            argon2_parallelism: argon2.parallelism,
+            api_key_argon2_memory_kib: api_keys.memory_kib,
+            api_key_argon2_iterations: api_keys.iterations,
+            api_key_argon2_parallelism: api_keys.parallelism,
+            root_key_argon2_memory_kib: root_keys.memory_kib,
+            root_key_argon2_iterations: root_keys.iterations,
+            root_key_argon2_parallelism: root_keys.parallelism,
+            argon2_max_in_flight: None,
+            argon2_max_queued: 256,
+            grpc_max_concurrent_streams: 256,
+            grpc_max_request_bytes: 64 * 1024,
+            grpc_default_deadline_ms: 30_000,
             last_used_flush_secs: 5,
             key_cache_max_mib: 128,
             key_cache_degraded_ttl_secs: 10,
-            wrong_secret_limit: 10,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
             redis_url: None,
@@ -141,26 +160,62 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn argon2_cost(&self) -> Argon2Cost {
-        Argon2Cost {
-            memory_kib: self.argon2_memory_kib,
-            iterations: self.argon2_iterations,
-            parallelism: self.argon2_parallelism,
+    pub fn argon2_costs(&self) -> Argon2Costs {
+        Argon2Costs {
+            api_keys: Argon2Cost {
+                memory_kib: self.api_key_argon2_memory_kib,
+                iterations: self.api_key_argon2_iterations,
+                parallelism: self.api_key_argon2_parallelism,
+            },
+            root_keys: Argon2Cost {
+                memory_kib: self.root_key_argon2_memory_kib,
+                iterations: self.root_key_argon2_iterations,
+                parallelism: self.root_key_argon2_parallelism,
+            },
+        }
+    }
+
+    /// How many argon2 runs may be in flight and queued.
+    pub fn argon2_budget(&self) -> Argon2Budget {
+        Argon2Budget {
+            max_in_flight: self
+                .argon2_max_in_flight
+                .and_then(|n| std::num::NonZeroUsize::new(usize::try_from(n).ok()?))
+                .unwrap_or_else(default_max_in_flight),
+            max_queued: usize::try_from(self.argon2_max_queued).unwrap_or(usize::MAX),
         }
     }
 
     /// What is wrong with these settings, in sentences; empty when usable.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(e) = argon2::Params::new(
-            self.argon2_memory_kib,
-            self.argon2_iterations,
-            self.argon2_parallelism,
-            None,
-        ) {
-            problems.push(format!(
-                "argon2_memory_kib / argon2_iterations / argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
-            ));
+        let costs = self.argon2_costs();
+        for (kind, cost) in [("api_key", costs.api_keys), ("root_key", costs.root_keys)] {
+            if let Err(e) =
+                argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            {
+                problems.push(format!(
+                    "{kind}_argon2_memory_kib / {kind}_argon2_iterations / {kind}_argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
+                ));
+            }
+        }
+        if self.argon2_max_in_flight == Some(0) {
+            problems.push(
+                "argon2_max_in_flight: must be at least 1 (unset it to follow the CPU quota)"
+                    .to_owned(),
+            );
+        }
+        if self.grpc_max_concurrent_streams == 0 {
+            problems.push("grpc_max_concurrent_streams: must be at least 1".to_owned());
+        }
+        if self.grpc_max_request_bytes < 1024 {
+            problems.push(
+                "grpc_max_request_bytes: must be at least 1024 (a Validate request alone can need that)"
+                    .to_owned(),
+            );
+        }
+        if self.grpc_default_deadline_ms == 0 {
+            problems.push("grpc_default_deadline_ms: must be at least 1".to_owned());
         }
         if self.max_active_keys_per_owner == 0 {
             problems.push("max_active_keys_per_owner: must be at least 1".to_owned());
@@ -476,20 +531,60 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_active_keys_per_owner: Option<u32>,
 
-    /// argon2id memory per hash, in KiB [default: 19456].
-    #[arg(long, env = "APIKEYD_ARGON2_MEMORY_KIB", global = true)]
+    /// argon2id memory per API-key hash, in KiB; API keys hold 256 random bits, so a light cost suffices [default: 256].
+    #[arg(long, env = "APIKEYD_API_KEY_ARGON2_MEMORY_KIB", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub argon2_memory_kib: Option<u32>,
+    pub api_key_argon2_memory_kib: Option<u32>,
 
-    /// argon2id passes [default: 2].
-    #[arg(long, env = "APIKEYD_ARGON2_ITERATIONS", global = true)]
+    /// argon2id passes per API-key hash [default: 1].
+    #[arg(long, env = "APIKEYD_API_KEY_ARGON2_ITERATIONS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub argon2_iterations: Option<u32>,
+    pub api_key_argon2_iterations: Option<u32>,
 
-    /// argon2id lanes [default: 1].
-    #[arg(long, env = "APIKEYD_ARGON2_PARALLELISM", global = true)]
+    /// argon2id lanes per API-key hash [default: 1].
+    #[arg(long, env = "APIKEYD_API_KEY_ARGON2_PARALLELISM", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub argon2_parallelism: Option<u32>,
+    pub api_key_argon2_parallelism: Option<u32>,
+
+    /// argon2id memory per root-key hash, in KiB (OWASP's minimum) [default: 19456].
+    #[arg(long, env = "APIKEYD_ROOT_KEY_ARGON2_MEMORY_KIB", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_key_argon2_memory_kib: Option<u32>,
+
+    /// argon2id passes per root-key hash [default: 2].
+    #[arg(long, env = "APIKEYD_ROOT_KEY_ARGON2_ITERATIONS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_key_argon2_iterations: Option<u32>,
+
+    /// argon2id lanes per root-key hash [default: 1].
+    #[arg(long, env = "APIKEYD_ROOT_KEY_ARGON2_PARALLELISM", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_key_argon2_parallelism: Option<u32>,
+
+    /// argon2 runs (key verifications and hashes) in flight at once [default: the CPUs of the cgroup quota, else of the machine].
+    #[arg(long, env = "APIKEYD_ARGON2_MAX_IN_FLIGHT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_max_in_flight: Option<u32>,
+
+    /// argon2 runs waiting for a thread before further calls get RESOURCE_EXHAUSTED [default: 256].
+    #[arg(long, env = "APIKEYD_ARGON2_MAX_QUEUED", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argon2_max_queued: Option<u32>,
+
+    /// HTTP/2 streams (calls) at once on one gRPC connection [default: 256].
+    #[arg(long, env = "APIKEYD_GRPC_MAX_CONCURRENT_STREAMS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_max_concurrent_streams: Option<u32>,
+
+    /// Largest request message the gRPC server decodes, in bytes [default: 65536].
+    #[arg(long, env = "APIKEYD_GRPC_MAX_REQUEST_BYTES", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_max_request_bytes: Option<u32>,
+
+    /// Deadline of a gRPC call that sets none, in milliseconds; a caller's shorter grpc-timeout wins, a longer one is cut to this [default: 30000].
+    #[arg(long, env = "APIKEYD_GRPC_DEFAULT_DEADLINE_MS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_default_deadline_ms: Option<u64>,
 
     /// Seconds between batched writes of last_used_at [default: 5].
     #[arg(long, env = "APIKEYD_LAST_USED_FLUSH_SECS", global = true)]
@@ -505,11 +600,6 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_KEY_CACHE_DEGRADED_TTL_SECS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_cache_degraded_ttl_secs: Option<u64>,
-
-    /// Wrong secrets per key id per minute before argon2 is no longer run for that id [default: 10].
-    #[arg(long, env = "APIKEYD_WRONG_SECRET_LIMIT", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wrong_secret_limit: Option<u32>,
 
     /// Seconds in-flight calls get to finish after SIGTERM [default: 10].
     #[arg(long, env = "APIKEYD_SHUTDOWN_GRACE_SECS", global = true)]
@@ -627,13 +717,16 @@ mod tests {
     #[test]
     fn problems_are_explained_and_secrets_never_described() {
         let settings = Settings {
-            argon2_memory_kib: 1,
+            root_key_argon2_memory_kib: 1,
             max_active_keys_per_owner: 0,
             database_url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
             ..Settings::default()
         };
         let problems = settings.problems().join("\n");
-        assert!(problems.contains("argon2_memory_kib"), "{problems}");
+        assert!(
+            problems.contains("root_key_argon2_memory_kib"),
+            "{problems}"
+        );
         assert!(problems.contains("max_active_keys_per_owner"), "{problems}");
         assert!(problems.contains("database_url"), "{problems}");
         assert!(!problems.contains("hunter2"), "{problems}");

@@ -77,6 +77,13 @@ pub enum Error {
     #[error("the rate-limit store is unreachable right now; retry with backoff")]
     LimiterUnavailable,
 
+    /// RESOURCE_EXHAUSTED: the server's argon2 budget is full (its queue of
+    /// key verifications and hashes); nothing was judged, so retry.
+    #[error(
+        "this server is verifying as many keys as it can right now; retry with backoff (nothing was judged)"
+    )]
+    Overloaded,
+
     /// UNAVAILABLE: the rate-limit store's answer did not come within the
     /// call's deadline (or the default wait); nothing was decided for it.
     #[error(
@@ -121,6 +128,7 @@ impl From<Error> for Status {
             Error::LimiterUnavailable | Error::LimiterLate { .. } => {
                 Status::unavailable(error.to_string())
             }
+            Error::Overloaded => Status::resource_exhausted(error.to_string()),
             Error::Database(db) if is_connection_error(db) => {
                 tracing::warn!(error = %db, "database unreachable");
                 Status::new(

@@ -185,7 +185,10 @@ impl Importer {
         let authority = KeyAuthority::new(
             KeyStore::new(db),
             // An import hashes nothing: imported keys keep their digests.
-            Arc::new(SecretHasher::new(settings.argon2_cost(), 1)?),
+            Arc::new(SecretHasher::new(
+                settings.argon2_costs(),
+                settings.argon2_budget(),
+            )?),
             Arc::new(LastUsedTracker::default()),
             Arc::new(KeyCache::new(
                 1 << 20,
@@ -196,7 +199,6 @@ impl Importer {
             Arc::new(settings.tiers().context("invalid tiers")?),
             AuthorityPolicy {
                 max_active_keys_per_owner: settings.max_active_keys_per_owner,
-                wrong_secret_limit: settings.wrong_secret_limit,
             },
         )
         .publishing_to(bus.as_ref().map(|(bus, _)| bus.clone()));

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::domain::LimitSource;
 use crate::domain::{ApiKey, KeyId, LegacyDigest};
 use crate::error::{Error, Result};
-use crate::secrets::SecretDigest;
+use crate::secrets::VerifiedDigest;
 use generations::{Generations, Space, Stamp};
 
 /// What the store said about an id, and when.
@@ -47,10 +47,10 @@ pub struct CachedLookup {
     /// The record and its secret hash, or `None` for "no such key".
     pub found: Option<(ApiKey, Arc<str>)>,
     /// The keyed digest of the secret that matched the hash, once argon2 has
-    /// said so: a warm key is checked against it instead of argon2. A reload
-    /// keeps it only while the hash is the same, so a rotated or changed
-    /// secret starts cold again.
-    pub verified: std::sync::OnceLock<SecretDigest>,
+    /// said so: a warm key is checked against it instead of argon2 (see
+    /// [`crate::secrets`]). A reload keeps it only while the hash is the
+    /// same, so a rotated or changed secret starts cold again.
+    pub verified: Arc<VerifiedDigest>,
     freshness: Freshness,
 }
 
@@ -418,59 +418,26 @@ impl KeyCache {
 }
 
 /// A fresh lookup, keeping the previous entry's verified digest when the
-/// secret hash is unchanged: a reload costs a database read, not argon2.
+/// secret hash is unchanged: a reload costs a database read, not argon2. The
+/// two entries share it, so a verification still running for the old entry
+/// is remembered by the new one too.
 fn lookup_keeping_digest(
     found: Option<(ApiKey, String)>,
     freshness: Freshness,
     previous: Option<&CachedLookup>,
 ) -> CachedLookup {
-    let fresh = CachedLookup {
-        found: found.map(|(key, hash)| (key, Arc::from(hash))),
-        verified: std::sync::OnceLock::new(),
-        freshness,
+    let found: Option<(ApiKey, Arc<str>)> = found.map(|(key, hash)| (key, Arc::from(hash)));
+    let verified = match (previous, &found) {
+        (Some(previous), Some((_, new))) => match &previous.found {
+            Some((_, old)) if old == new => previous.verified.clone(),
+            _ => Arc::default(),
+        },
+        _ => Arc::default(),
     };
-    if let Some(previous) = previous {
-        let same_hash = match (&previous.found, &fresh.found) {
-            (Some((_, old)), Some((_, new))) => old == new,
-            _ => false,
-        };
-        if let (true, Some(digest)) = (same_hash, previous.verified.get()) {
-            let _ = fresh.verified.set(*digest);
-        }
-    }
-    fresh
-}
-
-/// Counts wrong secrets presented for each key id. Past the limit within the
-/// window, Validate answers NOT_FOUND without running argon2, so guessing at
-/// a known id cannot make the server burn CPU. A right secret already in the
-/// memo still validates; a cold right secret waits out the window.
-pub struct WrongSecretGuard {
-    failures: moka::sync::Cache<KeyId, Arc<std::sync::atomic::AtomicU32>>,
-    limit: u32,
-}
-
-impl WrongSecretGuard {
-    pub fn new(limit: u32, window: Duration) -> Self {
-        WrongSecretGuard {
-            failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(window)
-                .build(),
-            limit,
-        }
-    }
-
-    pub fn exhausted(&self, id: &KeyId) -> bool {
-        self.failures
-            .get(id)
-            .is_some_and(|count| count.load(Ordering::Relaxed) >= self.limit)
-    }
-
-    pub fn record_failure(&self, id: &KeyId) {
-        self.failures
-            .get_with_by_ref(id, || Arc::new(std::sync::atomic::AtomicU32::new(0)))
-            .fetch_add(1, Ordering::Relaxed);
+    CachedLookup {
+        found,
+        verified,
+        freshness,
     }
 }
 
@@ -814,16 +781,5 @@ mod tests {
             "the revoked record is what is cached"
         );
         assert_eq!(loads.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn the_guard_trips_at_the_limit() {
-        let guard = WrongSecretGuard::new(3, Duration::from_secs(60));
-        for _ in 0..2 {
-            guard.record_failure(&id());
-        }
-        assert!(!guard.exhausted(&id()));
-        guard.record_failure(&id());
-        assert!(guard.exhausted(&id()));
     }
 }

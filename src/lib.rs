@@ -15,8 +15,11 @@
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
 //!   validate, usage, owner limits, import) over the store, the hasher and the
 //!   limiter; keys imported from another store in `authority::imported_keys`.
-//! - [`secrets`]: argon2id hashing on a bounded pool, keyed digests of
-//!   presented keys, and the memo of verified root-key secrets.
+//! - [`secrets`]: "is this the key's secret", for API keys and root keys:
+//!   argon2id at a cost per key kind (rehashed when it changes), keyed
+//!   digests of verified keys, single-flight verification.
+//! - [`argon2_pool`]: the verification budget: argon2 runs on a fixed pool of
+//!   threads behind a bounded queue that refuses, retryably, when full.
 //! - [`store`]: SeaORM entities and data access (SQLite or PostgreSQL);
 //!   migrations live in the `apikeyd-migrations` crate (`migrations/`).
 //! - [`access`]: who may call: the root key a call carries, its
@@ -30,8 +33,7 @@
 //! - [`key_cache`]: key records (with the digest of their verified secret)
 //!   cached for Validate: per-id generations against loads racing a change,
 //!   a 60 s backstop, the degraded TTL while invalidations may be missed;
-//!   imported keys' ids by digest; and the guard that caps argon2 runs on
-//!   wrong secrets.
+//!   imported keys' ids by digest.
 //! - [`invalidation`]: cache invalidation between replicas over a Redis
 //!   Stream: appends retried until taken, each replica replaying from its
 //!   last entry and knowing when it may have missed one; staleness bounds in
@@ -58,6 +60,7 @@
 //!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
+pub mod argon2_pool;
 pub mod audit;
 pub mod authority;
 pub mod bootstrap;

@@ -36,7 +36,7 @@ pub async fn mint(
     let row = NewRootKeyRow {
         id: generated.id.clone(),
         prefix: generated.display_prefix(),
-        secret_hash: hasher.hash(&generated.secret).await?,
+        secret_hash: hasher.hash(generated.kind, &generated.secret).await?,
         name: new.name,
         permissions: new.permissions,
         owner_scope: new.owner_scope,

@@ -1,187 +1,358 @@
-//! Hashing and verifying key secrets with argon2id.
+//! "Is this the key's secret?", answered in one place for API keys and root
+//! keys, and the argon2id hashing of new secrets.
 //!
-//! argon2id is deliberately slow (tens of milliseconds), so it runs on the
-//! blocking pool behind a semaphore sized to the cores: a burst of cold keys
-//! queues here instead of starving the async runtime. A verified secret is
-//! remembered by a keyed digest (HMAC-SHA256 under a per-process random key,
-//! never the secret itself), so a warm key costs one HMAC instead of one
-//! argon2 run: API keys keep the digest in their key-cache entry
-//! ([`crate::key_cache`]); root keys in the small memo here, next to the hash
-//! it matched. The memo is safe without invalidation: a secret that matched
-//! a hash once always matches it, and revocation is judged on the record.
+//! **Cost per kind.** An API key's secret is 256 random bits: no one guesses
+//! it, hashed fast or slow, so stretching it buys nothing and would make every
+//! cold key an amplifier; API keys get a light argon2id cost. Root keys keep
+//! OWASP's. The parameters live in each PHC string, so a hash made under
+//! another cost still verifies, and at its next successful verification it
+//! is hashed again under the configured cost for the caller to store
+//! (compare-and-set on the old hash, so replicas racing to do it are harmless).
+//!
+//! **A check, cheapest first:**
+//! 1. the presented key's keyed digest (HMAC-SHA256 under a per-process random
+//!    key; never the key) against the digest remembered beside the hash once a
+//!    key matched it, in constant time: a warm key costs no argon2;
+//! 2. a run already in flight for the same digest and hash: concurrent first
+//!    calls of a cold key share one argon2 run (single flight), while a wrong
+//!    secret, having another digest, has its own run and neither waits for
+//!    nor spoils the right one;
+//! 3. one argon2 run within the budget of [`crate::argon2_pool`], which
+//!    refuses ([`Error::Overloaded`]) rather than queue without bound.
+//!
+//! A wrong secret is not remembered: a wrong guess costs one light run within
+//! the budget, an attacker changes the secret on every guess anyway, and
+//! nothing that fills up with guesses can ever turn a right secret away.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
-use tokio::sync::Semaphore;
+use subtle::ConstantTimeEq;
 
-use crate::domain::{KeyId, KeyKind, Secret};
+use crate::argon2_pool::{Argon2Budget, Argon2Pool, Overloaded};
+use crate::domain::{KeyId, KeyKind, PresentedKey, Secret};
 use crate::error::{Error, Result};
 
 /// argon2id cost parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Argon2Cost {
-    /// Memory per hash, in KiB (OWASP's minimum for argon2id: 19 MiB).
+    /// Memory per hash, in KiB.
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
 }
 
+impl Argon2Cost {
+    /// OWASP's minimum for argon2id (19 MiB, 2 passes, 1 lane): root keys.
+    pub const OWASP: Argon2Cost = Argon2Cost {
+        memory_kib: 19_456,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    /// API keys (256-bit random secrets): about 0.1 ms per verification on
+    /// the 2-core development machine (`cargo bench --bench argon2_cost`).
+    pub const API_KEYS: Argon2Cost = Argon2Cost {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    pub fn params(&self) -> Result<Params> {
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| Error::Internal(format!("argon2 parameters rejected: {e}")))
+    }
+
+    /// Whether `hash` was made with exactly this cost (argon2id, version 19).
+    fn made(&self, hash: &PasswordHash<'_>) -> bool {
+        Params::try_from(hash).is_ok_and(|params| {
+            hash.algorithm == Algorithm::Argon2id.ident()
+                && hash.version == Some(Version::V0x13.into())
+                && params.m_cost() == self.memory_kib
+                && params.t_cost() == self.iterations
+                && params.p_cost() == self.parallelism
+        })
+    }
+}
+
+/// The cost of API keys, the hashes a server makes and checks most.
 impl Default for Argon2Cost {
     fn default() -> Self {
-        Argon2Cost {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
+        Argon2Cost::API_KEYS
+    }
+}
+
+/// The cost each kind of key is hashed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Costs {
+    pub api_keys: Argon2Cost,
+    pub root_keys: Argon2Cost,
+}
+
+impl Default for Argon2Costs {
+    fn default() -> Self {
+        Argon2Costs {
+            api_keys: Argon2Cost::API_KEYS,
+            root_keys: Argon2Cost::OWASP,
         }
     }
 }
 
-impl Argon2Cost {
-    pub fn params(&self) -> Result<Params> {
-        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
-            .map_err(|e| Error::Internal(format!("argon2 parameters rejected: {e}")))
+impl Argon2Costs {
+    fn of(&self, kind: KeyKind) -> Argon2Cost {
+        match kind {
+            KeyKind::Live | KeyKind::Test => self.api_keys,
+            KeyKind::Root => self.root_keys,
+        }
     }
 }
 
 /// HMAC-SHA256 of a presented key under the per-process key.
 pub type SecretDigest = [u8; 32];
 
-/// Counts an argon2 run in the queue-depth gauge and times it, queueing
-/// included, from creation until drop.
-struct ArgonSlot {
-    operation: &'static str,
-    entered: std::time::Instant,
-}
+/// The digest of the key that matched a stored hash, once one has: kept
+/// beside the hash (in its key-cache entry, or the root-key memo here) and
+/// shared with the argon2 run that sets it.
+#[derive(Debug, Default)]
+pub struct VerifiedDigest(OnceLock<SecretDigest>);
 
-impl ArgonSlot {
-    fn enter(operation: &'static str) -> ArgonSlot {
-        ::metrics::gauge!("apikeyd_argon2_queue_depth").increment(1.0);
-        ArgonSlot {
-            operation,
-            entered: std::time::Instant::now(),
-        }
+impl VerifiedDigest {
+    pub fn get(&self) -> Option<&SecretDigest> {
+        self.0.get()
+    }
+
+    /// Remembers `digest`; a second one is refused (only one key matches a hash).
+    pub fn set(&self, digest: SecretDigest) -> Result<(), SecretDigest> {
+        self.0.set(digest)
+    }
+
+    /// Constant time, so the comparison reveals nothing of the digest.
+    fn holds(&self, digest: &SecretDigest) -> bool {
+        self.0
+            .get()
+            .is_some_and(|known| bool::from(known.ct_eq(digest)))
     }
 }
 
-impl Drop for ArgonSlot {
+/// Whether a presented key is the one a stored hash was made from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretCheck {
+    Wrong,
+    Right {
+        /// The secret hashed under the configured cost, when the stored hash
+        /// was made under another: the caller stores it in place of the old
+        /// one. Of the calls sharing one run, only one receives it.
+        rehashed: Option<String>,
+    },
+}
+
+/// What one argon2 run found, as every call sharing it receives it.
+#[derive(Clone)]
+enum RunOutcome {
+    Wrong,
+    /// Right; the new hash, if any, is taken by the first call to look.
+    Right(Option<Arc<Mutex<Option<String>>>>),
+    /// The run could not judge (a corrupt stored hash, a failed thread).
+    Failed(Arc<str>),
+}
+
+/// A run in flight, for calls that want the same answer.
+type Flight = Shared<BoxFuture<'static, RunOutcome>>;
+/// Runs are shared by presented key (its digest) and stored hash.
+type FlightKey = (SecretDigest, Arc<str>);
+
+#[derive(Default)]
+struct Flights(Mutex<HashMap<FlightKey, Flight>>);
+
+impl Flights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Flight>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Ends a flight when its run ends (or unwinds): after the run has
+/// remembered a right key, so a later call finds either the flight or the
+/// remembered digest, never neither.
+struct FlightEnd {
+    flights: Arc<Flights>,
+    key: FlightKey,
+}
+
+impl Drop for FlightEnd {
     fn drop(&mut self) {
-        ::metrics::gauge!("apikeyd_argon2_queue_depth").decrement(1.0);
-        ::metrics::histogram!("apikeyd_argon2_duration_seconds", "operation" => self.operation)
-            .record(self.entered.elapsed());
+        self.flights.lock().remove(&self.key);
     }
 }
+
+/// A root key's stored hash and the digest that matched it; root keys have
+/// no cache entry of their own to keep it in.
+struct RootKeyMemo {
+    hash: Arc<str>,
+    verified: Arc<VerifiedDigest>,
+}
+
+/// Root keys whose verified digests are remembered; about 200 bytes each.
+const ROOT_KEY_MEMO: u64 = 10_000;
 
 pub struct SecretHasher {
-    argon2: Argon2<'static>,
-    /// Bounds concurrent argon2 runs to the number of cores.
-    permits: Arc<Semaphore>,
-    /// Per-process HMAC key for the memo: digests mean nothing elsewhere.
+    costs: Argon2Costs,
+    /// Where every argon2 run happens, within the budget.
+    pool: Argon2Pool,
+    /// Per-process HMAC key: digests mean nothing elsewhere.
     digest_key: [u8; 32],
-    /// digest of (kind, id, secret) → the PHC hash it was verified against.
-    verified: moka::future::Cache<SecretDigest, Arc<str>>,
+    /// Runs in flight, so concurrent checks of one key share one.
+    flights: Arc<Flights>,
+    /// Root key id → its hash and verified digest.
+    root_keys: moka::sync::Cache<KeyId, Arc<RootKeyMemo>>,
 }
 
 impl SecretHasher {
-    pub fn new(cost: Argon2Cost, memo_capacity: u64) -> Result<Self> {
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, cost.params()?);
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    pub fn new(costs: Argon2Costs, budget: Argon2Budget) -> Result<Self> {
+        costs.api_keys.params()?;
+        costs.root_keys.params()?;
+        let pool = Argon2Pool::new(budget)
+            .map_err(|e| Error::Internal(format!("cannot start the argon2 threads: {e}")))?;
         let mut digest_key = [0u8; 32];
         OsRng.fill_bytes(&mut digest_key);
         Ok(SecretHasher {
-            argon2,
-            permits: Arc::new(Semaphore::new(cores)),
+            costs,
+            pool,
             digest_key,
-            verified: moka::future::Cache::builder()
-                .max_capacity(memo_capacity)
+            flights: Arc::default(),
+            root_keys: moka::sync::Cache::builder()
+                .max_capacity(ROOT_KEY_MEMO)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
         })
     }
 
-    /// An argon2id PHC string for `secret`, with a fresh random salt.
-    pub async fn hash(&self, secret: &Secret) -> Result<String> {
-        let secret = secret.clone();
-        self.on_pool("hash", move |argon2| {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2
-                .hash_password(secret.expose(), &salt)
-                .map(|hash| hash.to_string())
-                .map_err(|e| Error::Internal(format!("argon2 hashing failed: {e}")))
-        })
-        .await
-    }
-
-    /// Whether `secret` (of key `id`) matches `stored_hash`. The comparison
-    /// inside argon2 is constant time; the memo lookup compares digests that an
-    /// attacker cannot compute without the per-process key.
-    pub async fn verify(
-        &self,
-        kind: KeyKind,
-        id: &KeyId,
-        secret: &Secret,
-        stored_hash: &str,
-    ) -> Result<bool> {
-        let digest = self.digest(kind, id, secret);
-        if self.memo_holds(&digest, stored_hash).await {
-            return Ok(true);
-        }
-        let matched = self.verify_with_argon2(secret, stored_hash).await?;
-        if matched {
-            self.verified.insert(digest, Arc::from(stored_hash)).await;
-        }
-        Ok(matched)
-    }
-
-    async fn memo_holds(&self, digest: &SecretDigest, stored_hash: &str) -> bool {
-        let hit = self
-            .verified
-            .get(digest)
+    /// An argon2id PHC string for a new secret of `kind`, with a fresh salt.
+    pub async fn hash(&self, kind: KeyKind, secret: &Secret) -> Result<String> {
+        let (secret, cost) = (secret.clone(), self.costs.of(kind));
+        self.pool
+            .submit("hash", move || hash_with(cost, &secret))
+            .map_err(overloaded)?
             .await
-            .is_some_and(|hash| *hash == *stored_hash);
-        let result = if hit { "hit" } else { "miss" };
+            .map_err(|_| Error::Internal("the argon2 hashing run failed".to_owned()))?
+    }
+
+    /// Whether `presented` is the key `stored_hash` was made from. `verified`
+    /// is where the digest of the right key is remembered beside that hash.
+    pub async fn check(
+        &self,
+        presented: &PresentedKey,
+        stored_hash: &Arc<str>,
+        verified: &Arc<VerifiedDigest>,
+    ) -> Result<SecretCheck> {
+        let digest = self.digest(presented.kind, &presented.id, &presented.secret);
+        let remembered = verified.holds(&digest);
+        let result = if remembered { "hit" } else { "miss" };
         ::metrics::counter!("apikeyd_secret_memo_total", "result" => result).increment(1);
-        hit
+        if remembered {
+            return Ok(SecretCheck::Right { rehashed: None });
+        }
+        let Some(flight) = self.join_or_start(presented, digest, stored_hash, verified)? else {
+            return Ok(SecretCheck::Right { rehashed: None });
+        };
+        match flight.await {
+            RunOutcome::Wrong => Ok(SecretCheck::Wrong),
+            RunOutcome::Right(rehashed) => {
+                // A call that joined a run started for another cache entry
+                // of the same hash remembers the digest in its own too.
+                let _ = verified.set(digest);
+                let rehashed =
+                    rehashed.and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+                Ok(SecretCheck::Right { rehashed })
+            }
+            RunOutcome::Failed(cause) => Err(Error::Internal(cause.to_string())),
+        }
     }
 
-    /// Runs argon2 work on the blocking pool, at most one run per core at a
-    /// time, counted in the queue-depth gauge and timed.
-    async fn on_pool<T: Send + 'static>(
+    /// [`SecretHasher::check`] for a root key, remembering its verified
+    /// digest here by key id (for as long as its stored hash is unchanged).
+    pub async fn check_root_key(
         &self,
-        operation: &'static str,
-        work: impl FnOnce(&Argon2<'static>) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let _slot = ArgonSlot::enter(operation);
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
-        let argon2 = self.argon2.clone();
-        tokio::task::spawn_blocking(move || work(&argon2))
-            .await
-            .map_err(|e| Error::Internal(format!("argon2 {operation} task failed: {e}")))?
+        presented: &PresentedKey,
+        stored_hash: &str,
+    ) -> Result<SecretCheck> {
+        let fresh = || {
+            Arc::new(RootKeyMemo {
+                hash: Arc::from(stored_hash),
+                verified: Arc::default(),
+            })
+        };
+        let mut memo = self.root_keys.get_with_by_ref(&presented.id, fresh);
+        if *memo.hash != *stored_hash {
+            memo = fresh();
+            self.root_keys.insert(presented.id.clone(), memo.clone());
+        }
+        self.check(presented, &memo.hash, &memo.verified).await
     }
 
-    /// Checks `secret` against `stored_hash` with argon2 alone, on the pool
-    /// (the caller keeps its own record of what verified).
-    pub async fn verify_with_argon2(&self, secret: &Secret, stored_hash: &str) -> Result<bool> {
-        let (secret, stored) = (secret.clone(), stored_hash.to_owned());
-        self.on_pool("verify", move |argon2| {
-            let parsed = PasswordHash::new(&stored)
-                .map_err(|e| Error::Internal(format!("stored hash is not a PHC string: {e}")))?;
-            Ok(argon2.verify_password(secret.expose(), &parsed).is_ok())
-        })
-        .await
+    /// The run in flight for this key and hash, or a new one; `None` when a
+    /// run ended meanwhile having remembered this very key.
+    fn join_or_start(
+        &self,
+        presented: &PresentedKey,
+        digest: SecretDigest,
+        stored_hash: &Arc<str>,
+        verified: &Arc<VerifiedDigest>,
+    ) -> Result<Option<Flight>> {
+        let key = (digest, stored_hash.clone());
+        let mut running = self.flights.lock();
+        if let Some(flight) = running.get(&key) {
+            return Ok(Some(flight.clone()));
+        }
+        // A run ends by remembering, then leaving this map under its lock:
+        // checked again under the lock, a run just ended is never missed.
+        if verified.holds(&digest) {
+            return Ok(None);
+        }
+        let (flights, flight_key) = (self.flights.clone(), key.clone());
+        let (secret, stored, verified) = (
+            presented.secret.clone(),
+            stored_hash.clone(),
+            verified.clone(),
+        );
+        let target = self.costs.of(presented.kind);
+        // The guard is made inside the run: a run refused (and dropped) here,
+        // under the lock, has no flight to end.
+        let run = self
+            .pool
+            .submit("verify", move || {
+                let _end = FlightEnd {
+                    flights,
+                    key: flight_key,
+                };
+                let outcome = verify_with(&secret, &stored, target);
+                if let RunOutcome::Right(_) = outcome {
+                    let _ = verified.set(digest);
+                }
+                outcome
+            })
+            .map_err(overloaded)?;
+        let flight = async move {
+            run.await.unwrap_or_else(|_| {
+                RunOutcome::Failed(Arc::from("the argon2 verification run failed"))
+            })
+        }
+        .boxed()
+        .shared();
+        running.insert(key, flight.clone());
+        Ok(Some(flight))
     }
 
     /// The keyed digest of a presented key: what caches may hold instead of it.
-    pub fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> SecretDigest {
+    fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> SecretDigest {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
         mac.update(kind.prefix().as_bytes());
@@ -192,107 +363,421 @@ impl SecretHasher {
     }
 }
 
+fn overloaded(_: Overloaded) -> Error {
+    Error::Overloaded
+}
+
+thread_local! {
+    /// Each argon2 thread's working memory, kept from run to run. Allocating
+    /// it afresh per run would leave the allocator holding many copies (19 MiB
+    /// each at OWASP's cost: hundreds of MB after a few dozen runs); kept, it
+    /// is at most one buffer of the largest cost per thread of the pool.
+    static WORKING_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// argon2 of `secret` and `salt` into `out`, in this thread's working memory.
+fn argon2_into(
+    argon2: &Argon2<'_>,
+    secret: &Secret,
+    salt: &[u8],
+    out: &mut [u8],
+) -> argon2::Result<()> {
+    WORKING_MEMORY.with_borrow_mut(|memory| {
+        let blocks = argon2.params().block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        argon2.hash_password_into_with_memory(secret.expose(), salt, out, &mut memory[..blocks])
+    })
+}
+
+/// Hashes `secret` under `cost` into a PHC string (on an argon2 thread).
+fn hash_with(cost: Argon2Cost, secret: &Secret) -> Result<String> {
+    let failed = |e: &dyn std::fmt::Display| Error::Internal(format!("argon2 hashing failed: {e}"));
+    let params = cost.params()?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(|e| failed(&e))?;
+    let output = Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
+        argon2_into(&argon2, secret, salt_bytes, out).map_err(Into::into)
+    })
+    .map_err(|e| failed(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| failed(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
+}
+
+/// Verifies `secret` against `stored` (under the parameters `stored`
+/// carries) and, when it matches a hash made under another cost than
+/// `target`, hashes it anew (on an argon2 thread).
+fn verify_with(secret: &Secret, stored: &str, target: Argon2Cost) -> RunOutcome {
+    let matched = PasswordHash::new(stored)
+        .map_err(|e| format!("stored hash is not a PHC string: {e}"))
+        .and_then(|parsed| {
+            matches(secret, &parsed)
+                .map(|matched| (matched, target.made(&parsed)))
+                .map_err(|e| format!("stored hash cannot be verified: {e}"))
+        });
+    match matched {
+        Err(cause) => RunOutcome::Failed(Arc::from(cause)),
+        Ok((false, _)) => RunOutcome::Wrong,
+        Ok((true, true)) => RunOutcome::Right(None),
+        Ok((true, false)) => match hash_with(target, secret) {
+            Ok(rehashed) => RunOutcome::Right(Some(Arc::new(Mutex::new(Some(rehashed))))),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rehash a verified secret; it keeps its old hash");
+                RunOutcome::Right(None)
+            }
+        },
+    }
+}
+
+/// Whether `secret` hashes to `hash`'s output under `hash`'s own algorithm,
+/// version, parameters and salt; the outputs are compared in constant time.
+fn matches(secret: &Secret, hash: &PasswordHash<'_>) -> argon2::password_hash::Result<bool> {
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return Err(argon2::password_hash::Error::PhcStringField);
+    };
+    let argon2 = Argon2::new(
+        Algorithm::try_from(hash.algorithm)?,
+        hash.version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default(),
+        Params::try_from(hash)?,
+    );
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+    let mut computed = vec![0u8; expected.len()];
+    argon2_into(&argon2, secret, salt_bytes, &mut computed)?;
+    Ok(bool::from(computed.ct_eq(expected.as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroUsize;
+
     use super::*;
-    use crate::domain::{GeneratedKey, PresentedKey};
+    use crate::domain::GeneratedKey;
+
+    const CHEAP: Argon2Cost = Argon2Cost {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn hasher_with(costs: Argon2Costs, max_in_flight: usize, max_queued: usize) -> SecretHasher {
+        let budget = Argon2Budget {
+            max_in_flight: NonZeroUsize::new(max_in_flight).unwrap(),
+            max_queued,
+        };
+        SecretHasher::new(costs, budget).unwrap()
+    }
 
     fn cheap() -> SecretHasher {
-        let cost = Argon2Cost {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
+        let costs = Argon2Costs {
+            api_keys: CHEAP,
+            root_keys: CHEAP,
         };
-        SecretHasher::new(cost, 100).unwrap()
+        hasher_with(costs, 2, 1_000)
+    }
+
+    /// A new key's presented form and its stored hash, as a cache entry holds it.
+    async fn issued(hasher: &SecretHasher, kind: KeyKind) -> (PresentedKey, Arc<str>) {
+        let key = GeneratedKey::generate(kind);
+        let hash = hasher.hash(kind, &key.secret).await.unwrap();
+        let presented = PresentedKey::parse(&key.into_full_key()).unwrap();
+        (presented, Arc::from(hash))
+    }
+
+    /// The same key id with another secret.
+    fn wrong_secret_for(right: &PresentedKey) -> PresentedKey {
+        let other = GeneratedKey::generate(right.kind);
+        PresentedKey {
+            secret: other.secret,
+            ..right.clone()
+        }
     }
 
     #[tokio::test]
     async fn hashes_are_argon2id_phc_strings_that_verify() {
         let hasher = cheap();
-        let key = GeneratedKey::generate(KeyKind::Live);
-        let hash = hasher.hash(&key.secret).await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
-        let presented = PresentedKey::parse(&key.into_full_key()).unwrap();
-        assert!(
-            hasher
-                .verify(presented.kind, &presented.id, &presented.secret, &hash)
-                .await
-                .unwrap()
-        );
+        let (presented, hash) = issued(&hasher, KeyKind::Live).await;
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+
+        let check = hasher.check(&presented, &hash, &Arc::default()).await;
+
+        assert_eq!(check.unwrap(), SecretCheck::Right { rehashed: None });
+    }
+
+    #[tokio::test]
+    async fn each_kind_is_hashed_at_its_own_cost() {
+        let costs = Argon2Costs {
+            api_keys: CHEAP,
+            root_keys: Argon2Cost {
+                memory_kib: 128,
+                iterations: 2,
+                parallelism: 1,
+            },
+        };
+        let hasher = hasher_with(costs, 1, 10);
+        let secret = GeneratedKey::generate(KeyKind::Live).secret;
+
+        let api = hasher.hash(KeyKind::Test, &secret).await.unwrap();
+        let root = hasher.hash(KeyKind::Root, &secret).await.unwrap();
+
+        assert!(api.contains("$m=64,t=1,p=1$"), "{api}");
+        assert!(root.contains("$m=128,t=2,p=1$"), "{root}");
     }
 
     #[tokio::test]
     async fn a_wrong_secret_does_not_verify_even_after_the_right_one_did() {
         let hasher = cheap();
-        let right = GeneratedKey::generate(KeyKind::Live);
-        let wrong = GeneratedKey::generate(KeyKind::Live);
-        let hash = hasher.hash(&right.secret).await.unwrap();
-        assert!(
-            hasher
-                .verify(right.kind, &right.id, &right.secret, &hash)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(right.kind, &right.id, &wrong.secret, &hash)
-                .await
-                .unwrap()
-        );
+        let (right, hash) = issued(&hasher, KeyKind::Live).await;
+        let verified = Arc::default();
+        let first = hasher.check(&right, &hash, &verified).await.unwrap();
+        assert_eq!(first, SecretCheck::Right { rehashed: None });
+
+        let wrong = hasher
+            .check(&wrong_secret_for(&right), &hash, &verified)
+            .await;
+
+        assert_eq!(wrong.unwrap(), SecretCheck::Wrong);
     }
 
     #[tokio::test]
-    async fn the_memo_only_vouches_for_the_hash_it_verified() {
+    async fn a_right_secret_is_remembered_by_digest_and_a_wrong_one_is_not() {
         let hasher = cheap();
-        let key = GeneratedKey::generate(KeyKind::Live);
-        let hash = hasher.hash(&key.secret).await.unwrap();
-        let other_hash = hasher
-            .hash(&GeneratedKey::generate(KeyKind::Live).secret)
+        let (right, hash) = issued(&hasher, KeyKind::Live).await;
+        let verified = Arc::<VerifiedDigest>::default();
+
+        hasher
+            .check(&wrong_secret_for(&right), &hash, &verified)
             .await
             .unwrap();
-        assert!(
-            hasher
-                .verify(key.kind, &key.id, &key.secret, &hash)
-                .await
-                .unwrap()
+        assert_eq!(verified.get(), None, "a failure is not remembered");
+        hasher.check(&right, &hash, &verified).await.unwrap();
+
+        let remembered = *verified.get().expect("the right key is remembered");
+        assert_eq!(
+            remembered,
+            hasher.digest(right.kind, &right.id, &right.secret)
         );
-        assert!(
-            !hasher
-                .verify(key.kind, &key.id, &key.secret, &other_hash)
-                .await
-                .unwrap()
-        );
+        let secret = right.secret.expose();
+        assert!(!remembered.windows(secret.len()).any(|w| w == secret));
     }
 
     #[tokio::test]
-    async fn the_memo_never_holds_a_raw_key() {
+    async fn a_remembered_digest_vouches_only_for_its_own_hash_entry() {
         let hasher = cheap();
-        let key = GeneratedKey::generate(KeyKind::Live);
-        let hash = hasher.hash(&key.secret).await.unwrap();
-        let full = key.into_full_key();
-        let presented = PresentedKey::parse(&full).unwrap();
-        assert!(
-            hasher
-                .verify(presented.kind, &presented.id, &presented.secret, &hash)
-                .await
-                .unwrap()
-        );
-        hasher.verified.run_pending_tasks().await;
-        assert_eq!(hasher.verified.entry_count(), 1);
-        let secret = presented.secret.expose();
-        for (digest, remembered) in hasher.verified.iter() {
-            assert!(!digest.windows(secret.len()).any(|w| w == secret));
-            assert!(!remembered.contains(std::str::from_utf8(secret).unwrap()));
-            assert!(!remembered.contains(&full));
+        let (presented, hash) = issued(&hasher, KeyKind::Live).await;
+        let (_, other_hash) = issued(&hasher, KeyKind::Live).await;
+        let verified = Arc::default();
+        hasher.check(&presented, &hash, &verified).await.unwrap();
+
+        let elsewhere = hasher.check(&presented, &other_hash, &Arc::default()).await;
+
+        assert_eq!(elsewhere.unwrap(), SecretCheck::Wrong);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_of_one_cold_key_share_one_run() {
+        // One thread and no queue: a second run would be refused, so every
+        // check succeeding proves they shared the first.
+        let costs = Argon2Costs {
+            api_keys: Argon2Cost {
+                memory_kib: 4096,
+                iterations: 4,
+                parallelism: 1,
+            },
+            root_keys: CHEAP,
+        };
+        let hasher = Arc::new(hasher_with(costs, 1, 0));
+        let (presented, hash) = issued(&hasher, KeyKind::Live).await;
+        let verified = Arc::<VerifiedDigest>::default();
+
+        let checks: Vec<_> = (0..32)
+            .map(|_| {
+                let (hasher, presented, hash, verified) = (
+                    hasher.clone(),
+                    presented.clone(),
+                    hash.clone(),
+                    verified.clone(),
+                );
+                tokio::spawn(async move { hasher.check(&presented, &hash, &verified).await })
+            })
+            .collect();
+
+        for check in checks {
+            assert_eq!(
+                check.await.unwrap().unwrap(),
+                SecretCheck::Right { rehashed: None }
+            );
         }
     }
 
-    #[test]
-    fn hashes_never_contain_the_secret() {
+    #[tokio::test]
+    async fn a_full_budget_is_overloaded_not_a_verdict() {
+        let hasher = hasher_with(
+            Argon2Costs {
+                api_keys: CHEAP,
+                root_keys: CHEAP,
+            },
+            1,
+            0,
+        );
+        let (presented, hash) = issued(&hasher, KeyKind::Live).await;
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let busy = hasher
+            .pool
+            .submit("test", move || {
+                started_tx.send(()).unwrap();
+                released.recv().unwrap();
+            })
+            .unwrap();
+        started.recv().unwrap();
+
+        let refused = hasher.check(&presented, &hash, &Arc::default()).await;
+
+        assert!(matches!(refused, Err(Error::Overloaded)), "{refused:?}");
+        release.send(()).unwrap();
+        busy.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hash_made_under_another_cost_is_rehashed_once_on_success() {
+        let old = cheap();
+        let (presented, old_hash) = issued(&old, KeyKind::Live).await;
+        let target = Argon2Cost {
+            memory_kib: 96,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let hasher = hasher_with(
+            Argon2Costs {
+                api_keys: target,
+                root_keys: CHEAP,
+            },
+            1,
+            10,
+        );
+
+        let wrong = hasher
+            .check(&wrong_secret_for(&presented), &old_hash, &Arc::default())
+            .await
+            .unwrap();
+        let verified = Arc::default();
+        let right = hasher
+            .check(&presented, &old_hash, &verified)
+            .await
+            .unwrap();
+        let again = hasher
+            .check(&presented, &old_hash, &verified)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            wrong,
+            SecretCheck::Wrong,
+            "a wrong secret is never rehashed"
+        );
+        let SecretCheck::Right {
+            rehashed: Some(new_hash),
+        } = right
+        else {
+            panic!("expected a rehash, got {right:?}");
+        };
+        assert!(new_hash.contains("$m=96,t=2,p=1$"), "{new_hash}");
+        assert_eq!(again, SecretCheck::Right { rehashed: None });
+        let new_hash = Arc::from(new_hash);
+        assert_eq!(
+            hasher
+                .check(&presented, &new_hash, &Arc::default())
+                .await
+                .unwrap(),
+            SecretCheck::Right { rehashed: None },
+            "the new hash verifies and needs no further rehash"
+        );
+    }
+
+    #[tokio::test]
+    async fn root_keys_are_remembered_until_their_hash_changes() {
+        let hasher = cheap();
+        let (presented, hash) = issued(&hasher, KeyKind::Root).await;
+        let (_, other_hash) = issued(&hasher, KeyKind::Root).await;
+
+        let first = hasher.check_root_key(&presented, &hash).await.unwrap();
+        let remembered = hasher
+            .root_keys
+            .get(&presented.id)
+            .is_some_and(|memo| memo.verified.get().is_some());
+        let changed = hasher
+            .check_root_key(&presented, &other_hash)
+            .await
+            .unwrap();
+
+        assert_eq!(first, SecretCheck::Right { rehashed: None });
+        assert!(remembered);
+        assert_eq!(changed, SecretCheck::Wrong);
+    }
+
+    #[tokio::test]
+    async fn hashes_agree_with_the_reference_implementation_across_costs_on_one_thread() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let big = Argon2Cost {
+            memory_kib: 2048,
+            iterations: 3,
+            parallelism: 2,
+        };
+        // One thread: its working memory serves the big cost, then the small.
+        let hasher = hasher_with(
+            Argon2Costs {
+                api_keys: CHEAP,
+                root_keys: big,
+            },
+            1,
+            10,
+        );
+        let root = GeneratedKey::generate(KeyKind::Root);
+        let api = GeneratedKey::generate(KeyKind::Live);
+        let root_hash = hasher.hash(KeyKind::Root, &root.secret).await.unwrap();
+        let api_hash = hasher.hash(KeyKind::Live, &api.secret).await.unwrap();
+        let reference = Argon2::default();
+        let old_hash = reference
+            .hash_password(api.secret.expose(), &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+
+        for (secret, hash) in [(&root.secret, &root_hash), (&api.secret, &api_hash)] {
+            let parsed = PasswordHash::new(hash).unwrap();
+            assert!(
+                reference.verify_password(secret.expose(), &parsed).is_ok(),
+                "{hash}"
+            );
+        }
+        let presented = PresentedKey::parse(&api.into_full_key()).unwrap();
+        let check = hasher
+            .check(&presented, &Arc::from(old_hash), &Arc::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(check, SecretCheck::Right { rehashed: Some(_) }),
+            "a reference hash at its default cost verifies (and moves to ours): {check:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_never_contain_the_secret() {
         let hasher = cheap();
         let key = GeneratedKey::generate(KeyKind::Live);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let hash = rt.block_on(hasher.hash(&key.secret)).unwrap();
+        let hash = hasher.hash(KeyKind::Live, &key.secret).await.unwrap();
         let secret = std::str::from_utf8(key.secret.expose()).unwrap().to_owned();
         assert!(!hash.contains(&secret));
     }

@@ -51,9 +51,6 @@ use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer};
 use crate::telemetry::tracing_context;
 
-/// Verified root-key secrets remembered by digest (API keys keep theirs in
-/// the key cache); about 100 bytes each.
-const VERIFIED_SECRET_MEMO: u64 = 10_000;
 /// The backstop on cached key records, however invalidations fare: it
 /// bounds staleness when a change never reaches the stream. A reload costs
 /// one database read (the verified digest is kept while the hash is the same).
@@ -108,10 +105,13 @@ impl Application {
         )
         .await
         .context("cannot connect to the database")?;
-        let hasher = Arc::new(SecretHasher::new(
-            settings.argon2_cost(),
-            VERIFIED_SECRET_MEMO,
-        )?);
+        let argon2_budget = settings.argon2_budget();
+        let hasher = Arc::new(SecretHasher::new(settings.argon2_costs(), argon2_budget)?);
+        tracing::info!(
+            max_in_flight = argon2_budget.max_in_flight,
+            max_queued = argon2_budget.max_queued,
+            "argon2 budget"
+        );
         store::prepare(&db, None)
             .await
             .context("cannot migrate the database")?;
@@ -173,7 +173,6 @@ impl Application {
                 tiers,
                 AuthorityPolicy {
                     max_active_keys_per_owner: settings.max_active_keys_per_owner,
-                    wrong_secret_limit: settings.wrong_secret_limit,
                 },
             )
             .publishing_to(invalidation_bus.clone()),
@@ -298,6 +297,10 @@ impl Application {
         .with_graceful_shutdown(drained());
         let mut http = tokio::spawn(async move { http.await });
         let server = Server::builder()
+            .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
+            .timeout(Duration::from_millis(
+                self.settings.grpc_default_deadline_ms,
+            ))
             .trace_fn(tracing_context::rpc_span)
             .layer(GrpcMetricsLayer)
             .add_routes(api)
@@ -451,24 +454,36 @@ impl Application {
     /// Our API's services, served on both listeners: over gRPC, and over
     /// HTTP/JSON by delegation to these same services.
     fn api_services(&self) -> Routes {
-        Routes::new(KeyServiceServer::new(KeyApi {
-            authority: self.authority.clone(),
-            gate: self.gate.clone(),
-            audit: AuditTrail::new(self.db.clone()),
-        }))
-        .add_service(RootKeyServiceServer::new(RootKeyApi {
-            root_keys: self.root_keys.clone(),
-            gate: self.gate.clone(),
-            audit: AuditTrail::new(self.db.clone()),
-        }))
-        .add_service(AuditServiceServer::new(AuditApi {
-            gate: self.gate.clone(),
-            audit: AuditTrail::new(self.db.clone()),
-        }))
+        let max_request =
+            usize::try_from(self.settings.grpc_max_request_bytes).unwrap_or(usize::MAX);
+        Routes::new(
+            KeyServiceServer::new(KeyApi {
+                authority: self.authority.clone(),
+                gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
+            })
+            .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            RootKeyServiceServer::new(RootKeyApi {
+                root_keys: self.root_keys.clone(),
+                gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
+            })
+            .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            AuditServiceServer::new(AuditApi {
+                gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
+            })
+            .max_decoding_message_size(max_request),
+        )
         .add_service(data_plane(
             ValidationServiceServer::new(ValidationApi {
                 authority: self.authority.clone(),
-            }),
+            })
+            .max_decoding_message_size(max_request),
             self.settings.data_plane_auth,
             &self.gate,
             Permission::Validate,
@@ -476,7 +491,8 @@ impl Application {
         .add_service(data_plane(
             RateLimitServiceServer::new(RateLimitApi {
                 limiter: self.limiter.clone(),
-            }),
+            })
+            .max_decoding_message_size(max_request),
             self.settings.data_plane_auth,
             &self.gate,
             Permission::RateLimit,

@@ -282,6 +282,25 @@ impl KeyStore {
         Ok(key)
     }
 
+    /// Stores `new_hash` (the same secret under the configured argon2 cost)
+    /// if the key's hash is still `old_hash`: a compare-and-set, so replicas
+    /// rehashing at once write once. `updated_at` stays: nothing a caller
+    /// sees has changed. Returns whether it wrote.
+    pub async fn replace_secret_hash(
+        &self,
+        id: &KeyId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool> {
+        let replaced = api_key::Entity::update_many()
+            .col_expr(api_key::Column::SecretHash, Expr::value(new_hash))
+            .filter(api_key::Column::Id.eq(id.as_str()))
+            .filter(api_key::Column::SecretHash.eq(old_hash))
+            .exec(&self.db)
+            .await?;
+        Ok(replaced.rows_affected == 1)
+    }
+
     /// Inserts `replacement` with the settings of key `id` and schedules the
     /// old key's revocation at `old_revoked_at`, in one transaction. The old
     /// key leaves the owner's count as the new one enters it, so a rotation

@@ -149,6 +149,6 @@ pub use audit_events::{
 };
 pub use root_keys::{
     count as count_root_keys, find as find_root_key, insert as insert_root_key,
-    insert_audited as insert_root_key_audited, revoke_audited as revoke_root_key_audited,
-    scan as scan_root_keys,
+    insert_audited as insert_root_key_audited, replace_hash as replace_root_key_hash,
+    revoke_audited as revoke_root_key_audited, scan as scan_root_keys,
 };

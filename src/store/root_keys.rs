@@ -215,3 +215,21 @@ fn to_domain(model: root_key::Model) -> Result<RootKey> {
         created_by,
     })
 }
+
+/// Stores `new_hash` (the same secret under the configured argon2 cost) if
+/// the root key's hash is still `old_hash`: a compare-and-set, so replicas
+/// rehashing at once write once. Returns whether it wrote.
+pub async fn replace_hash(
+    db: &impl ConnectionTrait,
+    id: &KeyId,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool> {
+    let replaced = root_key::Entity::update_many()
+        .col_expr(root_key::Column::SecretHash, Expr::value(new_hash))
+        .filter(root_key::Column::Id.eq(id.as_str()))
+        .filter(root_key::Column::SecretHash.eq(old_hash))
+        .exec(db)
+        .await?;
+    Ok(replaced.rows_affected == 1)
+}

@@ -8,6 +8,7 @@
 //! | `apikeyd_key_cache_total` | counter | `result` (`hit`, `miss`) |
 //! | `apikeyd_secret_memo_total` | counter | `result` (`hit`, `miss`) |
 //! | `apikeyd_argon2_queue_depth` | gauge | |
+//! | `apikeyd_argon2_in_flight` | gauge | |
 //! | `apikeyd_argon2_duration_seconds` | histogram | `operation` (`hash`, `verify`) |
 //! | `apikeyd_db_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_db_errors_total` | counter | `operation` |
@@ -89,7 +90,11 @@ fn describe() {
     );
     describe_gauge!(
         "apikeyd_argon2_queue_depth",
-        "argon2 runs waiting for or holding a slot"
+        "argon2 runs queued or running"
+    );
+    describe_gauge!(
+        "apikeyd_argon2_in_flight",
+        "argon2 runs running now (at most argon2_max_in_flight, cancelled calls' runs included)"
     );
     describe_histogram!(
         "apikeyd_argon2_duration_seconds",

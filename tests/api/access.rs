@@ -13,8 +13,8 @@ pub(crate) fn cli_root_key(app: &TestApp, permissions: &[&str]) -> String {
     command
         .args(["root-key", "create", "--name", "ops"])
         .env("APIKEYD_DATA_DIR", app.data_dir.path())
-        .env("APIKEYD_ARGON2_MEMORY_KIB", "1024")
-        .env("APIKEYD_ARGON2_ITERATIONS", "1")
+        .env("APIKEYD_ROOT_KEY_ARGON2_MEMORY_KIB", "1024")
+        .env("APIKEYD_ROOT_KEY_ARGON2_ITERATIONS", "1")
         .env_remove("APIKEYD_DATABASE_URL");
     for permission in permissions {
         command.args(["--permission", permission]);

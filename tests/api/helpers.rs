@@ -61,8 +61,10 @@ pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -
         http_addr: ([127, 0, 0, 1], 0).into(),
         data_dir: data_dir.to_owned(),
         database_url: database_url.as_deref().map(DatabaseUrl::from),
-        argon2_memory_kib: 1024,
-        argon2_iterations: 1,
+        api_key_argon2_memory_kib: 1024,
+        api_key_argon2_iterations: 1,
+        root_key_argon2_memory_kib: 1024,
+        root_key_argon2_iterations: 1,
         last_used_flush_secs: 1,
         shutdown_grace_secs: 5,
         ..Settings::default()
@@ -304,8 +306,10 @@ impl ServerProcess {
             .env("APIKEYD_HTTP_ADDR", "127.0.0.1:0")
             .env("APIKEYD_DATA_DIR", data_dir)
             .env("APIKEYD_LOG_FORMAT", "json")
-            .env("APIKEYD_ARGON2_MEMORY_KIB", "1024")
-            .env("APIKEYD_ARGON2_ITERATIONS", "1")
+            .env("APIKEYD_API_KEY_ARGON2_MEMORY_KIB", "1024")
+            .env("APIKEYD_API_KEY_ARGON2_ITERATIONS", "1")
+            .env("APIKEYD_ROOT_KEY_ARGON2_MEMORY_KIB", "1024")
+            .env("APIKEYD_ROOT_KEY_ARGON2_ITERATIONS", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (name, value) in env {
@@ -343,6 +347,18 @@ impl ServerProcess {
             child,
             log,
         }
+    }
+
+    /// The server's resident memory (VmRSS), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is running");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/<pid>/status: {status}"));
+        kib * 1024
     }
 
     /// Sends SIGTERM without waiting.

@@ -1,5 +1,5 @@
-//! The hot path's guards: junk and guessing cost no database read or argon2
-//! run beyond a bound, and the cache never serves a changed key.
+//! The hot path's guards: junk costs no database read, a warm key no argon2
+//! run, and the cache never serves a changed key.
 
 use apikeyd::domain::{GeneratedKey, KeyKind};
 use apikeyd::grpc::pb;
@@ -7,7 +7,7 @@ use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 
 use crate::helpers::{
-    ServerProcess, code_of, connect, create_request, sample, scrape, with_bearer, wrong_secret_for,
+    ServerProcess, code_of, connect, create_request, sample, scrape, with_bearer,
 };
 
 const ARGON2_VERIFICATIONS: &str = r#"apikeyd_argon2_duration_seconds_count{operation="verify"}"#;
@@ -84,42 +84,6 @@ async fn junk_keys_cost_no_lookup_and_unknown_ids_one_lookup() {
         server.metric(KEY_LOOKUPS).await,
         before + 1.0,
         "an unknown id is remembered as absent"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_secrets_for_a_known_id_stops_costing_argon2_at_the_limit() {
-    let server = start(&[("APIKEYD_WRONG_SECRET_LIMIT", "5")]).await;
-    let created = server
-        .keys
-        .clone()
-        .create_key(with_bearer(
-            create_request("victim", &["*"]),
-            &server.root_key,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        server.validate(&created.key).await.valid,
-        "warm the right key"
-    );
-    let before = server.metric(ARGON2_VERIFICATIONS).await;
-
-    for _ in 0..30 {
-        let verdict = server.validate(&wrong_secret_for(&created.key)).await;
-        assert_eq!(code_of(&verdict), pb::ValidationCode::NotFound);
-        assert!(verdict.api_key.is_none());
-    }
-
-    assert_eq!(
-        server.metric(ARGON2_VERIFICATIONS).await,
-        before + 5.0,
-        "argon2 ran only up to the limit"
-    );
-    assert!(
-        server.validate(&created.key).await.valid,
-        "the owner's warm key still works"
     );
 }
 

@@ -34,3 +34,4 @@ mod secrets_stay_secret;
 mod seed_import;
 mod service_credentials;
 mod validate;
+mod verification;

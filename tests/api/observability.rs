@@ -184,12 +184,13 @@ async fn metrics_show_counters_moving_after_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_load_loses_no_call_and_exits_zero() {
     let data_dir = tempfile::tempdir().unwrap();
-    // Full-cost argon2 makes each CreateKey slow enough to be in flight.
+    // A costly hash (19 MiB, 8 passes: over 100 ms) makes each CreateKey
+    // slow enough that all 30 are queued before the first is done.
     let mut server = ServerProcess::start(
         data_dir.path(),
         &[
-            ("APIKEYD_ARGON2_MEMORY_KIB", "19456"),
-            ("APIKEYD_ARGON2_ITERATIONS", "2"),
+            ("APIKEYD_API_KEY_ARGON2_MEMORY_KIB", "19456"),
+            ("APIKEYD_API_KEY_ARGON2_ITERATIONS", "8"),
             ("APIKEYD_SHUTDOWN_GRACE_SECS", "60"),
         ],
     );
