@@ -284,8 +284,9 @@ on_every_backend! {
     }
 
     async fn an_oversized_batch_or_a_change_of_dry_run_is_invalid(app) {
-        let many: Vec<_> = (0..1001).map(|i| imported(&seed_key(), "team", &["*"], &i.to_string())).collect();
-        assert_status(import(&app, vec![many], false).await, Code::InvalidArgument, "at most 1000 keys");
+        let limit = apikeyd::grpc::MAX_KEYS_PER_MESSAGE;
+        let many: Vec<_> = (0..=limit).map(|i| imported(&seed_key(), "team", &["*"], &i.to_string())).collect();
+        assert_status(import(&app, vec![many], false).await, Code::InvalidArgument, &format!("at most {limit} keys"));
 
         let mut client = ImportServiceClient::new(connect(app.addr).await);
         let requests = vec![
