@@ -48,7 +48,7 @@ use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
 use crate::root_keys::RootKeys;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
-use crate::telemetry::metrics::{self, GrpcMetricsLayer};
+use crate::telemetry::metrics::{self, GrpcMetricsLayer, RpcLabels};
 use crate::telemetry::tracing_context;
 
 /// The backstop on cached key records, however invalidations fare: it
@@ -289,9 +289,10 @@ impl Application {
             }
         };
         let api = self.api_services();
+        let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
         let http = axum::serve(
             self.http_listener,
-            http_routes(api.clone(), &self.settings.console)
+            http_routes(api.clone(), &metrics_layer, &self.settings.console)
                 .into_make_service_with_connect_info::<ConnectionAddrs>(),
         )
         .with_graceful_shutdown(drained());
@@ -302,7 +303,7 @@ impl Application {
                 self.settings.grpc_default_deadline_ms,
             ))
             .trace_fn(tracing_context::rpc_span)
-            .layer(GrpcMetricsLayer)
+            .layer(metrics_layer)
             .add_routes(api)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -503,8 +504,12 @@ impl Application {
 /// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
 /// the web console. Calls over HTTP pass the gRPC metrics layer like calls
 /// over gRPC.
-fn http_routes(api: Routes, console: &crate::config::ConsoleSettings) -> axum::Router {
-    let api = GrpcServices::new(tower::Layer::layer(&GrpcMetricsLayer, api));
+fn http_routes(
+    api: Routes,
+    metrics_layer: &GrpcMetricsLayer,
+    console: &crate::config::ConsoleSettings,
+) -> axum::Router {
+    let api = GrpcServices::new(tower::Layer::layer(metrics_layer, api));
     axum::Router::new()
         .route(
             "/metrics",

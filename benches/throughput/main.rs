@@ -1,65 +1,89 @@
-//! The throughput benchmark of issue 4: `cargo bench --bench throughput`.
+//! The throughput benchmark of issue 8: `cargo bench --bench throughput`.
 //!
-//! One real `apikeyd serve` (release build) over a fresh PostgreSQL
-//! database, driven by the load generator in [`load`] at a fixed number of
-//! requests in flight; then the seed's design ([`seed`]) at the same
-//! concurrency; then the ratios. `--scale` (or `APIKEYD_BENCH_SCALE=1`) adds
-//! the scale figures ([`scale`]). It prints figures and asserts nothing.
+//! Every figure comes from a load generator in a separate process: h2load
+//! ([`h2load`]) for the scenarios that repeat one request, this binary
+//! re-executed as [`distinct_keys`] for those that present many keys once.
+//! Each deployment is one real `apikeyd serve` (release build), measured in
+//! one run, and each throughput is printed as a ratio against the empty RPC
+//! (`grpc.health.v1.Health/Check`) measured on that same server in that
+//! same run, beside the target issue 8 sets. Every run's answers are checked
+//! against the server's own counters ([`answers`]). It asserts nothing.
 //!
-//! - [`load`]: the load generator (tonic clients, one task per in-flight slot).
+//! - [`h2load`]: finding (or installing) h2load, gRPC frames, one run.
+//! - [`distinct_keys`]: the separate-process load generator for many keys.
+//! - [`answers`]: what the server answered, from its counters.
 //! - [`server`]: the apikeyd process, fresh databases, key setup.
 //! - [`seed`]: the seed design served over the same gRPC contract.
 //! - [`scale`]: memory with 100,000 warm keys; cold Validate and ListKeys
 //!   over 1,000,000 keys.
 
-mod load;
+mod answers;
+mod distinct_keys;
+mod h2load;
 mod scale;
 mod seed;
 mod server;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use apikeyd::grpc::pb;
-use apikeyd::grpc::pb::rate_limit_service_client::RateLimitServiceClient;
-use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
-use apikeyd::secrets::Argon2Cost;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Version};
-use rand_core::OsRng;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use load::{Attempt, Load, Outcome};
+use answers::{Answers, Checked, GRPC_OK};
+use distinct_keys::{EachKeyOnce, Presenting};
+use h2load::{GrpcCall, H2load, Length, Measured, Shape};
 use server::{ApikeydProcess, FreshDatabase, KeyLimits};
 
 const USAGE: &str = "\
 cargo bench --bench throughput [-- OPTIONS]
 
 Options (each also an environment variable):
-  --concurrency N      requests in flight          APIKEYD_BENCH_CONCURRENCY  (64)
-  --connections N      HTTP/2 connections          APIKEYD_BENCH_CONNECTIONS  (4)
-  --warmup-secs S      uncounted warm-up           APIKEYD_BENCH_WARMUP_SECS  (1)
-  --secs S             measured window             APIKEYD_BENCH_SECS         (5)
-  --warm-keys N        keys the warm scenarios use APIKEYD_BENCH_WARM_KEYS    (100)
-  --cold-keys N        keys per cold scenario      APIKEYD_BENCH_COLD_KEYS    (enough for the window at the fastest argon2 rate measured)
-  --cold-burst N       cold Validates in flight    APIKEYD_BENCH_COLD_BURST   (100)
-                       beside warm traffic
-  --scale              add the scale figures       APIKEYD_BENCH_SCALE=1
-  --scale-only         only the scale figures      APIKEYD_BENCH_SCALE=only
+  --connections N      h2load -c: HTTP/2 connections          APIKEYD_BENCH_CONNECTIONS   (8)
+  --streams N          h2load -m: streams in flight each      APIKEYD_BENCH_STREAMS       (16)
+  --warmup-secs S      h2load --warm-up-time                  APIKEYD_BENCH_WARMUP_SECS   (1)
+  --secs S             h2load -D: measured window             APIKEYD_BENCH_SECS          (5)
+  --cold-calls N       calls of one cold key, from the first  APIKEYD_BENCH_COLD_CALLS    (20000)
+  --replica-keys N     keys a fresh replica validates once    APIKEYD_BENCH_REPLICA_KEYS  (1000; 10000 with --scale)
+  --replica-in-flight N  their Validates in flight            APIKEYD_BENCH_REPLICA_IN_FLIGHT (64)
+  --scale              add the scale figures                  APIKEYD_BENCH_SCALE=1
+  --scale-only         only the scale figures                 APIKEYD_BENCH_SCALE=only
 PostgreSQL: APIKEYD_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test);
 a fresh database is created on it for each part and dropped at the end.
+Redis: APIKEYD_TEST_REDIS_URL (redis://127.0.0.1:6379), under a key prefix of this run's own.
 Scale sizes: APIKEYD_BENCH_SCALE_WARM_KEYS (100000), APIKEYD_BENCH_SCALE_TOTAL_KEYS (1000000).";
+
+/// How the timed scenarios push: h2load's connections and streams, for
+/// an uncounted warm-up, then a counted run of about `measure`.
+#[derive(Clone, Copy)]
+struct Pace {
+    connections: usize,
+    streams_per_connection: usize,
+    warmup: Duration,
+    measure: Duration,
+}
+
+impl Pace {
+    fn shape(&self, length: Length) -> Shape {
+        Shape {
+            connections: self.connections,
+            streams_per_connection: self.streams_per_connection,
+            length,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.connections * self.streams_per_connection
+    }
+}
 
 /// What a run does; flags win over environment variables.
 struct Options {
-    load: Load,
-    warm_keys: usize,
-    /// `None`: sized from the measured argon2 time.
-    cold_keys: Option<usize>,
-    cold_burst: usize,
+    pace: Pace,
+    cold_calls: u64,
+    replica_keys: usize,
+    replica_in_flight: usize,
     main_part: bool,
     scale_part: bool,
     postgres_url: String,
@@ -100,13 +124,13 @@ impl Options {
             .transpose()
         };
         let known = [
-            "--concurrency",
             "--connections",
+            "--streams",
             "--warmup-secs",
             "--secs",
-            "--warm-keys",
-            "--cold-keys",
-            "--cold-burst",
+            "--cold-calls",
+            "--replica-keys",
+            "--replica-in-flight",
             "--scale",
             "--scale-only",
         ];
@@ -119,42 +143,52 @@ impl Options {
         let has = |flag: &str| flags.iter().any(|(name, _)| name == flag);
         let scale_env = std::env::var("APIKEYD_BENCH_SCALE").unwrap_or_default();
         let scale_only = has("--scale-only") || scale_env == "only";
+        let scale_part =
+            scale_only || has("--scale") || matches!(scale_env.as_str(), "1" | "true" | "yes");
         let options = Options {
-            load: Load {
-                concurrency: setting("--concurrency", "APIKEYD_BENCH_CONCURRENCY")?.unwrap_or(64)
+            pace: Pace {
+                connections: setting("--connections", "APIKEYD_BENCH_CONNECTIONS")?.unwrap_or(8)
                     as usize,
-                connections: setting("--connections", "APIKEYD_BENCH_CONNECTIONS")?.unwrap_or(4)
+                streams_per_connection: setting("--streams", "APIKEYD_BENCH_STREAMS")?.unwrap_or(16)
                     as usize,
                 warmup: Duration::from_secs(
                     setting("--warmup-secs", "APIKEYD_BENCH_WARMUP_SECS")?.unwrap_or(1),
                 ),
                 measure: Duration::from_secs(setting("--secs", "APIKEYD_BENCH_SECS")?.unwrap_or(5)),
             },
-            warm_keys: setting("--warm-keys", "APIKEYD_BENCH_WARM_KEYS")?.unwrap_or(100) as usize,
-            cold_keys: setting("--cold-keys", "APIKEYD_BENCH_COLD_KEYS")?.map(|n| n as usize),
-            cold_burst: setting("--cold-burst", "APIKEYD_BENCH_COLD_BURST")?.unwrap_or(100)
+            cold_calls: setting("--cold-calls", "APIKEYD_BENCH_COLD_CALLS")?.unwrap_or(20_000),
+            replica_keys: setting("--replica-keys", "APIKEYD_BENCH_REPLICA_KEYS")?
+                .unwrap_or(if scale_part { 10_000 } else { 1_000 })
                 as usize,
+            replica_in_flight: setting("--replica-in-flight", "APIKEYD_BENCH_REPLICA_IN_FLIGHT")?
+                .unwrap_or(64) as usize,
             main_part: !scale_only,
-            scale_part: scale_only
-                || has("--scale")
-                || matches!(scale_env.as_str(), "1" | "true" | "yes"),
+            scale_part,
             postgres_url: std::env::var("APIKEYD_TEST_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
             redis_url: std::env::var("APIKEYD_TEST_REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
         };
+        let pace = options.pace;
         anyhow::ensure!(
-            options.load.concurrency >= 1
-                && options.load.connections >= 1
-                && options.load.measure >= Duration::from_secs(1)
-                && options.warm_keys >= 1,
-            "concurrency, connections, secs and warm keys must each be at least 1"
+            pace.connections >= 1
+                && pace.streams_per_connection >= 1
+                && pace.warmup >= Duration::from_secs(1)
+                && pace.measure >= Duration::from_secs(1)
+                && options.cold_calls >= 1
+                && options.replica_keys >= 1
+                && options.replica_in_flight >= 1,
+            "connections, streams, warm-up, secs, cold calls, replica keys and in-flight must each be at least 1"
         );
         Ok(options)
     }
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(distinct_keys::WORKER_FLAG) {
+        return distinct_keys::worker_main(&args[2..]);
+    }
     let options = Options::parse()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -162,29 +196,42 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(options))
 }
 
+/// The figures the targets are judged on, gathered over the run.
+#[derive(Default)]
+struct Figures {
+    embedded: Option<DeploymentFigures>,
+    redis: Option<DeploymentFigures>,
+    replica: Option<ReplicaFigure>,
+    /// Resident memory with the scale part's warm keys: (keys, MB).
+    memory: Option<(usize, f64)>,
+}
+
 async fn run(options: Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    print_machine(&options).await;
-    // Measured first, on a quiet machine: the figure the README states.
-    let (argon2, fastest) = time_argon2_verification(Argon2Cost::default(), 20).await?;
-    println!(
-        "argon2id verification at the default cost ({}): {:.1} ms median, {:.1} ms fastest (20 runs, one thread)",
-        describe_cost(Argon2Cost::default()),
-        ms(argon2),
-        ms(fastest)
-    );
+    let h2load = H2load::find_or_install()?;
+    print_machine(&options, &h2load).await;
+    let mut figures = Figures::default();
     if options.main_part {
-        throughput(&options, fastest).await?;
+        figures.embedded = Some(embedded_deployment(&options, &h2load).await?);
+        let (redis, replica) = redis_deployment(&options, &h2load).await?;
+        figures.redis = Some(redis);
+        figures.replica = Some(replica);
     }
     if options.scale_part {
-        scale::run(
-            &options.postgres_url,
-            &options.redis_url,
-            &options.load,
-            argon2,
-        )
-        .await?;
+        figures.memory = Some(
+            scale::run(
+                &options.postgres_url,
+                &options.redis_url,
+                Presenting {
+                    in_flight: options.pace.in_flight(),
+                    connections: options.pace.connections,
+                },
+                &h2load,
+            )
+            .await?,
+        );
     }
+    print_targets(&figures);
     println!(
         "\ntotal time {:.0} s; load average {} at the end",
         started.elapsed().as_secs_f64(),
@@ -193,7 +240,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn print_machine(options: &Options) {
+async fn print_machine(options: &Options, h2load: &H2load) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = read_proc("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".to_owned());
     let memory = read_proc("/proc/meminfo", "MemTotal")
@@ -204,8 +251,9 @@ async fn print_machine(options: &Options) {
         );
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let postgres = postgres_version(&options.postgres_url).await;
-    let load = &options.load;
-    println!("apikeyd throughput benchmark (issue 4)");
+    println!(
+        "apikeyd throughput benchmark (issue 8): every figure from a load generator in another process"
+    );
     println!(
         "machine: {cores} cores ({cpu}), {memory} RAM, Linux {}, load average {} at start",
         kernel.trim(),
@@ -216,18 +264,30 @@ async fn print_machine(options: &Options) {
         redact(&options.postgres_url),
         redact(&options.redis_url)
     );
+    let server = env!("CARGO_BIN_EXE_apikeyd");
     println!(
-        "load: {} requests in flight over {} HTTP/2 connections; {} s warm-up + {} s measured per scenario; \
-         tonic load generator in this process, on the same cores as the server",
-        load.concurrency,
-        load.connections,
-        load.warmup.as_secs(),
-        load.measure.as_secs()
+        "server: {server} serve ({} build), default settings but a 1000 ms Redis timeout",
+        if server.contains("/release/") {
+            "release"
+        } else {
+            "debug"
+        }
     );
+    let example = GrpcCall::new(&format!("/{HEALTH_CHECK}"), &health_request());
+    let pace = &options.pace;
     println!(
-        "server: {} (release build), default settings but a 1000 ms Redis timeout (argon2id {}; argon2 pool = {cores} permits)",
-        env!("CARGO_BIN_EXE_apikeyd"),
-        describe_cost(Argon2Cost::default())
+        "load: {}; each timed scenario is a warm-up, uncounted (h2load ends it by resetting the streams in flight)\n  {}\n\
+         then, once the server's counters are still, a counted run of N = (the warm-up's req/s × {} s) requests, each awaited\n  {}",
+        h2load.version,
+        h2load.command_line(
+            "127.0.0.1:PORT",
+            &example,
+            &pace.shape(Length::Duration(pace.warmup))
+        ),
+        pace.measure.as_secs(),
+        h2load
+            .command_line("127.0.0.1:PORT", &example, &pace.shape(Length::Requests(0)))
+            .replace("-n 0", "-n N"),
     );
 }
 
@@ -239,13 +299,6 @@ fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn describe_cost(cost: Argon2Cost) -> String {
-    format!(
-        "{} KiB, t={}, p={}",
-        cost.memory_kib, cost.iterations, cost.parallelism
-    )
 }
 
 fn read_proc(path: &str, field: &str) -> Option<String> {
@@ -290,443 +343,617 @@ async fn postgres_version(url: &str) -> String {
     )
 }
 
-/// The median and fastest time of one argon2id verification at `cost`, on
-/// one thread: what a cold `Validate` pays on top of its lookup. On a shared
-/// machine the fastest run is the closest to the uncontended cost.
-async fn time_argon2_verification(
-    cost: Argon2Cost,
-    runs: usize,
-) -> anyhow::Result<(Duration, Duration)> {
-    let params = cost.params()?;
-    tokio::task::spawn_blocking(move || {
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let secret = server::random_hex(32);
-        let hash = argon2
-            .hash_password(secret.as_bytes(), &SaltString::generate(&mut OsRng))
-            .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))?
-            .to_string();
-        let parsed = PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let started = Instant::now();
-            argon2
-                .verify_password(secret.as_bytes(), &parsed)
-                .map_err(|e| anyhow::anyhow!("argon2 verification failed: {e}"))?;
-            times.push(started.elapsed());
+// The gRPC paths the scenarios call.
+const HEALTH_CHECK: &str = "grpc.health.v1.Health/Check";
+const VALIDATE: &str = "apikeyd.v1.ValidationService/Validate";
+
+fn health_request() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: String::new(),
+    }
+}
+
+fn validate_call(key: &str) -> GrpcCall {
+    GrpcCall::new(
+        &format!("/{VALIDATE}"),
+        &server::validate_request(key.to_owned()),
+    )
+}
+
+/// Which apikeyd a part runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deployment {
+    /// SQLite in the data directory, limits counted in the process.
+    Embedded,
+    /// PostgreSQL and Redis.
+    RedisPostgres,
+}
+
+impl Deployment {
+    fn title(self) -> &'static str {
+        match self {
+            Deployment::Embedded => "embedded: SQLite, in-process limiter",
+            Deployment::RedisPostgres => "Redis + PostgreSQL",
         }
-        times.sort();
-        Ok((times[times.len() / 2], times[0]))
-    })
-    .await?
+    }
+}
+
+/// One scenario's result: what h2load measured and what the server answered.
+struct Row {
+    name: String,
+    measured: Measured,
+    checked: Checked,
+    expected: &'static str,
+}
+
+impl Row {
+    /// Requests per second, if every answer was the expected one.
+    fn verified_rate(&self) -> Result<f64, String> {
+        if self.checked.wrong == 0 && self.measured.done > 0 {
+            Ok(self.measured.per_second)
+        } else {
+            Err(format!(
+                "{} of {} answers were not {}",
+                self.checked.wrong, self.measured.done, self.expected
+            ))
+        }
+    }
+}
+
+/// The figures of one deployment's server.
+struct DeploymentFigures {
+    empty: Row,
+    admitted: Row,
+    over_limit: Row,
+    seed: Option<Row>,
+}
+
+/// Where a scenario's answers are counted.
+enum Counter<'a> {
+    Apikeyd(&'a ApikeydProcess),
+    Seed(&'a seed::SeedAnswers),
+}
+
+impl Counter<'_> {
+    fn answers(&self, method: &str) -> anyhow::Result<Answers> {
+        Ok(match self {
+            Counter::Apikeyd(apikeyd) => Answers::of_apikeyd(&apikeyd.metrics()?, method),
+            Counter::Seed(seed) => seed.snapshot(),
+        })
+    }
+}
+
+/// Where and how a scenario's load goes.
+struct Target<'a> {
+    h2load: &'a H2load,
+    addr: std::net::SocketAddr,
+    counter: Counter<'a>,
+}
+
+impl Target<'_> {
+    /// A timed scenario: an uncounted warm-up for `pace.warmup`; then, once
+    /// the server's counters are still (the warm-up's reset streams
+    /// answered), a counted run sized from the warm-up's rate. `calls` go
+    /// side by side, one h2load each (several keys under one load).
+    fn timed(
+        &self,
+        name: &str,
+        calls: &[GrpcCall],
+        pace: &Pace,
+        expected: &'static str,
+    ) -> anyhow::Result<Row> {
+        let warmup = self.run(calls, &pace.shape(Length::Duration(pace.warmup)))?;
+        tokio::task::block_in_place(|| self.wait_until_still(&calls[0]))?;
+        let mut rate = warmup.per_second;
+        // A warm-up on a busy machine can be much slower than what follows:
+        // a counted run far shorter than asked runs again at its own rate.
+        let mut attempts = 2;
+        loop {
+            let requests =
+                ((rate * pace.measure.as_secs_f64()) as u64).max(4 * pace.in_flight() as u64);
+            let row = self.counted(
+                name,
+                calls,
+                &pace.shape(Length::Requests(requests)),
+                expected,
+            )?;
+            attempts -= 1;
+            let lasted = row.measured.done as f64 / row.measured.per_second.max(1e-9);
+            if attempts == 0 || lasted >= 0.6 * pace.measure.as_secs_f64() {
+                return Ok(row);
+            }
+            rate = row.measured.per_second;
+        }
+    }
+
+    /// Runs h2load once per call with `shape`, side by side, counting the
+    /// server's answers around them.
+    fn counted(
+        &self,
+        name: &str,
+        calls: &[GrpcCall],
+        shape: &Shape,
+        expected: &'static str,
+    ) -> anyhow::Result<Row> {
+        let method = calls[0].path.trim_start_matches('/');
+        let before = self.counter.answers(method)?;
+        let measured = self.run(calls, shape)?;
+        let answers = self.counter.answers(method)?.since(&before);
+        let checked = answers::check(answers, expected, measured.done, measured.failed);
+        Ok(Row {
+            name: name.to_owned(),
+            measured,
+            checked,
+            expected,
+        })
+    }
+
+    fn run(&self, calls: &[GrpcCall], shape: &Shape) -> anyhow::Result<Measured> {
+        // h2load blocks this thread; the seed server, in this process, keeps
+        // the runtime's other threads.
+        tokio::task::block_in_place(|| self.h2load.run_side_by_side(self.addr, calls, shape))
+    }
+
+    /// Waits (2 s at most) until two reads of the server's answer counters
+    /// 50 ms apart agree.
+    fn wait_until_still(&self, call: &GrpcCall) -> anyhow::Result<()> {
+        let method = call.path.trim_start_matches('/');
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = self.counter.answers(method)?;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.counter.answers(method)?;
+            if now == last {
+                return Ok(());
+            }
+            last = now;
+        }
+        Ok(())
+    }
+}
+
+const NAME_WIDTH: usize = 44;
+
+fn print_header(title: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<NAME_WIDTH$} {:>9} {:>9} {:>8} {:>8} {:>6} {:>7}  answers (server's counters)",
+        "scenario", "requests", "req/s", "p50 ms", "p99 ms", "wrong", "/ empty"
+    );
+    println!("{}", "-".repeat(NAME_WIDTH + 62));
+}
+
+fn print_row(row: &Row, empty: Option<&Row>) {
+    let ratio = match (row.verified_rate(), empty.map(Row::verified_rate)) {
+        (Ok(rate), Some(Ok(empty))) => format!("{:.2}", rate / empty),
+        (Ok(_), None) => "1.00".to_owned(),
+        _ => "n/a".to_owned(),
+    };
+    println!(
+        "{:<NAME_WIDTH$} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>7}  {}",
+        row.name,
+        row.measured.done,
+        row.measured.per_second,
+        ms(row.measured.p50),
+        ms(row.measured.p99),
+        row.checked.wrong,
+        ratio,
+        row.checked.answers
+    );
 }
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-// Scenario names, as printed and as the ratios refer to them.
-const EMPTY_RPC: &str = "empty RPC (grpc.health.v1.Health/Check)";
-const WARM: &str = "Validate warm, no limits";
-const WARM_WITH_LIMIT: &str = "Validate warm, Redis rate limit";
-const COLD: &str = "Validate cold (argon2)";
-const WARM_BESIDE_COLD: &str = "Validate warm, cold burst in flight";
-const COLD_BURST: &str = "  the cold burst itself";
-const CHECK_RATE_LIMIT: &str = "CheckRateLimit";
-const SEED: &str = "seed design (SELECT+UPDATE+INSERT)";
-
-/// The scenarios of issue 4, in the order they run and print.
-enum Scenario {
-    /// `grpc.health.v1.Health/Check`: the floor any RPC pays.
-    EmptyRpc,
-    /// `Validate` of keys already verified in this server process.
-    ValidateWarm,
-    /// `Validate` of keys never verified in this process: one argon2 run each.
-    ValidateCold,
-    /// Warm `Validate` while `cold_burst` cold ones are in flight beside it.
-    ValidateWarmBesideColdBurst,
-    /// Warm `Validate` of keys with one limit no run can reach, counted in
-    /// Redis on every call (one round trip).
-    ValidateWarmLimited,
-    /// `RateLimitService.CheckRateLimit` of one identifier per warm key,
-    /// under a limit no run can reach.
-    CheckRateLimit,
-    /// The seed design on the same database, at the same concurrency.
-    SeedBaseline,
+/// The server's argon2 verifications so far: (count, seconds in all).
+fn argon2_verifications(apikeyd: &ApikeydProcess) -> anyhow::Result<(f64, f64)> {
+    let page = apikeyd.metrics()?;
+    let verify = [("operation", "verify")];
+    Ok((
+        page.total("apikeyd_argon2_duration_seconds_count", &verify),
+        page.total("apikeyd_argon2_duration_seconds_sum", &verify),
+    ))
 }
 
-/// The scenarios of issue 4 with their printed names.
-fn scenarios() -> Vec<(&'static str, Scenario)> {
+/// The embedded deployment: one server over SQLite in its data directory.
+async fn embedded_deployment(
+    options: &Options,
+    h2load: &H2load,
+) -> anyhow::Result<DeploymentFigures> {
+    let (figures, apikeyd) = on_server(options, h2load, Deployment::Embedded, None).await?;
+    apikeyd.stop();
+    Ok(figures)
+}
+
+/// The Redis + PostgreSQL deployment, then a fresh replica beside it.
+async fn redis_deployment(
+    options: &Options,
+    h2load: &H2load,
+) -> anyhow::Result<(DeploymentFigures, ReplicaFigure)> {
+    let database = FreshDatabase::create(&options.postgres_url, "main").await?;
+    let outcome = async {
+        let (figures, apikeyd) =
+            on_server(options, h2load, Deployment::RedisPostgres, Some(&database)).await?;
+        let replica = fresh_replica(options, &apikeyd, &database).await?;
+        apikeyd.stop();
+        Ok((figures, replica))
+    }
+    .await;
+    database.drop_now().await;
+    outcome
+}
+
+/// The environment of a server on the shared Redis, under this run's prefix.
+fn redis_env(options: &Options) -> Vec<(&'static str, String)> {
     vec![
-        (EMPTY_RPC, Scenario::EmptyRpc),
-        (WARM, Scenario::ValidateWarm),
-        (WARM_WITH_LIMIT, Scenario::ValidateWarmLimited),
-        (COLD, Scenario::ValidateCold),
-        (WARM_BESIDE_COLD, Scenario::ValidateWarmBesideColdBurst),
-        (CHECK_RATE_LIMIT, Scenario::CheckRateLimit),
-        (SEED, Scenario::SeedBaseline),
+        ("APIKEYD_REDIS_URL", options.redis_url.clone()),
+        (
+            "APIKEYD_REDIS_KEY_PREFIX",
+            format!("apikeyd-bench-{}", std::process::id()),
+        ),
+        // Load generators share the two cores: a 50 ms stall must not fail
+        // calls as late (the answers' check would count them as wrong, and
+        // the figure would be lost).
+        ("APIKEYD_REDIS_TIMEOUT_MS", "1000".to_owned()),
     ]
 }
 
-/// Everything the scenarios drive, set up once.
-struct Bench {
-    load: Load,
-    /// Connections to apikeyd.
-    channels: Vec<Channel>,
-    /// Separate connections for the cold burst, as from other clients.
-    burst_channels: Vec<Channel>,
-    /// Connections to the seed-design server.
-    seed_channels: Vec<Channel>,
-    warm_keys: Arc<Vec<String>>,
-    /// Warm keys with a limit counted in Redis.
-    limited_keys: Arc<Vec<String>>,
-    cold_keys: Arc<Vec<String>>,
-    burst_keys: Arc<Vec<String>>,
-    burst_load: Load,
-    seed_keys: Arc<Vec<String>>,
+fn start_apikeyd(
+    options: &Options,
+    deployment: Deployment,
+    database: Option<&FreshDatabase>,
+) -> anyhow::Result<ApikeydProcess> {
+    let env = match deployment {
+        Deployment::Embedded => vec![],
+        Deployment::RedisPostgres => redis_env(options),
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ApikeydProcess::start(database.map(|db| db.url.as_str()), &env)
 }
 
-/// A printed row: a scenario's figures, or why there are none.
-struct Row {
-    name: &'static str,
-    result: Result<Outcome, &'static str>,
-}
+/// One server, every scenario, in this order: a cold key's first calls
+/// (nothing warm yet), the empty RPC and the malformed key (references),
+/// an admitted warm key, a denied one, and on PostgreSQL the seed design.
+async fn on_server(
+    options: &Options,
+    h2load: &H2load,
+    deployment: Deployment,
+    database: Option<&FreshDatabase>,
+) -> anyhow::Result<(DeploymentFigures, ApikeydProcess)> {
+    let apikeyd = start_apikeyd(options, deployment, database)?;
+    let channel = server::connect(apikeyd.addr).await?;
+    let root = apikeyd.root_key()?;
+    let admitted =
+        server::create_key(&channel, root, "bench-admitted", KeyLimits::Unreachable).await?;
+    let over_limit =
+        server::create_key(&channel, root, "bench-over-limit", KeyLimits::OnePerHour).await?;
+    let cold = server::create_key(&channel, root, "bench-cold", KeyLimits::Unreachable).await?;
+    let pace = &options.pace;
+    print_header(&format!(
+        "{}: one apikeyd serve (pid {}), h2load -c {} -m {}",
+        deployment.title(),
+        apikeyd.pid(),
+        pace.connections,
+        pace.streams_per_connection
+    ));
+    let target = Target {
+        h2load,
+        addr: apikeyd.addr,
+        counter: Counter::Apikeyd(&apikeyd),
+    };
 
-/// `argon2` is the fastest verification measured: the pool's best rate.
-async fn throughput(options: &Options, argon2: Duration) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let window = options.load.warmup + options.load.measure;
-    // Enough keys to keep the argon2 pool busy through the window, with room.
-    let cold_keys = options.cold_keys.unwrap_or_else(|| {
-        let rate = cores as f64 / argon2.as_secs_f64().max(1e-4);
-        ((rate * window.as_secs_f64() * 1.25).ceil() as usize).clamp(50, 5000)
-    });
-    let setup_started = Instant::now();
-    let database = FreshDatabase::create(&options.postgres_url, "main").await?;
-    let key_prefix = format!("apikeyd-bench-{}", std::process::id());
-    let apikeyd = ApikeydProcess::start(
-        &database.url,
-        &[
-            ("APIKEYD_REDIS_URL", options.redis_url.as_str()),
-            ("APIKEYD_REDIS_KEY_PREFIX", key_prefix.as_str()),
-            // The load generator shares the two cores: a 50 ms stall must not
-            // pass for a Redis outage (the policy would then answer instead).
-            ("APIKEYD_REDIS_TIMEOUT_MS", "1000"),
-        ],
+    // The first calls this server sees for a key: one cold key, all at once.
+    let cold_shape = pace.shape(Length::Requests(options.cold_calls));
+    let resident_before = apikeyd.resident_mb().unwrap_or(0.0);
+    let (argon2_before, _) = argon2_verifications(&apikeyd)?;
+    let cold_row = target.counted(
+        &format!(
+            "one cold key: first {} calls, {} in flight",
+            options.cold_calls,
+            cold_shape.in_flight()
+        ),
+        &[validate_call(&cold)],
+        &cold_shape,
+        "valid",
     )?;
-    let channels = load::connect(apikeyd.addr, options.load.connections).await?;
-    let burst_channels = load::connect(apikeyd.addr, options.load.connections).await?;
-    let setup = &channels[0];
-    let root = &apikeyd.root_key;
-    let warm_keys = server::create_keys(
-        setup,
-        root,
-        "bench-warm",
-        options.warm_keys,
-        KeyLimits::None,
-    )
-    .await?;
-    let limited_keys = server::create_keys(
-        setup,
-        root,
-        "bench-limited",
-        options.warm_keys,
+    let (argon2_after, _) = argon2_verifications(&apikeyd)?;
+    let resident_after = apikeyd.resident_mb().unwrap_or(0.0);
+
+    // The references.
+    let health = HealthClient::new(channel.clone())
+        .check(health_request())
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        health.status == ServingStatus::Serving as i32,
+        "the health check answered {health:?}"
+    );
+    let health_call = GrpcCall::new(&format!("/{HEALTH_CHECK}"), &health_request());
+    let empty = target.timed(
+        "empty RPC (grpc.health.v1.Health/Check)",
+        &[health_call],
+        pace,
+        GRPC_OK,
+    )?;
+    print_row(&empty, None);
+    print_row(&cold_row, Some(&empty));
+    println!(
+        "{:<NAME_WIDTH$} argon2 runs: {} (apikeyd_argon2_duration_seconds_count); resident memory {resident_before:.1} MB before, {resident_after:.1} MB after",
+        "",
+        argon2_after - argon2_before
+    );
+    let malformed_key = "sk_live_this-is-not-a-key";
+    server::expect_code(&channel, malformed_key, pb::ValidationCode::Malformed).await?;
+    let malformed = target.timed(
+        "Validate, malformed key",
+        &[validate_call(malformed_key)],
+        pace,
+        "malformed",
+    )?;
+    print_row(&malformed, Some(&empty));
+
+    // A warm key under one limit it never reaches, then one over its limit.
+    server::expect_code(&channel, &admitted, pb::ValidationCode::Valid).await?;
+    let admitted = target.timed(
+        "Validate, warm key, admitted (one limit)",
+        &[validate_call(&admitted)],
+        pace,
+        "valid",
+    )?;
+    print_row(&admitted, Some(&empty));
+    server::expect_code(&channel, &over_limit, pb::ValidationCode::Valid).await?;
+    server::expect_code(&channel, &over_limit, pb::ValidationCode::RateLimited).await?;
+    let over_limit = target.timed(
+        "Validate, warm key, over its limit (denied)",
+        &[validate_call(&over_limit)],
+        pace,
+        "rate_limited",
+    )?;
+    print_row(&over_limit, Some(&empty));
+
+    let seed = match database {
+        Some(database) => Some(seed_design(h2load, database, pace, &empty).await?),
+        None => None,
+    };
+    Ok((
+        DeploymentFigures {
+            empty,
+            admitted,
+            over_limit,
+            seed,
+        },
+        apikeyd,
+    ))
+}
+
+/// The seed design on the same PostgreSQL, under the same load, but with
+/// one key per connection (one h2load each): with a single key its
+/// `UPDATE` of `last_used_at` would queue on one row lock, and the baseline
+/// would be slower than the design is.
+async fn seed_design(
+    h2load: &H2load,
+    database: &FreshDatabase,
+    pace: &Pace,
+    empty: &Row,
+) -> anyhow::Result<Row> {
+    let keys = seed::prepare(&database.url, pace.connections).await?;
+    let seed_server = seed::serve(&database.url).await?;
+    let channel = server::connect(seed_server.addr).await?;
+    for key in &keys {
+        server::expect_code(&channel, key, pb::ValidationCode::Valid).await?;
+    }
+    let target = Target {
+        h2load,
+        addr: seed_server.addr,
+        counter: Counter::Seed(&seed_server.answers),
+    };
+    let calls: Vec<GrpcCall> = keys.iter().map(|key| validate_call(key)).collect();
+    let row = target.timed(
+        &format!("seed design (SELECT+UPDATE+INSERT), {} keys", keys.len()),
+        &calls,
+        pace,
+        "valid",
+    )?;
+    print_row(&row, Some(empty));
+    Ok(row)
+}
+
+/// A fresh replica's first Validate of many keys.
+struct ReplicaFigure {
+    keys: usize,
+    outcome: EachKeyOnce,
+    /// The replica's argon2 verifications: (count, mean).
+    argon2: (f64, Duration),
+}
+
+/// Creates `options.replica_keys` keys through `apikeyd`, then starts a
+/// second server on the same database and Redis and validates each key
+/// once on it, from the distinct-key load generator.
+async fn fresh_replica(
+    options: &Options,
+    apikeyd: &ApikeydProcess,
+    database: &FreshDatabase,
+) -> anyhow::Result<ReplicaFigure> {
+    let started = Instant::now();
+    let channel = server::connect(apikeyd.addr).await?;
+    let keys = server::create_keys(
+        &channel,
+        apikeyd.root_key()?,
+        "bench-replica",
+        options.replica_keys,
         KeyLimits::Unreachable,
     )
     .await?;
-    let cold = server::create_keys(setup, root, "bench-cold", cold_keys, KeyLimits::None).await?;
-    let burst = server::create_keys(setup, root, "bench-burst", cold_keys, KeyLimits::None).await?;
-    for key in warm_keys.iter().chain(&limited_keys) {
-        anyhow::ensure!(
-            server::validate_once(setup, key).await?,
-            "a freshly created key did not validate"
-        );
-    }
-    let seed_keys = seed::prepare(&database.url, options.warm_keys).await?;
-    let (seed_addr, seed_server) = seed::serve(&database.url).await?;
-    let seed_channels = load::connect(seed_addr, options.load.connections).await?;
-    println!(
-        "setup: {} warm keys (validated once), {cold_keys} cold keys per cold scenario, {} seed-design keys, in {:.1} s",
-        warm_keys.len(),
-        seed_keys.len(),
-        setup_started.elapsed().as_secs_f64()
-    );
-    let bench = Bench {
-        load: options.load,
-        channels,
-        burst_channels,
-        seed_channels,
-        warm_keys: Arc::new(warm_keys),
-        limited_keys: Arc::new(limited_keys),
-        cold_keys: Arc::new(cold),
-        burst_keys: Arc::new(burst),
-        burst_load: Load {
-            concurrency: options.cold_burst,
-            ..options.load
-        },
-        seed_keys: Arc::new(seed_keys),
+    let creation = started.elapsed();
+    let replica = start_apikeyd(options, Deployment::RedisPostgres, Some(database))?;
+    let presenting = Presenting {
+        in_flight: options.replica_in_flight,
+        connections: options.pace.connections,
     };
-
-    println!();
-    print_header();
-    let mut rows = Vec::new();
-    for (name, scenario) in scenarios() {
-        let produced = bench.run(name, &scenario).await;
-        for row in produced {
-            print_row(&row);
-            rows.push(row);
-        }
-    }
-    print_notes(&rows, &bench, cores, argon2);
-    print_ratios(&rows);
-
-    seed_server.abort();
-    apikeyd.stop();
-    database.drop_now().await?;
-    Ok(())
+    let resident_before = replica.resident_mb().unwrap_or(0.0);
+    let outcome = tokio::task::block_in_place(|| {
+        distinct_keys::validate_each_key_once(replica.addr, &keys, presenting)
+    })?;
+    let (count, seconds) = argon2_verifications(&replica)?;
+    let resident_after = replica.resident_mb().unwrap_or(0.0);
+    println!(
+        "\na replica started after {} keys were created (through the first server, in {:.0} s): \
+         each key's first Validate, {} in flight over {} connections, from `{}` (this binary again, another process)",
+        keys.len(),
+        creation.as_secs_f64(),
+        presenting.in_flight,
+        presenting.connections,
+        distinct_keys::WORKER_FLAG,
+    );
+    println!(
+        "  {} calls in {:.2} s ({:.0}/s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; answers: {}",
+        outcome.requests,
+        outcome.elapsed_secs,
+        outcome.per_second(),
+        outcome.p50_ms,
+        outcome.p99_ms,
+        outcome.max_ms,
+        outcome.answers()
+    );
+    let mean = Duration::from_secs_f64(seconds / count.max(1.0));
+    println!(
+        "  the replica ran argon2 {count} times, {:.1} ms each on average (queueing included); \
+         resident memory {resident_before:.1} MB before, {resident_after:.1} MB after",
+        ms(mean)
+    );
+    replica.stop();
+    Ok(ReplicaFigure {
+        keys: keys.len(),
+        outcome,
+        argon2: (count, mean),
+    })
 }
 
-impl Bench {
-    async fn run(&self, name: &'static str, scenario: &Scenario) -> Vec<Row> {
-        let ran = |outcome| Row {
-            name,
-            result: Ok(outcome),
+/// One line of the targets table.
+struct Judged {
+    name: String,
+    value: Result<f64, String>,
+    unit: &'static str,
+    target: &'static str,
+    /// `None` for a figure the issue asks to report, with no bound.
+    met: Option<fn(f64) -> bool>,
+}
+
+fn ratio(numerator: &Row, denominator: &Row) -> Result<f64, String> {
+    Ok(numerator.verified_rate()? / denominator.verified_rate()?)
+}
+
+fn print_targets(figures: &Figures) {
+    let mut lines = Vec::new();
+    if let Some(embedded) = &figures.embedded {
+        lines.push(Judged {
+            name: "warm admitted Validate / empty RPC, embedded".to_owned(),
+            value: ratio(&embedded.admitted, &embedded.empty),
+            unit: "",
+            target: "≥ 0.8",
+            met: Some(|v| v >= 0.8),
+        });
+        lines.push(Judged {
+            name: "over-limit Validate / admitted Validate, embedded".to_owned(),
+            value: ratio(&embedded.over_limit, &embedded.admitted),
+            unit: "",
+            target: "≥ 1",
+            met: Some(|v| v >= 1.0),
+        });
+    }
+    if let Some(redis) = &figures.redis {
+        lines.push(Judged {
+            name: "warm admitted Validate / empty RPC, Redis limit".to_owned(),
+            value: ratio(&redis.admitted, &redis.empty),
+            unit: "",
+            target: "≥ 0.5",
+            met: Some(|v| v >= 0.5),
+        });
+        if let Some(seed) = &redis.seed {
+            lines.push(Judged {
+                name: "warm admitted Validate, Redis limit / seed design".to_owned(),
+                value: ratio(&redis.admitted, seed),
+                unit: "",
+                target: "≥ 10",
+                met: Some(|v| v >= 10.0),
+            });
+        }
+        lines.push(Judged {
+            name: "over-limit Validate / admitted Validate, Redis".to_owned(),
+            value: ratio(&redis.over_limit, &redis.admitted),
+            unit: "",
+            target: "≥ 1",
+            met: Some(|v| v >= 1.0),
+        });
+    }
+    if let Some(replica) = &figures.replica {
+        let wrong = replica.outcome.answers().unexpected("valid");
+        let value = if wrong == 0 {
+            Ok(replica.outcome.elapsed_secs)
+        } else {
+            Err(format!("{wrong} answers were not valid"))
         };
-        match scenario {
-            Scenario::EmptyRpc => vec![ran(
-                load::run(&self.channels, &self.load, health_check).await
-            )],
-            Scenario::ValidateWarm => {
-                vec![ran(load::run(
-                    &self.channels,
-                    &self.load,
-                    validate_reusing(&self.warm_keys),
-                )
-                .await)]
-            }
-            Scenario::ValidateCold => {
-                vec![ran(load::run(
-                    &self.channels,
-                    &self.load,
-                    validate_each_once(&self.cold_keys),
-                )
-                .await)]
-            }
-            Scenario::ValidateWarmBesideColdBurst => {
-                let (warm, burst) = tokio::join!(
-                    load::run(
-                        &self.channels,
-                        &self.load,
-                        validate_reusing(&self.warm_keys)
-                    ),
-                    load::run(
-                        &self.burst_channels,
-                        &self.burst_load,
-                        validate_each_once(&self.burst_keys)
-                    ),
-                );
-                vec![
-                    ran(warm),
-                    Row {
-                        name: COLD_BURST,
-                        result: Ok(burst),
-                    },
-                ]
-            }
-            Scenario::ValidateWarmLimited => {
-                vec![ran(load::run(
-                    &self.channels,
-                    &self.load,
-                    validate_reusing(&self.limited_keys),
-                )
-                .await)]
-            }
-            Scenario::CheckRateLimit => {
-                vec![ran(
-                    load::run(&self.channels, &self.load, check_rate_limit).await
-                )]
-            }
-            Scenario::SeedBaseline => {
-                vec![ran(load::run(
-                    &self.seed_channels,
-                    &self.load,
-                    validate_reusing(&self.seed_keys),
-                )
-                .await)]
-            }
+        if replica.keys == 10_000 {
+            lines.push(Judged {
+                name: "fresh replica, first Validate of 10,000 keys".to_owned(),
+                value,
+                unit: " s",
+                target: "≤ 10 s",
+                met: Some(|v| v <= 10.0),
+            });
+        } else {
+            // The same target as a rate, at the size this run used.
+            lines.push(Judged {
+                name: format!(
+                    "fresh replica, first Validate of {} keys (10,000 with --scale)",
+                    replica.keys
+                ),
+                value: value.map(|secs| replica.keys as f64 / secs),
+                unit: "/s",
+                target: "≥ 1000/s",
+                met: Some(|v| v >= 1000.0),
+            });
         }
+        lines.push(Judged {
+            name: format!("  its p99 (argon2 runs: {:.0})", replica.argon2.0),
+            value: Ok(replica.outcome.p99_ms),
+            unit: " ms",
+            target: "reported",
+            met: None,
+        });
     }
-}
-
-async fn health_check(channel: Channel, _ticket: u64) -> Attempt {
-    let answer = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await;
-    match answer {
-        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => Attempt::Ok,
-        _ => Attempt::Failed,
+    if let Some((keys, mb)) = figures.memory {
+        lines.push(Judged {
+            name: format!("resident memory with {keys} warm keys"),
+            value: Ok(mb),
+            unit: " MB",
+            target: "≤ 150 MB",
+            met: Some(|v| v <= 150.0),
+        });
     }
-}
-
-/// One identifier per ticket modulo 100, under a limit no run can reach.
-async fn check_rate_limit(channel: Channel, ticket: u64) -> Attempt {
-    let answer = RateLimitServiceClient::new(channel)
-        .check_rate_limit(pb::CheckRateLimitRequest {
-            namespace: "bench".to_owned(),
-            identifier: format!("client-{}", ticket % 100),
-            limit: 1_000_000_000,
-            window: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-            cost: 0,
-            algorithm: pb::RateLimitAlgorithm::SlidingWindow as i32,
-        })
-        .await;
-    match answer {
-        Ok(response) if response.get_ref().allowed => Attempt::Ok,
-        _ => Attempt::Failed,
-    }
-}
-
-async fn validate(channel: Channel, key: String) -> Attempt {
-    match ValidationServiceClient::new(channel)
-        .validate(server::validate_request(key))
-        .await
-    {
-        Ok(response) if response.get_ref().valid => Attempt::Ok,
-        _ => Attempt::Failed,
-    }
-}
-
-/// Cycles through `keys`: after the first pass every key is warm.
-fn validate_reusing(
-    keys: &Arc<Vec<String>>,
-) -> impl Fn(Channel, u64) -> std::pin::Pin<Box<dyn Future<Output = Attempt> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    let keys = keys.clone();
-    move |channel, ticket| {
-        let key = keys[ticket as usize % keys.len()].clone();
-        Box::pin(validate(channel, key))
-    }
-}
-
-/// Presents every key once, so each request runs argon2; stops when none is left.
-fn validate_each_once(
-    keys: &Arc<Vec<String>>,
-) -> impl Fn(Channel, u64) -> std::pin::Pin<Box<dyn Future<Output = Attempt> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    let keys = keys.clone();
-    move |channel, ticket| match keys.get(ticket as usize).cloned() {
-        Some(key) => Box::pin(validate(channel, key)),
-        None => Box::pin(std::future::ready(Attempt::Exhausted)),
-    }
-}
-
-const NAME_WIDTH: usize = 42;
-
-fn print_header() {
     println!(
-        "{:<NAME_WIDTH$} {:>9} {:>10} {:>9} {:>9} {:>7}",
-        "scenario", "requests", "req/s", "p50 ms", "p99 ms", "errors"
+        "\n{:<62} {:>12}   {:<10} met",
+        "issue 8 target (ratios of req/s, same server, same run)", "value", "target"
     );
-    println!("{}", "-".repeat(NAME_WIDTH + 49));
-}
-
-fn print_row(row: &Row) {
-    match &row.result {
-        Ok(outcome) => println!(
-            "{:<NAME_WIDTH$} {:>9} {:>10.0} {:>9.3} {:>9.3} {:>7}{}",
-            row.name,
-            outcome.requests,
-            outcome.per_second(),
-            outcome.latency_ms(0.5),
-            outcome.latency_ms(0.99),
-            outcome.errors,
-            if outcome.ran_out {
-                format!(
-                    "  (keys ran out: {:.1} s measured)",
-                    outcome.elapsed.as_secs_f64()
-                )
-            } else {
-                String::new()
-            }
-        ),
-        Err(why) => println!("{:<NAME_WIDTH$} {why}", row.name),
-    }
-}
-
-fn find<'a>(rows: &'a [Row], name: &str) -> Option<&'a Outcome> {
-    rows.iter()
-        .find(|row| row.name == name)
-        .and_then(|row| row.result.as_ref().ok())
-}
-
-fn print_notes(rows: &[Row], bench: &Bench, cores: usize, argon2: Duration) {
-    println!();
-    println!(
-        "warm: {} keys, each validated before the run; cold: each request presents a key this server has never verified; \
-         cold burst: {} cold Validates kept in flight on their own connections while the warm load runs",
-        bench.warm_keys.len(),
-        bench.burst_load.concurrency
-    );
-    if let Some(cold) = find(rows, COLD) {
-        println!(
-            "cold ceiling: {cores} argon2 permits / {:.1} ms per verification (the fastest) = {:.0} verifications/s; measured {:.0}/s",
-            ms(argon2),
-            cores as f64 / argon2.as_secs_f64(),
-            cold.per_second()
-        );
-    }
-}
-
-fn print_ratios(rows: &[Row]) {
-    let throughput = |name| find(rows, name).map(Outcome::per_second);
-    let p99 = |name| find(rows, name).map(|outcome| outcome.latency_ms(0.99));
-    let ratios = [
-        (
-            "Validate warm / empty RPC (req/s)",
-            throughput(WARM),
-            throughput(EMPTY_RPC),
-            "≥ 0.8",
-        ),
-        (
-            "Validate with Redis limit / empty RPC (req/s)",
-            throughput(WARM_WITH_LIMIT),
-            throughput(EMPTY_RPC),
-            "≥ 0.5",
-        ),
-        (
-            "Validate with Redis limit / seed design (req/s)",
-            throughput(WARM_WITH_LIMIT),
-            throughput(SEED),
-            "≥ 10",
-        ),
-        (
-            "Validate warm / seed design (req/s)",
-            throughput(WARM),
-            throughput(SEED),
-            "",
-        ),
-        (
-            "warm p99 beside cold burst / warm p99 alone",
-            p99(WARM_BESIDE_COLD),
-            p99(WARM),
-            "≤ 2",
-        ),
-    ];
-    println!();
-    println!("{:<50} {:>8}   issue 4 target", "ratio", "value");
-    println!("{}", "-".repeat(75));
-    for (name, numerator, denominator, target) in ratios {
-        match (numerator, denominator) {
-            (Some(n), Some(d)) if d > 0.0 => println!("{name:<50} {:>8.2}   {target}", n / d),
-            _ => println!("{name:<50} {:>8}   {target}", "n/a"),
+    println!("{}", "-".repeat(92));
+    for line in lines {
+        match line.value {
+            Ok(value) => println!(
+                "{:<62} {:>12}   {:<10} {}",
+                line.name,
+                format!("{value:.2}{}", line.unit),
+                line.target,
+                match line.met {
+                    None => "",
+                    Some(met) if met(value) => "yes",
+                    Some(_) => "no",
+                }
+            ),
+            Err(why) => println!(
+                "{:<62} {:>12}   {:<10} n/a: {why}",
+                line.name, "-", line.target
+            ),
         }
     }
 }

@@ -7,8 +7,13 @@
 //! `updated_at`, which Prisma's `@updatedAt` sets), the scope check, and an
 //! INSERT of a usage row. Its tables carry the seed's indexes, in the same
 //! fresh PostgreSQL database as apikeyd's, behind a pool of the same size.
+//! It runs in the benchmark process (idle while h2load drives it) and
+//! tallies its answers, as apikeyd's metrics do, so that its figures too
+//! count only the answers expected.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use apikeyd::grpc::pb::validation_service_server::{ValidationService, ValidationServiceServer};
 use apikeyd::grpc::pb::{self, ValidationCode};
@@ -20,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::answers::Answers;
 use crate::server::{hex, random_hex};
 
 /// The seed's Prisma schema, in PostgreSQL.
@@ -84,11 +90,52 @@ pub async fn prepare(database_url: &str, count: usize) -> anyhow::Result<Vec<Str
     Ok(keys)
 }
 
+/// The seed server's answers so far: validation codes, and gRPC errors.
+#[derive(Default)]
+pub struct SeedAnswers {
+    /// Indexed by `ValidationCode`.
+    codes: [AtomicU64; 10],
+    errors: AtomicU64,
+}
+
+impl SeedAnswers {
+    fn count(&self, code: ValidationCode) {
+        self.codes[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Answers {
+        let mut answers = Answers::default();
+        for (code, count) in self.codes.iter().enumerate() {
+            let name = ValidationCode::try_from(code as i32)
+                .map_or("?", |code| code.as_str_name())
+                .trim_start_matches("VALIDATION_CODE_")
+                .to_ascii_lowercase();
+            answers.add(name, count.load(Ordering::Relaxed) as f64);
+        }
+        answers.add(
+            "gRPC INTERNAL".to_owned(),
+            self.errors.load(Ordering::Relaxed) as f64,
+        );
+        answers
+    }
+}
+
+/// The seed design's server, running in this process.
+pub struct SeedServer {
+    pub addr: SocketAddr,
+    pub answers: Arc<SeedAnswers>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SeedServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Serves the seed design's `Validate` on a loopback port, in this process,
-/// until the returned task is aborted.
-pub async fn serve(
-    database_url: &str,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// until the returned server is dropped.
+pub async fn serve(database_url: &str) -> anyhow::Result<SeedServer> {
     // The same pool apikeyd's store opens on PostgreSQL.
     let mut options = ConnectOptions::new(database_url.to_owned());
     options
@@ -100,15 +147,23 @@ pub async fn serve(
     // best transport, so a ratio against it errs in the seed's favour.
     let incoming = TcpIncoming::bind(([127, 0, 0, 1], 0).into())?.with_nodelay(Some(true));
     let addr = incoming.local_addr()?;
+    let answers = Arc::new(SeedAnswers::default());
     let server = tonic::transport::Server::builder()
-        .add_service(ValidationServiceServer::new(SeedValidation { db }))
+        .add_service(ValidationServiceServer::new(SeedValidation {
+            db,
+            answers: answers.clone(),
+        }))
         .serve_with_incoming(incoming);
     let task = tokio::spawn(async move {
         if let Err(e) = server.await {
             eprintln!("the seed-design server stopped: {e}");
         }
     });
-    Ok((addr, task))
+    Ok(SeedServer {
+        addr,
+        answers,
+        task,
+    })
 }
 
 fn sha256_hex(key: &str) -> String {
@@ -117,6 +172,7 @@ fn sha256_hex(key: &str) -> String {
 
 struct SeedValidation {
     db: DatabaseConnection,
+    answers: Arc<SeedAnswers>,
 }
 
 /// The columns `validateApiKey` reads (the seed also joins the user's id
@@ -196,7 +252,23 @@ impl ValidationService for SeedValidation {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let req = request.into_inner();
+        let answer = self.seed_validate(request.into_inner()).await;
+        match &answer {
+            Ok(response) => self.answers.count(response.get_ref().code()),
+            Err(_) => {
+                self.answers.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        answer
+    }
+}
+
+impl SeedValidation {
+    /// The seed's `validateApiKey` and `withApiKey`.
+    async fn seed_validate(
+        &self,
+        req: pb::ValidateRequest,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
         if !req.key.starts_with(SEED_PREFIX) {
             return Ok(answer(ValidationCode::Malformed, None));
         }

@@ -1,6 +1,7 @@
-//! The system under test: one real `apikeyd serve` process (the release
-//! build cargo made for this benchmark) on loopback port 0, over a fresh
-//! PostgreSQL database; and the management calls that set up its keys.
+//! The system under test: a real `apikeyd serve` process (the release
+//! build cargo made for this benchmark) on loopback port 0, over embedded
+//! SQLite or a fresh PostgreSQL database; its counters and memory; and the
+//! calls that set up and check its keys.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use tempfile::TempDir;
 use tonic::Request;
 use tonic::transport::Channel;
+
+use crate::answers::MetricsPage;
 
 /// A fresh database on the benchmark's PostgreSQL server, dropped on `drop_all`.
 pub struct FreshDatabase {
@@ -47,17 +50,29 @@ impl FreshDatabase {
         Ok(Database::connect(&self.url).await?)
     }
 
-    /// Drops the database, so that runs (a million rows each at scale) do not pile up.
-    pub async fn drop_now(self) -> anyhow::Result<()> {
-        let admin = Database::connect(&self.admin_url).await?;
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+    /// Drops the database, so that runs (a million rows each at scale) do
+    /// not pile up. A failure (PostgreSQL refusing the checkpoint a drop
+    /// takes, on a full disk) is said, with the name to drop by hand, and
+    /// costs the run none of its figures.
+    pub async fn drop_now(self) {
+        let dropped = async {
+            let admin = Database::connect(&self.admin_url).await?;
+            admin
+                .execute_unprepared(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await?;
+            admin.close().await.ok();
+            Ok::<_, sea_orm::DbErr>(())
+        }
+        .await;
+        if let Err(e) = dropped {
+            eprintln!(
+                "could not drop the benchmark's database {} ({e}): drop it by hand",
                 self.name
-            ))
-            .await?;
-        admin.close().await.ok();
-        Ok(())
+            );
+        }
     }
 }
 
@@ -83,18 +98,22 @@ pub struct ApikeydProcess {
     pub addr: SocketAddr,
     /// The HTTP listener: Prometheus metrics at `/metrics`.
     pub http_addr: SocketAddr,
-    /// The bootstrap root key the first start wrote into the data directory.
-    pub root_key: String,
+    /// The bootstrap root key the first start on a database wrote into the
+    /// data directory; `None` for a replica started on a database in use.
+    root_key: Option<String>,
     child: Child,
     /// Holds the data directory (and the root key file) for the process's life.
     _data_dir: TempDir,
 }
 
 impl ApikeydProcess {
-    /// Starts the server on `database_url` with `env` on top of a port-0,
-    /// JSON-logging base (default argon2 cost unless `env` says otherwise)
-    /// and waits for its "apikeyd is serving" line.
-    pub fn start(database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<ApikeydProcess> {
+    /// Starts the server on `database_url` (embedded SQLite in its data
+    /// directory when `None`) with `env` on top of a port-0, JSON-logging
+    /// base, and waits for its "apikeyd is serving" line.
+    pub fn start(
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ApikeydProcess> {
         let data_dir = tempfile::tempdir()?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_apikeyd"));
         command
@@ -104,10 +123,12 @@ impl ApikeydProcess {
             .env("APIKEYD_GRPC_ADDR", "127.0.0.1:0")
             .env("APIKEYD_HTTP_ADDR", "127.0.0.1:0")
             .env("APIKEYD_DATA_DIR", data_dir.path())
-            .env("APIKEYD_DATABASE_URL", database_url)
             .env("APIKEYD_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(url) = database_url {
+            command.env("APIKEYD_DATABASE_URL", url);
+        }
         for (name, value) in env {
             command.env(name, value);
         }
@@ -152,9 +173,8 @@ impl ApikeydProcess {
             Err(_) => bail!("apikeyd did not report serving within 60 s"),
         };
         let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
-            .context("the first start writes a bootstrap root key")?
-            .trim()
-            .to_owned();
+            .ok()
+            .map(|key| key.trim().to_owned());
         Ok(ApikeydProcess {
             addr: addr
                 .parse()
@@ -168,9 +188,15 @@ impl ApikeydProcess {
         })
     }
 
-    /// The sum and count of a Prometheus histogram (`name` with its labels,
-    /// as in `/metrics`), read from the server.
-    pub fn histogram_sum_count(&self, name: &str, labels: &str) -> anyhow::Result<(f64, f64)> {
+    /// The root key to manage keys with.
+    pub fn root_key(&self) -> anyhow::Result<&str> {
+        self.root_key
+            .as_deref()
+            .context("only the first start on a database writes a bootstrap root key")
+    }
+
+    /// The server's `/metrics` page.
+    pub fn metrics(&self) -> anyhow::Result<MetricsPage> {
         use std::io::{Read, Write};
         let mut connection = std::net::TcpStream::connect(self.http_addr)?;
         write!(
@@ -180,14 +206,17 @@ impl ApikeydProcess {
         )?;
         let mut page = String::new();
         connection.read_to_string(&mut page)?;
-        let value = |suffix: &str| {
-            let series = format!("{name}_{suffix}{labels} ");
-            page.lines()
-                .find_map(|line| line.strip_prefix(series.as_str()))
-                .and_then(|value| value.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        Ok((value("sum"), value("count")))
+        anyhow::ensure!(
+            page.starts_with("HTTP/1.1 200"),
+            "GET /metrics did not answer 200: {}",
+            page.lines().next().unwrap_or_default()
+        );
+        Ok(MetricsPage(page))
+    }
+
+    /// The server's resident memory (VmRSS) in MB.
+    pub fn resident_mb(&self) -> Option<f64> {
+        proc_status_kb(self.pid(), "VmRSS").map(|kb| kb as f64 / 1024.0)
     }
 
     pub fn pid(&self) -> u32 {
@@ -231,19 +260,36 @@ pub fn authed<T>(message: T, root_key: &str) -> Request<T> {
     request
 }
 
-/// Creates `count` keys through `KeyService.CreateKey` (a few at a time: each
-/// one hashes a secret with argon2) and returns the full keys. Each key gets
-/// its own owner, so that the per-owner key limit never interferes.
 /// The limits benchmark keys carry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum KeyLimits {
-    /// No limit and no quota: Validate needs nothing from Redis.
-    None,
-    /// One limit no run can reach (1,000,000,000 per hour), counted in Redis
-    /// on every Validate.
+    /// One limit no run can reach (1,000,000,000 per hour, sliding
+    /// window), counted on every Validate: the admitted path.
     Unreachable,
+    /// One request per hour: after its first Validate, every other is
+    /// denied (the over-limit path).
+    OnePerHour,
 }
 
+impl KeyLimits {
+    fn rate_limit(self) -> pb::RateLimit {
+        pb::RateLimit {
+            limit: match self {
+                KeyLimits::Unreachable => 1_000_000_000,
+                KeyLimits::OnePerHour => 1,
+            },
+            window: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            algorithm: pb::RateLimitAlgorithm::SlidingWindow as i32,
+        }
+    }
+}
+
+/// Creates `count` keys through `KeyService.CreateKey` (a few at a time: each
+/// one hashes a secret with argon2) and returns the full keys. Each key gets
+/// its own owner, so that the per-owner key limit never interferes.
 pub async fn create_keys(
     channel: &Channel,
     root_key: &str,
@@ -260,53 +306,18 @@ pub async fn create_keys(
             keys.push(pending.join_next().await.expect("a pending create")??);
         }
         let mut client = KeyServiceClient::new(channel.clone());
-        let rate_limits = match limits {
-            KeyLimits::None => vec![],
-            KeyLimits::Unreachable => vec![pb::RateLimit {
-                limit: 1_000_000_000,
-                window: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-                algorithm: pb::RateLimitAlgorithm::SlidingWindow as i32,
-            }],
-        };
         let request = authed(
             pb::CreateKeyRequest {
                 owner_id: format!("{owner_prefix}-{i}"),
                 name: "benchmark".to_owned(),
                 scopes: vec!["posts:read".to_owned(), "posts:write".to_owned()],
-                rate_limits,
+                rate_limits: vec![limits.rate_limit()],
                 ..Default::default()
             },
             &root_key,
         );
-        let root_key = root_key.clone();
         pending.spawn(async move {
             let created = client.create_key(request).await?.into_inner();
-            if limits == KeyLimits::None {
-                // A key created with no limits gets the default tier; an
-                // empty list of its own makes it unlimited.
-                let id = created
-                    .api_key
-                    .as_ref()
-                    .map(|k| k.id.clone())
-                    .unwrap_or_default();
-                client
-                    .update_key(authed(
-                        pb::UpdateKeyRequest {
-                            id,
-                            limits: Some(pb::update_key_request::Limits::RateLimits(
-                                pb::RateLimitList {
-                                    rate_limits: vec![],
-                                },
-                            )),
-                            ..Default::default()
-                        },
-                        &root_key,
-                    ))
-                    .await?;
-            }
             Ok::<_, anyhow::Error>(created.key)
         });
     }
@@ -314,6 +325,19 @@ pub async fn create_keys(
         keys.push(created??);
     }
     Ok(keys)
+}
+
+/// Creates one key with `limits`.
+pub async fn create_key(
+    channel: &Channel,
+    root_key: &str,
+    owner: &str,
+    limits: KeyLimits,
+) -> anyhow::Result<String> {
+    Ok(create_keys(channel, root_key, owner, 1, limits)
+        .await?
+        .pop()
+        .expect("one key was created"))
 }
 
 /// What every benchmark `Validate` asks: a scope the keys hold, and the
@@ -332,12 +356,36 @@ pub fn validate_request(key: String) -> pb::ValidateRequest {
     }
 }
 
-/// Validates `key` once; whether the answer was `valid`.
-pub async fn validate_once(channel: &Channel, key: &str) -> anyhow::Result<bool> {
+/// Validates `key` once and returns the answer's code.
+pub async fn validate_once(channel: &Channel, key: &str) -> anyhow::Result<pb::ValidationCode> {
     let mut client = ValidationServiceClient::new(channel.clone());
-    Ok(client
+    let answer = client
         .validate(validate_request(key.to_owned()))
         .await?
-        .into_inner()
-        .valid)
+        .into_inner();
+    Ok(answer.code())
+}
+
+/// Fails unless `key`'s Validate answers `expected`: a scenario is checked
+/// once with a real client before h2load repeats it.
+pub async fn expect_code(
+    channel: &Channel,
+    key: &str,
+    expected: pb::ValidationCode,
+) -> anyhow::Result<()> {
+    let got = validate_once(channel, key).await?;
+    anyhow::ensure!(
+        got == expected,
+        "Validate answered {got:?} where the scenario expects {expected:?}"
+    );
+    Ok(())
+}
+
+/// One HTTP/2 connection to `addr`.
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
 }

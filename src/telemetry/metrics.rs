@@ -2,7 +2,7 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `apikeyd_grpc_requests_total` | counter | `method`, `code` |
+//! | `apikeyd_grpc_requests_total` | counter | `method` (from the served descriptors, see [`RpcLabels`]), `code` |
 //! | `apikeyd_grpc_request_duration_seconds` | histogram | `method` |
 //! | `apikeyd_validations_total` | counter | `code` |
 //! | `apikeyd_key_cache_total` | counter | `result` (`hit`, `miss`) |
@@ -24,12 +24,14 @@
 //! | `apikeyd_key_cache_superseded_loads_total` | counter | |
 //! | `apikeyd_usage_dropped_total` | counter | |
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use ::metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: from a warm Validate (tens of µs) to a
@@ -183,21 +185,99 @@ pub async fn observe_db<T, E>(
     result
 }
 
+/// The `method` label of every RPC this server serves, read from the
+/// descriptors of the contract it serves (ours, Envoy's, health,
+/// reflection) once at
+/// start: a new RPC is labelled by its name without anyone listing it, and
+/// any other path is `other`, so a client probing random paths cannot
+/// create unbounded label values.
+#[derive(Clone, Debug)]
+pub struct RpcLabels {
+    /// `/package.Service/Method` to `package.Service/Method`, shared so that
+    /// a label costs a reference count, not an allocation, per call.
+    by_path: Arc<HashMap<String, Arc<str>>>,
+}
+
+/// The descriptor sets of every service `startup` serves.
+const SERVED_CONTRACT: [&[u8]; 5] = [
+    crate::grpc::pb::FILE_DESCRIPTOR_SET,
+    crate::envoy::pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// The label of every path outside the contract.
+const OTHER: &str = "other";
+
+impl RpcLabels {
+    /// The labels of the contract this server serves.
+    pub fn served_contract() -> Result<RpcLabels, prost::DecodeError> {
+        RpcLabels::from_descriptor_sets(&SERVED_CONTRACT)
+    }
+
+    /// One label per method of every service in `sets` (encoded
+    /// `FileDescriptorSet`s).
+    fn from_descriptor_sets(sets: &[&[u8]]) -> Result<RpcLabels, prost::DecodeError> {
+        use prost::Message;
+        let mut by_path = HashMap::new();
+        for set in sets {
+            for file in prost_types::FileDescriptorSet::decode(*set)?.file {
+                let package = file.package();
+                for service in &file.service {
+                    let qualified = match package {
+                        "" => service.name().to_owned(),
+                        package => format!("{package}.{}", service.name()),
+                    };
+                    for method in &service.method {
+                        let label = format!("{qualified}/{}", method.name());
+                        by_path.insert(format!("/{label}"), Arc::from(label));
+                    }
+                }
+            }
+        }
+        Ok(RpcLabels {
+            by_path: Arc::new(by_path),
+        })
+    }
+
+    /// The label of a request's `:path`.
+    pub fn method(&self, path: &str) -> SharedString {
+        self.by_path
+            .get(path)
+            .map_or(SharedString::const_str(OTHER), |label| {
+                SharedString::from(label.clone())
+            })
+    }
+}
+
 /// A tower layer counting and timing every gRPC call by method and status.
-#[derive(Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    labels: RpcLabels,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(labels: RpcLabels) -> GrpcMetricsLayer {
+        GrpcMetricsLayer { labels }
+    }
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
+        GrpcMetrics {
+            inner,
+            labels: self.labels.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
+    labels: RpcLabels,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -217,7 +297,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method = self.labels.method(request.uri().path());
         let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -230,33 +310,13 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+            ::metrics::histogram!("apikeyd_grpc_request_duration_seconds", "method" => method.clone())
+                .record(started.elapsed());
             ::metrics::counter!("apikeyd_grpc_requests_total", "method" => method, "code" => code_label(code))
                 .increment(1);
-            ::metrics::histogram!("apikeyd_grpc_request_duration_seconds", "method" => method)
-                .record(started.elapsed());
             Ok(response)
         })
     }
-}
-
-/// Known methods by name; anything else as `other`, so that a client
-/// probing random paths cannot create unbounded label values.
-fn method_label(path: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "/apikeyd.v1.KeyService/CreateKey",
-        "/apikeyd.v1.KeyService/GetKey",
-        "/apikeyd.v1.KeyService/ListKeys",
-        "/apikeyd.v1.KeyService/UpdateKey",
-        "/apikeyd.v1.KeyService/RevokeKey",
-        "/apikeyd.v1.KeyService/RotateKey",
-        "/apikeyd.v1.ValidationService/Validate",
-        "/grpc.health.v1.Health/Check",
-        "/grpc.health.v1.Health/Watch",
-    ];
-    KNOWN
-        .iter()
-        .find(|known| **known == path)
-        .map_or("other", |known| &known[1..])
 }
 
 /// The canonical name of a gRPC status code (`PERMISSION_DENIED`).
@@ -287,12 +347,91 @@ pub fn code_label(code: tonic::Code) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Every `rpc` of every `service` in `proto/`, as `package.Service/Method`,
+    /// read from the text: an account of the contract that owes nothing to
+    /// the descriptors the labels come from.
+    fn rpcs_in_proto_files() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let mut files = vec![dir];
+        let mut rpcs = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.extension().is_none_or(|ext| ext != "proto") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut package = String::new();
+            let mut service = String::new();
+            for line in text.lines().map(str::trim) {
+                let word = |prefix: &str| {
+                    line.strip_prefix(prefix).map(|rest| {
+                        rest.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                };
+                if let Some(name) = word("package ") {
+                    package = name;
+                } else if let Some(name) = word("service ") {
+                    service = name;
+                } else if let Some(name) = word("rpc ") {
+                    rpcs.push(format!("{package}.{service}/{name}"));
+                }
+            }
+        }
+        rpcs
+    }
+
     #[test]
-    fn unknown_paths_share_one_label() {
-        assert_eq!(
-            method_label("/apikeyd.v1.ValidationService/Validate"),
-            "apikeyd.v1.ValidationService/Validate"
-        );
-        assert_eq!(method_label("/x/y"), "other");
+    fn every_rpc_of_the_contract_has_its_own_label() {
+        let labels = RpcLabels::served_contract().unwrap();
+        let rpcs = rpcs_in_proto_files();
+        for named_in_the_issue in [
+            "apikeyd.v1.KeyService/GetKeyUsage",
+            "apikeyd.v1.KeyService/SetOwnerLimits",
+            "apikeyd.v1.KeyService/GetOwnerLimits",
+            "apikeyd.v1.RateLimitService/CheckRateLimit",
+            "apikeyd.v1.ValidationService/Validate",
+        ] {
+            assert!(
+                rpcs.iter().any(|rpc| rpc == named_in_the_issue),
+                "{named_in_the_issue} is missing from the proto files read: {rpcs:?}"
+            );
+        }
+        for rpc in &rpcs {
+            assert_eq!(&*labels.method(&format!("/{rpc}")), rpc.as_str());
+        }
+    }
+
+    #[test]
+    fn health_and_reflection_have_their_own_labels() {
+        let labels = RpcLabels::served_contract().unwrap();
+        for rpc in [
+            "grpc.health.v1.Health/Check",
+            "grpc.health.v1.Health/Watch",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(&*labels.method(&format!("/{rpc}")), rpc);
+        }
+    }
+
+    #[test]
+    fn paths_outside_the_contract_share_one_label() {
+        let labels = RpcLabels::served_contract().unwrap();
+        for path in [
+            "/x/y",
+            "/apikeyd.v1.KeyService/NoSuchMethod",
+            "/apikeyd.v1.KeyService/CreateKey/extra",
+            "apikeyd.v1.KeyService/CreateKey",
+            "/",
+            "",
+        ] {
+            assert_eq!(&*labels.method(path), OTHER, "{path:?}");
+        }
     }
 }

@@ -181,16 +181,106 @@ async fn metrics_show_counters_moving_after_calls() {
     );
 }
 
+/// `package.Service/Method` of every RPC the server serves: its contract,
+/// Envoy's, health and reflection, from their descriptor sets.
+fn served_rpcs() -> Vec<String> {
+    use prost::Message;
+    let sets = [
+        pb::FILE_DESCRIPTOR_SET,
+        apikeyd::envoy::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut rpcs = Vec::new();
+    for set in sets {
+        for file in prost_types::FileDescriptorSet::decode(set).unwrap().file {
+            for service in &file.service {
+                for method in &service.method {
+                    rpcs.push(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    rpcs
+}
+
+/// POSTs an empty gRPC body to `path`: every RPC answers it (most with an
+/// error status), which is all a label needs.
+async fn call_path(
+    channel: &mut tonic::transport::Channel,
+    addr: std::net::SocketAddr,
+    path: &str,
+) {
+    use tower::Service;
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let response = channel.call(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK, "{path}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_served_rpc_is_counted_under_its_own_name() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let rpcs = served_rpcs();
+    assert!(rpcs.len() >= 15, "the contract's RPCs: {rpcs:?}");
+    let series = |method: &str| format!("apikeyd_grpc_requests_total{{method=\"{method}\",");
+    let calls_of = |page: &str, method: &str| -> f64 {
+        let prefix = series(method);
+        page.lines()
+            .filter_map(|line| line.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = scrape(app.http_addr).await;
+    let mut channel = connect(app.addr).await;
+
+    for rpc in &rpcs {
+        call_path(&mut channel, app.addr, &format!("/{rpc}")).await;
+    }
+    call_path(
+        &mut channel,
+        app.addr,
+        "/apikeyd.v1.KeyService/NoSuchMethod",
+    )
+    .await;
+
+    let after = scrape(app.http_addr).await;
+    for rpc in &rpcs {
+        assert!(
+            calls_of(&after, rpc) >= calls_of(&before, rpc) + 1.0,
+            "{rpc} has no series of its own:\n{after}"
+        );
+    }
+    assert!(
+        calls_of(&after, "other") >= calls_of(&before, "other") + 1.0,
+        "a path outside the contract is `other`:\n{after}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_load_loses_no_call_and_exits_zero() {
     let data_dir = tempfile::tempdir().unwrap();
-    // A costly hash (19 MiB, 8 passes: over 100 ms) makes each CreateKey
-    // slow enough that all 30 are queued before the first is done.
+    // A costly hash (19 MiB, 8 passes: over 100 ms) on one argon2 thread
+    // makes each CreateKey slow enough that all 30 are queued before the
+    // first few are done, however slowly the calls arrive.
     let mut server = ServerProcess::start(
         data_dir.path(),
         &[
             ("APIKEYD_API_KEY_ARGON2_MEMORY_KIB", "19456"),
             ("APIKEYD_API_KEY_ARGON2_ITERATIONS", "8"),
+            ("APIKEYD_ARGON2_MAX_IN_FLIGHT", "1"),
             ("APIKEYD_SHUTDOWN_GRACE_SECS", "60"),
         ],
     );
@@ -209,7 +299,7 @@ async fn sigterm_during_load_loses_no_call_and_exits_zero() {
     // Every call holds or awaits an argon2 slot once the queue is this deep,
     // so all of them are in flight when the signal lands.
     let mut in_flight = false;
-    for _ in 0..200 {
+    for _ in 0..2_000 {
         if sample(
             &scrape(server.http_addr).await,
             "apikeyd_argon2_queue_depth",
