@@ -13,7 +13,7 @@ use super::scope::Scope;
 pub enum Permission {
     /// GetKey, ListKeys, GetKeyUsage, GetOwnerLimits.
     KeysRead,
-    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits.
+    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits, ImportKeys.
     KeysWrite,
     /// GetRootKey, ListRootKeys.
     RootKeysRead,
