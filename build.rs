@@ -7,9 +7,10 @@
 
 use std::{env, error::Error, path::PathBuf};
 
-const PROTOS: [&str; 7] = [
+const PROTOS: [&str; 8] = [
     "proto/apikeyd/v1/api_key.proto",
     "proto/apikeyd/v1/audit_service.proto",
+    "proto/apikeyd/v1/import_service.proto",
     "proto/apikeyd/v1/key_service.proto",
     "proto/apikeyd/v1/rate_limit.proto",
     "proto/apikeyd/v1/rate_limit_service.proto",

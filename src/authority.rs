@@ -1,6 +1,12 @@
 //! The key authority: the product's use cases (issue, look up, change,
 //! revoke, rotate and validate keys) over the store and the hasher. The gRPC
 //! layer parses requests into the types here and converts the results back.
+//! Keys imported from another store have their own module
+//! ([`imported_keys`]): found by digest, then judged like any other.
+
+mod imported_keys;
+
+pub use imported_keys::{ImportActor, ImportRow, ImportRun, ImportSummary};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +27,9 @@ use crate::last_used::LastUsedTracker;
 use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
 use crate::ratelimit::{KeyCall, LimitStatus, RateLimiter};
 use crate::secrets::{SecretCheck, SecretHasher};
-use crate::store::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
+use crate::store::{
+    Expiry, IMPORTED_SECRET_HASH, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow,
+};
 use crate::telemetry::metrics::observe_db;
 
 /// The longest grace period a rotation may give the old key.
@@ -72,6 +80,18 @@ pub struct Verdict {
     /// The tightest limit, when limits were checked and the limiter answered
     /// (or refused by its fail-closed policy).
     pub rate_limit: Option<LimitStatus>,
+}
+
+impl Verdict {
+    /// A key refused before it was found (or before its secret matched):
+    /// nothing about a key is revealed.
+    fn refused(code: ValidationCode) -> Verdict {
+        Verdict {
+            code,
+            api_key: None,
+            rate_limit: None,
+        }
+    }
 }
 
 /// What Validate is asked besides the key.
@@ -444,28 +464,26 @@ impl KeyAuthority {
     /// expired, scopes, then the key's and its owner's limits and the key's
     /// quota, all-or-nothing in one limiter decision that also records usage.
     /// A malformed key costs no I/O; a warm key no argon2; a found key one
-    /// limiter round trip.
+    /// limiter round trip. A string not in our format that could be another
+    /// store's key is looked up by its digest instead ([`imported_keys`]).
     pub async fn validate(&self, raw_key: &str, request: ValidationRequest<'_>) -> Result<Verdict> {
-        let not_found = Verdict {
-            code: ValidationCode::NotFound,
-            api_key: None,
-            rate_limit: None,
-        };
         let presented = match PresentedKey::parse(raw_key) {
             Ok(key) => key,
-            Err(_) => {
-                return Ok(Verdict {
-                    code: ValidationCode::Malformed,
-                    api_key: None,
-                    rate_limit: None,
-                });
-            }
+            Err(not_ours) => return self.validate_imported(raw_key, not_ours, request).await,
         };
-        let Some(mut api_key) = self.verified_key(&presented).await? else {
-            return Ok(not_found);
-        };
+        match self.verified_key(&presented).await? {
+            Some(api_key) => self.admit(&api_key, request).await,
+            None => Ok(Verdict::refused(ValidationCode::NotFound)),
+        }
+    }
+
+    /// The checks after a key was found and its secret matched, the same for
+    /// every key however it was found: revoked, disabled, expired, scopes,
+    /// then limits, quota and usage; a valid use is recorded as the last.
+    async fn admit(&self, api_key: &ApiKey, request: ValidationRequest<'_>) -> Result<Verdict> {
         let now = domain::now();
         let judged = api_key.judge(now, request.required);
+        let mut api_key = api_key.clone();
         let (code, rate_limit) = self.count(&mut api_key, judged, request).await?;
         if code == ValidationCode::Valid {
             self.last_used.record(&api_key.id, now);
@@ -495,7 +513,10 @@ impl KeyAuthority {
         let Some((api_key, secret_hash)) = &lookup.found else {
             return Ok(None);
         };
-        if presented.kind != api_key.environment.key_kind() {
+        // An imported key has no secret of ours: only its digest finds it.
+        if presented.kind != api_key.environment.key_kind()
+            || secret_hash.as_ref() == IMPORTED_SECRET_HASH
+        {
             return Ok(None);
         }
         match self

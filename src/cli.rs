@@ -16,7 +16,7 @@ use crate::root_keys::{self, NewRootKey};
 use crate::secrets::SecretHasher;
 use crate::startup::Application;
 use crate::store::RootKeyPageQuery;
-use crate::{audit, client, shutdown, store, telemetry};
+use crate::{audit, client, import, shutdown, store, telemetry};
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -79,6 +79,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         | Command::Keys(_)
         | Command::Ratelimit(_)
         | Command::Validate(_) => unreachable!("handled before logging starts"),
+        Command::Import(args) => import::run(args, settings).await,
         Command::RootKey(command) => root_key(command, &settings).await,
     }
 }

@@ -445,6 +445,9 @@ pub enum Command {
     /// Manage root keys, the credentials of the management API.
     #[command(subcommand)]
     RootKey(RootKeyCommand),
+    /// Import the keys of another store (found by the SHA-256 of the whole
+    /// key) into the database; running it again imports nothing twice.
+    Import(crate::import::ImportArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

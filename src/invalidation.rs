@@ -45,6 +45,8 @@ use redis_stream::RedisStream;
 pub enum Invalidation {
     Key(KeyId),
     Owner(String),
+    /// Keys were imported: a digest remembered as absent may now be a key.
+    ImportedKeys,
     /// A root key was revoked: data-plane credentials are checked anew.
     RootKey(KeyId),
     /// Anything may have changed: some invalidations were dropped.
@@ -57,6 +59,7 @@ impl Invalidation {
         match self {
             Invalidation::Key(id) => ("k", id.as_str()),
             Invalidation::Owner(owner) => ("o", owner),
+            Invalidation::ImportedKeys => ("i", ""),
             Invalidation::RootKey(id) => ("r", id.as_str()),
             Invalidation::All => ("*", ""),
         }
@@ -68,6 +71,7 @@ impl Invalidation {
         match field {
             "k" => KeyId::parse(value).map(Invalidation::Key),
             "o" => Some(Invalidation::Owner(value.to_owned())),
+            "i" => Some(Invalidation::ImportedKeys),
             "r" => KeyId::parse(value).map(Invalidation::RootKey),
             "*" => Some(Invalidation::All),
             _ => None,
@@ -172,7 +176,13 @@ mod tests {
         let key = Invalidation::Key(KeyId::parse("0123456789abcdef").unwrap());
         let owner = Invalidation::Owner("team:a".to_owned());
         let root_key = Invalidation::RootKey(KeyId::parse("fedcba9876543210").unwrap());
-        for change in [key, owner, root_key, Invalidation::All] {
+        for change in [
+            key,
+            owner,
+            root_key,
+            Invalidation::ImportedKeys,
+            Invalidation::All,
+        ] {
             let (field, value) = change.field();
             assert_eq!(Invalidation::from_field(field, value), Some(change));
         }

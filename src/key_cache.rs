@@ -17,6 +17,12 @@
 //! Unknown ids are remembered as absent, so a flood of well-formed made-up
 //! keys costs one database read per id, not one per request.
 //!
+//! Imported keys (found by the SHA-256 of the whole key) are cached in two
+//! steps: digest → id here, then the record by id as above, so a change to
+//! the key evicts it by id like any other. A digest's id never changes; an
+//! absent digest may appear when keys are imported, so an import forgets
+//! every digest lookup ([`KeyCache::forget_imported_lookups`]).
+//!
 //! This module knows nothing of how invalidations travel: the wiring hands
 //! it what the bus delivers ([`KeyCache::evict`], [`KeyCache::evict_all`],
 //! [`KeyCache::set_invalidations_flowing`]).
@@ -31,7 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::domain::LimitSource;
-use crate::domain::{ApiKey, KeyId};
+use crate::domain::{ApiKey, KeyId, LegacyDigest};
 use crate::error::{Error, Result};
 use crate::secrets::VerifiedDigest;
 use generations::{Generations, Space, Stamp};
@@ -54,6 +60,30 @@ pub struct CachedOwnerLimits {
     freshness: Freshness,
 }
 
+/// Which key was imported with a digest (and the digest as stored), or
+/// `None` for "no such key".
+pub struct CachedImportedLookup {
+    pub found: Option<(KeyId, LegacyDigest)>,
+    freshness: Freshness,
+}
+
+/// A cached value that knows when its read began.
+trait Stamped {
+    fn freshness(&self) -> &Freshness;
+}
+
+impl Stamped for CachedOwnerLimits {
+    fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+}
+
+impl Stamped for CachedImportedLookup {
+    fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+}
+
 /// When an entry's read began, and what had been evicted by then.
 #[derive(Clone, Copy)]
 struct Freshness {
@@ -65,6 +95,9 @@ pub struct KeyCache {
     entries: moka::future::Cache<KeyId, Arc<CachedLookup>>,
     /// Owners' shared limits, read on every Validate that reaches the limiter.
     owners: moka::future::Cache<String, Arc<CachedOwnerLimits>>,
+    /// Imported keys' ids by digest, read on every Validate of a string that
+    /// is not in our format but could be another store's key.
+    imported: moka::future::Cache<LegacyDigest, Arc<CachedImportedLookup>>,
     /// What has been evicted, so that loads and entries can tell they are stale.
     generations: Generations,
     /// True while invalidations are known to reach this replica.
@@ -77,6 +110,11 @@ pub struct KeyCache {
 
 /// Owners whose shared limits are cached; each entry is small.
 const OWNER_ENTRIES: u64 = 100_000;
+/// Digests of imported (or never-imported) keys cached; about 150 bytes each.
+const IMPORTED_ENTRIES: u64 = 100_000;
+/// Every digest lookup is stamped with this one name: an import forgets
+/// them all at once, since it cannot know which absences it ended.
+const IMPORTED_LOOKUPS: &str = "imported keys";
 /// How long an unused entry stays in memory (stale or not), so that the
 /// next use of a quiet key reloads its row but keeps its verified digest.
 const KEPT_WHILE_IDLE: Duration = Duration::from_secs(3600);
@@ -159,6 +197,10 @@ impl KeyCache {
                 .max_capacity(OWNER_ENTRIES)
                 .time_to_idle(kept)
                 .build(),
+            imported: moka::future::Cache::builder()
+                .max_capacity(IMPORTED_ENTRIES)
+                .time_to_idle(kept)
+                .build(),
             generations: Generations::default(),
             invalidations_flowing: AtomicBool::new(false),
             ttl,
@@ -227,25 +269,75 @@ impl KeyCache {
         L: Fn() -> F,
         F: Future<Output = Result<Option<LimitSource>>>,
     {
-        let mut previous = self.owners.get(owner_id).await;
+        self.stamped_or_load(
+            &self.owners,
+            Space::Owner,
+            owner_id,
+            owner_id,
+            load,
+            |limits, freshness| CachedOwnerLimits { limits, freshness },
+        )
+        .await
+    }
+
+    /// Which key was imported with `digest`, cached like key records
+    /// (absences too), and forgotten when keys are imported.
+    pub async fn imported_or_load<L, F>(
+        &self,
+        digest: &LegacyDigest,
+        load: L,
+    ) -> Result<Arc<CachedImportedLookup>>
+    where
+        L: Fn() -> F,
+        F: Future<Output = Result<Option<(KeyId, LegacyDigest)>>>,
+    {
+        self.stamped_or_load(
+            &self.imported,
+            Space::Imported,
+            digest,
+            IMPORTED_LOOKUPS,
+            load,
+            |found, freshness| CachedImportedLookup { found, freshness },
+        )
+        .await
+    }
+
+    /// The cached value of `name`, or `load`'s (run once for concurrent
+    /// callers, and again if `stamp_name` is evicted while it reads).
+    async fn stamped_or_load<K, Q, V, T, L, F>(
+        &self,
+        cache: &moka::future::Cache<K, Arc<V>>,
+        space: Space,
+        name: &Q,
+        stamp_name: &(impl Hash + ?Sized),
+        load: L,
+        make: impl Fn(T, Freshness) -> V,
+    ) -> Result<Arc<V>>
+    where
+        K: Hash + Eq + Send + Sync + std::borrow::Borrow<Q> + 'static,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        V: Stamped + Send + Sync + 'static,
+        L: Fn() -> F,
+        F: Future<Output = Result<T>>,
+    {
+        let mut previous = cache.get(name).await;
         if let Some(cached) = &previous {
-            if self.serves(&cached.freshness, Space::Owner, owner_id) {
+            if self.serves(cached.freshness(), space, stamp_name) {
                 return Ok(cached.clone());
             }
         }
         for _ in 0..LOAD_ATTEMPTS {
             if let Some(stale) = previous.take() {
-                remove_if_still(&self.owners, owner_id, &stale).await;
+                remove_if_still(cache, name, &stale).await;
             }
-            let loaded = self
-                .owners
-                .try_get_with_by_ref(owner_id, async {
-                    let (limits, freshness) = self.read(Space::Owner, owner_id, &load).await?;
-                    Ok::<_, LoadError>(Arc::new(CachedOwnerLimits { limits, freshness }))
+            let loaded = cache
+                .try_get_with_by_ref(name, async {
+                    let (value, freshness) = self.read(space, stamp_name, &load).await?;
+                    Ok::<_, LoadError>(Arc::new(make(value, freshness)))
                 })
                 .await;
             match loaded {
-                Ok(cached) if self.serves(&cached.freshness, Space::Owner, owner_id) => {
+                Ok(cached) if self.serves(cached.freshness(), space, stamp_name) => {
                     return Ok(cached);
                 }
                 Ok(cached) => previous = Some(cached),
@@ -255,11 +347,8 @@ impl KeyCache {
                 },
             }
         }
-        let freshness = self.freshness(Space::Owner, owner_id);
-        Ok(Arc::new(CachedOwnerLimits {
-            limits: load().await?,
-            freshness,
-        }))
+        let freshness = self.freshness(space, stamp_name);
+        Ok(Arc::new(make(load().await?, freshness)))
     }
 
     /// Runs one read, stamped before it starts; a read that an eviction
@@ -307,6 +396,12 @@ impl KeyCache {
     /// Evicts an owner's changed limits on this replica.
     pub fn evict_owner(&self, owner_id: &str) {
         self.generations.bump(Space::Owner, owner_id);
+    }
+
+    /// Forgets which digests were found or absent: keys were imported, so a
+    /// digest remembered as absent may now be a key.
+    pub fn forget_imported_lookups(&self) {
+        self.generations.bump(Space::Imported, IMPORTED_LOOKUPS);
     }
 
     /// Evicts everything: what a replica does when it may have missed an
@@ -571,6 +666,40 @@ mod tests {
             changed.verified.get(),
             None,
             "a new hash must be verified anew"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_absent_digest_is_loaded_once_until_keys_are_imported() {
+        let cache = cache(true);
+        let digest = LegacyDigest::of("sk_live_never_imported_0123456789");
+        let loads = AtomicU32::new(0);
+        let load = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            async { Ok(None) }
+        };
+        for _ in 0..3 {
+            let lookup = cache.imported_or_load(&digest, load).await.unwrap();
+            assert!(lookup.found.is_none());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the absence is cached");
+        cache.evict(&id());
+        cache.imported_or_load(&digest, load).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "a key's eviction leaves digests alone"
+        );
+
+        cache.forget_imported_lookups();
+        let imported = cache
+            .imported_or_load(&digest, || async { Ok(Some((id(), digest))) })
+            .await
+            .unwrap();
+        assert_eq!(
+            imported.found,
+            Some((id(), digest)),
+            "an import ends the absence"
         );
     }
 

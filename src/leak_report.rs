@@ -6,8 +6,9 @@
 //!
 //! An API key is recognised the way Validate recognises it (format and
 //! checksum, then the id's record and the secret against its hash, through
-//! the same cache, memo and argon2 path), a root key the way the management
-//! API does; so a made-up token with a real key id revokes nothing. What a
+//! the same cache, memo and argon2 path; a key imported from another store
+//! by its digest), a root key the way the management API does; so a
+//! made-up token with a real key id revokes nothing. What a
 //! reporter may revoke: GitHub, any key of ours (it is public now); a caller
 //! of `ReportLeakedKeys`, the API keys of the owners its root key reaches
 //! and the root keys it could revoke with RevokeRootKey. A key already
@@ -186,13 +187,18 @@ impl LeakReports {
     }
 
     async fn judge(&self, origin: &ReportOrigin<'_>, token: &ReportedToken) -> Result<LeakVerdict> {
-        let Ok(presented) = PresentedKey::parse(&token.token) else {
-            return Ok(LeakVerdict::FalsePositive);
+        let found = match PresentedKey::parse(&token.token) {
+            Ok(presented) if presented.kind == KeyKind::Root => {
+                return self.judge_root_key(origin, token, &presented).await;
+            }
+            Ok(presented) => self.authority.verified_key(&presented).await?,
+            Err(not_ours) => {
+                self.authority
+                    .verified_imported_key(&token.token, not_ours)
+                    .await?
+            }
         };
-        if presented.kind == KeyKind::Root {
-            return self.judge_root_key(origin, token, &presented).await;
-        }
-        let Some(key) = self.authority.verified_key(&presented).await? else {
+        let Some(key) = found else {
             return Ok(LeakVerdict::FalsePositive);
         };
         if !origin.reporter.reaches_owner(&key.owner_id) {

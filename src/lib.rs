@@ -9,10 +9,12 @@
 //!   subjects ([`domain::limit`]), usage quotas ([`domain::quota`]), the
 //!   validation verdict ([`domain::api_key`]), root keys' permissions, owner
 //!   scopes and no-escalation rules ([`domain::permission`],
-//!   [`domain::owner_scope`], [`domain::root_key`]), and the audit record
-//!   ([`domain::audit`]).
+//!   [`domain::owner_scope`], [`domain::root_key`]), the audit record
+//!   ([`domain::audit`]), and keys of other stores and their import
+//!   ([`domain::legacy_key`], [`domain::import`]).
 //! - [`authority`]: the use cases (create, get, list, update, revoke, rotate,
-//!   validate, usage, owner limits) over the store, the hasher and the limiter.
+//!   validate, usage, owner limits, import) over the store, the hasher and the
+//!   limiter; keys imported from another store in `authority::imported_keys`.
 //! - [`secrets`]: "is this the key's secret", for API keys and root keys:
 //!   argon2id at a cost per key kind (rehashed when it changes), keyed
 //!   digests of verified keys, single-flight verification.
@@ -30,7 +32,8 @@
 //!   `apikeyd::audit` log lines), its listing and retention.
 //! - [`key_cache`]: key records (with the digest of their verified secret)
 //!   cached for Validate: per-id generations against loads racing a change,
-//!   a 60 s backstop, the degraded TTL while invalidations may be missed.
+//!   a 60 s backstop, the degraded TTL while invalidations may be missed;
+//!   imported keys' ids by digest.
 //! - [`invalidation`]: cache invalidation between replicas over a Redis
 //!   Stream: appends retried until taken, each replica replaying from its
 //!   last entry and knowing when it may have missed one; staleness bounds in
@@ -53,6 +56,8 @@
 //! - [`http`]: the same services over HTTP (Connect unary calls, gRPC-Web);
 //!   [`proto_json`]: the proto3 JSON mapping it and the CLI share.
 //! - [`console`]: the web console, its assets built into the binary.
+//! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
+//!   tables, JSON Lines) into the authority's import.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line; [`client`]: the operator's commands
@@ -72,6 +77,7 @@ pub mod envoy;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod import;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;

@@ -29,12 +29,13 @@ use crate::envoy::rate_limit_service::EnvoyRateLimitApi;
 use crate::envoy::ratelimit_source::RateLimitConfigSource;
 use crate::envoy::routes::RouteTable;
 use crate::grpc::pb::audit_service_server::AuditServiceServer;
+use crate::grpc::pb::import_service_server::ImportServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::root_key_service_server::RootKeyServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{
-    AuditApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
+    AuditApi, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
 };
 use crate::http::leaked_keys::LeakEndpoint;
 use crate::http::{ConnectionAddrs, GrpcServices};
@@ -62,8 +63,9 @@ const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Services whose health follows the database's.
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 8] = [
     "apikeyd.v1.AuditService",
+    "apikeyd.v1.ImportService",
     "apikeyd.v1.KeyService",
     "apikeyd.v1.RateLimitService",
     "apikeyd.v1.RootKeyService",
@@ -320,6 +322,13 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
+            // Streaming both ways: gRPC only (Connect and gRPC-Web carry
+            // unary calls here).
+            .add_service(ImportServiceServer::new(ImportApi {
+                authority: self.authority.clone(),
+                gate: self.gate.clone(),
+                audit: AuditTrail::new(self.db.clone()),
+            }))
             // Envoy's services: gRPC only (Envoy speaks nothing else to them),
             // behind the same service credential as Validate and CheckRateLimit.
             .add_service(data_plane(
@@ -443,6 +452,7 @@ impl InvalidationSink for Caches {
             Invalidation::Key(id) => self.keys.evict(id),
             Invalidation::Owner(owner_id) => self.keys.evict_owner(owner_id),
             Invalidation::RootKey(_) => self.root_keys.root_key_revoked(),
+            Invalidation::ImportedKeys => self.keys.forget_imported_lookups(),
             Invalidation::All => {
                 self.keys.evict_all();
                 self.root_keys.root_key_revoked();
@@ -536,7 +546,7 @@ fn http_routes(
 }
 
 /// Redis when a URL is configured, else the in-process store.
-fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
+pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
     let limiter = LimiterSettings {
         policy: settings.redis_failure_policy,
         default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),

@@ -192,6 +192,7 @@ async fn insert_keys(
             tier: Set(None),
             rate_limits: Set(Some(serde_json::json!([]))),
             quota: Set(None),
+            legacy_sha256: Set(None),
         });
         keys.push(key.into_full_key());
         if rows.len() == 1000 {

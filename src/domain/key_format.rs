@@ -69,7 +69,7 @@ impl KeyKind {
 pub struct KeyId(String);
 
 impl KeyId {
-    fn generate() -> Self {
+    pub fn generate() -> Self {
         KeyId(random_base62(KEY_ID_LEN))
     }
 

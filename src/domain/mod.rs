@@ -1,12 +1,15 @@
-//! The rules of the product, in plain Rust with no I/O: the key format, scopes,
-//! key settings, limits and quotas, root keys (permissions and owner scopes),
-//! the audit record and the validation verdict. Everything here is
-//! unit-tested beside its type, and nothing here imports a module above it.
+//! The rules of the product, in plain Rust with no I/O: the key format, keys
+//! of other stores and their import, scopes, key settings, limits and
+//! quotas, root keys (permissions and owner scopes), the audit record and
+//! the validation verdict. Everything here is unit-tested beside its type,
+//! and nothing here imports a module above it.
 
 pub mod api_key;
 pub mod audit;
+pub mod import;
 pub mod key_format;
 pub mod key_settings;
+pub mod legacy_key;
 pub mod limit;
 pub mod owner_scope;
 pub mod permission;
@@ -16,6 +19,7 @@ pub mod scope;
 
 pub use api_key::{ApiKey, Environment, ValidationCode};
 pub use key_format::{GeneratedKey, KeyId, KeyKind, MalformedKey, PresentedKey, Secret};
+pub use legacy_key::LegacyDigest;
 pub use limit::{Algorithm, Limit, LimitSource, Tiers};
 pub use owner_scope::OwnerScope;
 pub use permission::{Permission, PermissionSet};

@@ -18,6 +18,7 @@ macro_rules! audited {
 mod audit_service;
 pub mod convert;
 pub mod deadline;
+mod import_service;
 mod key_service;
 mod rate_limit_service;
 mod root_key_service;
@@ -25,6 +26,7 @@ mod service_credential;
 mod validation_service;
 
 pub use audit_service::AuditApi;
+pub use import_service::{ImportApi, MAX_KEYS_PER_MESSAGE};
 pub use key_service::KeyApi;
 pub use rate_limit_service::RateLimitApi;
 pub use root_key_service::RootKeyApi;

@@ -27,6 +27,8 @@ pub(super) struct Stamp {
 pub(super) enum Space {
     Key,
     Owner,
+    /// Digest lookups of imported keys (one name for all of them).
+    Imported,
 }
 
 pub(super) struct Generations {

@@ -21,25 +21,30 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Keyspace;
+use super::imported_usage::ImportedUsage;
 use super::store::{
     Decision, Enforcement, LimitCharge, LimitStatus, Outcome, QuotaCheck, RateLimitStore,
     UsageRecord, Verdict,
 };
 use super::usage::{Granularity, KeyUsage, RequestContext, Retention};
+use crate::domain::import::UsageHistory;
 use crate::domain::limit::Subject;
-use crate::domain::{ApiKey, Limit, Quota, ValidationCode};
+use crate::domain::{ApiKey, KeyId, Limit, Quota, ValidationCode};
 use crate::error::{Error, Result};
 
 /// How often usage gathered in the background is written.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest one flush may take.
 const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest an import waits for one key's past usage to be written.
+const IMPORT_USAGE_WAIT: Duration = Duration::from_secs(10);
 /// How often the store is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// The wait a fail-closed refusal suggests.
@@ -299,6 +304,34 @@ impl RateLimiter {
             .first()
             .copied()
             .ok_or_else(|| Error::Internal("a decision of one limit answered none".into()))
+    }
+
+    /// Writes the usage an imported key (`owner_id`'s key `id`) gathered in
+    /// another store, as far as the retention still covers it. An import
+    /// is no hot path: it waits longer than a decision does.
+    pub async fn import_usage(
+        &self,
+        owner_id: &str,
+        id: &KeyId,
+        history: &UsageHistory,
+    ) -> Result<()> {
+        let usage = ImportedUsage::of(history, self.settings.retention, Utc::now().timestamp());
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let base = self.keyspace.usage_base(owner_id, id);
+        let started = Instant::now();
+        match tokio::time::timeout(IMPORT_USAGE_WAIT, self.store.import_usage(&base, &usage)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the rate-limit store could not take imported usage");
+                Err(Error::LimiterUnavailable)
+            }
+            Err(_) => Err(Error::LimiterLate {
+                waited_ms: millis(started.elapsed()),
+            }),
+        }
     }
 
     /// ShouldRateLimit's part: the counted limits of one request's
@@ -619,6 +652,10 @@ mod tests {
             _: i64,
             _: u32,
         ) -> Result<KeyUsage, StoreError> {
+            std::future::pending().await
+        }
+
+        async fn import_usage(&self, _: &str, _: &ImportedUsage) -> Result<(), StoreError> {
             std::future::pending().await
         }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::algorithms::{LimitState, evaluate};
+use super::imported_usage::ImportedUsage;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
 use super::usage::{Granularity, KeyUsage, RecentRequest, UsageBucket};
 use crate::domain::ValidationCode;
@@ -173,6 +174,23 @@ impl RateLimitStore for MemoryStore {
             .map(|(log, _)| log.iter().take(recent as usize).cloned().collect())
             .unwrap_or_default();
         Ok(KeyUsage { buckets, recent })
+    }
+
+    async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("lock poisoned");
+        for count in &usage.counts {
+            let key = bucket_key(base, count.granularity, count.index);
+            let (counts, expires) = state.counters.entry(key).or_default();
+            *counts.entry(count.code).or_default() += count.count;
+            *expires = (*expires).max(count.expires_at_secs * 1_000_000);
+        }
+        if !usage.recent.is_empty() {
+            let (log, expires) = state.logs.entry(format!("{base}:log")).or_default();
+            log.extend(usage.recent.iter().cloned());
+            log.truncate(usage.log_length as usize);
+            *expires = (*expires).max(usage.log_expires_at_secs * 1_000_000);
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

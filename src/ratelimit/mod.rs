@@ -6,7 +6,8 @@
 //! - [`algorithms`]: sliding window, fixed window and GCRA as pure
 //!   functions, each with its exact guarantee. (What a limit and a quota
 //!   are lives in [`crate::domain`].)
-//! - [`usage`]: what a validation records and `GetKeyUsage` reads.
+//! - [`usage`]: what a validation records and `GetKeyUsage` reads;
+//!   [`imported_usage`]: the history an imported key brings.
 //! - [`store`]: the one-round-trip storage interface, implemented by
 //!   [`redis`] (`decide.lua`, single node or cluster) and [`memory`].
 //! - [`batch`]: decisions that arrive together share one `EVALSHA`.
@@ -18,6 +19,7 @@
 
 pub mod algorithms;
 pub mod batch;
+pub mod imported_usage;
 pub mod limiter;
 pub mod memory;
 pub mod redis;

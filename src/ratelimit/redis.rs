@@ -16,6 +16,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{Lanes, slot_of_key};
+use super::imported_usage::ImportedUsage;
 use super::store::{
     Decision, LimitStatus, Outcome, ProbeResult, RateLimitStore, StoreError, Verdict, verdict,
 };
@@ -360,6 +361,32 @@ impl RateLimitStore for RedisStore {
         Ok(usage)
     }
 
+    /// One pipeline (every key shares the owner's hash tag, so one slot):
+    /// `HINCRBY` and `EXPIREAT` per counter, the log appended oldest last.
+    async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for count in &usage.counts {
+            let key = format!("{base}:{}:{}", count.granularity.code(), count.index);
+            pipe.hincr(&key, count.code.as_str(), count.count)
+                .ignore()
+                .expire_at(&key, count.expires_at_secs)
+                .ignore();
+        }
+        if !usage.recent.is_empty() {
+            let log = format!("{base}:log");
+            let entries: Vec<String> = usage.recent.iter().map(log_entry).collect();
+            pipe.rpush(&log, entries)
+                .ignore()
+                .ltrim(&log, 0, usage.log_length as isize - 1)
+                .ignore()
+                .expire_at(&log, usage.log_expires_at_secs)
+                .ignore();
+        }
+        let mut connection = self.shared.target.connection().await?;
+        pipe.query_async::<()>(&mut connection).await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.shared.target.ping().await
     }
@@ -533,6 +560,19 @@ fn parse_outcomes(decisions: &[&Decision], reply: &[i64]) -> Result<Vec<Outcome>
         });
     }
     Ok(outcomes)
+}
+
+/// A log entry as `decide.lua` and `usage_batch.lua` write it.
+fn log_entry(request: &RecentRequest) -> String {
+    serde_json::json!({
+        "e": request.context.endpoint,
+        "m": request.context.method,
+        "i": request.context.ip,
+        "u": request.context.user_agent,
+        "c": request.code.as_str(),
+        "t": request.at_ms,
+    })
+    .to_string()
 }
 
 #[derive(serde::Deserialize)]

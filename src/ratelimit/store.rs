@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::imported_usage::ImportedUsage;
 use super::usage::{Granularity, KeyUsage, RequestContext, Retention};
 use crate::domain::{Limit, Quota, ValidationCode};
 
@@ -215,6 +216,10 @@ pub trait RateLimitStore: Send + Sync {
         last: i64,
         recent: u32,
     ) -> Result<KeyUsage, StoreError>;
+
+    /// Adds an imported key's past usage to the counters and the log under
+    /// `base` (a key that is new here, so its log holds nothing older).
+    async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError>;
 
     /// Whether the store answers, over the connection decisions use.
     async fn ping(&self) -> Result<(), StoreError>;

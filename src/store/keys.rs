@@ -431,6 +431,7 @@ async fn insert_key(
         tier: Set(tier),
         rate_limits: Set(rate_limits),
         quota: Set(row.quota.as_ref().map(quota_json)),
+        legacy_sha256: Set(None),
     };
     api_key::Entity::insert(model.clone())
         .exec_without_returning(db)
@@ -438,7 +439,7 @@ async fn insert_key(
     Ok(model.try_into_model()?)
 }
 
-fn scopes_json(scopes: &ScopeSet) -> serde_json::Value {
+pub(super) fn scopes_json(scopes: &ScopeSet) -> serde_json::Value {
     serde_json::Value::from(scopes.to_strings())
 }
 
@@ -446,11 +447,11 @@ fn quota_json(quota: &Quota) -> serde_json::Value {
     serde_json::to_value(quota).expect("a quota always serialises")
 }
 
-fn metadata_json(metadata: &BTreeMap<String, String>) -> serde_json::Value {
+pub(super) fn metadata_json(metadata: &BTreeMap<String, String>) -> serde_json::Value {
     serde_json::to_value(metadata).expect("a string map always serialises")
 }
 
-fn to_domain(model: api_key::Model) -> Result<ApiKey> {
+pub(super) fn to_domain(model: api_key::Model) -> Result<ApiKey> {
     let corrupt =
         |what: &str| Error::Internal(format!("stored key {} has a corrupt {what}", model.id));
     let scopes: Vec<String> =

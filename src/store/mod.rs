@@ -4,6 +4,7 @@
 
 mod audit_events;
 pub mod entities;
+mod imported_keys;
 mod keys;
 mod owner_limits;
 mod root_keys;
@@ -27,6 +28,8 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::owner_scope::OwnerPattern;
 
 pub use audit_events::{AuditQuery, StoredAuditEvent};
+
+pub use imported_keys::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 pub use keys::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
 pub use root_keys::{NewRootKeyRow, RootKeyPageQuery};
 

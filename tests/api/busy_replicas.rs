@@ -146,6 +146,10 @@ impl Noise {
                             // The cluster killed under it: nothing to count.
                             Err(_) => {}
                         }
+                        // A refused connection answers at once: yield, so
+                        // this loop never starves the runtime (or its
+                        // shutdown, when a failed test drops it).
+                        tokio::task::yield_now().await;
                     }
                 })
             })
@@ -261,6 +265,7 @@ fn logged(log: &[String], needle: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_saturated_machine_keeps_every_limit_exact_across_three_replicas_over_a_cluster() {
+    let _alone = crate::helpers::measuring_alone().await;
     let test = async {
         let replicas = start_replicas("open").await;
         let noise = Noise::start(&replicas.limiters);
@@ -403,6 +408,7 @@ async fn killed_cluster_follows(policy: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_cluster_fails_open_on_every_replica_within_the_switch_over_time() {
+    let _alone = crate::helpers::measuring_alone().await;
     tokio::time::timeout(Duration::from_secs(180), killed_cluster_follows("open"))
         .await
         .expect("the test finished within 3 minutes");
@@ -410,6 +416,7 @@ async fn a_killed_cluster_fails_open_on_every_replica_within_the_switch_over_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_cluster_fails_closed_on_every_replica_within_the_switch_over_time() {
+    let _alone = crate::helpers::measuring_alone().await;
     tokio::time::timeout(Duration::from_secs(180), killed_cluster_follows("closed"))
         .await
         .expect("the test finished within 3 minutes");

@@ -435,3 +435,13 @@ pub fn wrong_secret_for(key: &str) -> String {
     }
     format!("{signed}{}", String::from_utf8(digits.to_vec()).unwrap())
 }
+
+/// Held by every test that asserts a real-time bound (a p99, a switch-over
+/// time, a memory peak): two of them never share the two cores, so a bound
+/// is judged against the server, not against the other measuring test.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other measuring test runs; hold the guard to the end.
+pub async fn measuring_alone() -> tokio::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().await
+}

@@ -119,12 +119,14 @@ impl Answer {
     }
 }
 
-/// Every unary RPC of our services, as Connect procedure paths.
+/// Every unary RPC of our services, as Connect procedure paths (streaming
+/// ones, such as ImportKeys, are served over gRPC only).
 fn every_public_procedure() -> BTreeSet<String> {
     apikeyd::proto_json::services()
         .flat_map(|service| {
             service
                 .methods()
+                .filter(|m| !m.is_client_streaming() && !m.is_server_streaming())
                 .map(|m| format!("{}/{}", service.full_name(), m.name()))
                 .collect::<Vec<_>>()
         })

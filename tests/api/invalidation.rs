@@ -188,6 +188,7 @@ fn pause(redis: &RedisServer, pause: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_key_is_rejected_on_every_replica_within_milliseconds() {
+    let _alone = crate::helpers::measuring_alone().await;
     let cluster = replicas(3, &shared_redis_url(), &[]).await;
     // (wait, round, replica): which revocation was slow where, if one is.
     let mut seen = Vec::new();
@@ -279,6 +280,7 @@ async fn revocations_reach_every_replica_over_a_redis_cluster() {
 /// once Redis answers again the append lands (late, not lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revocation_whose_append_is_held_up_is_refused_everywhere_within_the_bound() {
+    let _alone = crate::helpers::measuring_alone().await;
     const DEGRADED_TTL: Duration = Duration::from_secs(2);
     // README: max(degraded TTL 2 s, heartbeat deadline 3 s) + 1 s of append retry.
     const BOUND: Duration = Duration::from_secs(3 + 1);
@@ -362,6 +364,7 @@ async fn a_revocation_whose_append_is_held_up_is_refused_everywhere_within_the_b
 /// once Redis answers it catches up without flushing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_stream_is_noticed_within_the_heartbeat_deadline() {
+    let _alone = crate::helpers::measuring_alone().await;
     const PAUSE: Duration = Duration::from_secs(6);
     let redis = RedisServer::start(false);
     let cluster = replicas(1, &redis.url(), &[]).await;

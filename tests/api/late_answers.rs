@@ -78,6 +78,7 @@ fn logged_at(event: &serde_json::Value) -> SystemTime {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_answer_fails_unavailable_and_never_switches_limits_off() {
+    let _alone = crate::helpers::measuring_alone().await;
     let test = async {
         let redis = RedisServer::start(false);
         let data_dir = tempfile::tempdir().unwrap();
@@ -145,6 +146,7 @@ async fn a_late_answer_fails_unavailable_and_never_switches_limits_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_stops_answering_is_an_outage_within_the_switch_over_bound() {
+    let _alone = crate::helpers::measuring_alone().await;
     let test = async {
         let probe_timeout = Duration::from_millis(500);
         let redis = RedisServer::start(false);

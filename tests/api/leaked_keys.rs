@@ -161,6 +161,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_good_report_revokes_only_our_live_keys_whose_secret_it_holds,
+    an_imported_key_reported_by_a_scanner_is_found_by_its_digest_and_revoked,
     unsigned_or_badly_signed_reports_are_401_and_change_nothing,
     report_leaked_keys_revokes_only_what_the_caller_could_revoke_itself,
 );
@@ -530,6 +531,61 @@ async fn report_leaked_keys_revokes_only_what_the_caller_could_revoke_itself(bac
     assert_eq!(
         code_of(&app.validate(&theirs, &[]).await),
         ValidationCode::Valid
+    );
+}
+
+async fn an_imported_key_reported_by_a_scanner_is_found_by_its_digest_and_revoked(
+    backend: Backend,
+) {
+    use crate::imported_keys::{import, imported, seed_key};
+
+    let app = spawn_app(backend).await;
+    let (legacy, never_imported) = (seed_key(), seed_key());
+    let (results, _) = import(
+        &app,
+        vec![vec![imported(
+            &legacy,
+            "legacy-1",
+            &["posts:read"],
+            "row-1",
+        )]],
+        false,
+    )
+    .await
+    .expect("ImportKeys succeeds");
+    let imported_id = results[0].key_id.clone();
+    let report = pb::ReportLeakedKeysRequest {
+        tokens: [&legacy, &never_imported]
+            .map(|token| pb::LeakedToken {
+                token: token.clone(),
+                ..Default::default()
+            })
+            .to_vec(),
+    };
+
+    let findings = app
+        .keys
+        .clone()
+        .report_leaked_keys(app.authed(report))
+        .await
+        .expect("ReportLeakedKeys succeeds")
+        .into_inner()
+        .findings;
+
+    let labels: Vec<(pb::LeakLabel, &str)> = findings
+        .iter()
+        .map(|f| (f.label(), f.key_id.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            (pb::LeakLabel::TruePositive, imported_id.as_str()),
+            (pb::LeakLabel::FalsePositive, ""),
+        ]
+    );
+    assert_eq!(
+        code_of(&app.validate(&legacy, &[]).await),
+        ValidationCode::Revoked
     );
 }
 

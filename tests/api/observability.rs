@@ -271,6 +271,7 @@ async fn every_served_rpc_is_counted_under_its_own_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_load_loses_no_call_and_exits_zero() {
+    let _alone = crate::helpers::measuring_alone().await;
     let data_dir = tempfile::tempdir().unwrap();
     // A costly hash (19 MiB, 8 passes: over 100 ms) on one argon2 thread
     // makes each CreateKey slow enough that all 30 are queued before the

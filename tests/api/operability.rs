@@ -53,13 +53,13 @@ macro_rules! list_services {
 
 on_every_backend! {
     async fn every_service_reports_serving(app) {
-        for service in ["", "apikeyd.v1.KeyService", "apikeyd.v1.RateLimitService", "apikeyd.v1.ValidationService", "envoy.service.auth.v3.Authorization", "envoy.service.ratelimit.v3.RateLimitService"] {
+        for service in ["", "apikeyd.v1.ImportService", "apikeyd.v1.KeyService", "apikeyd.v1.RateLimitService", "apikeyd.v1.ValidationService", "envoy.service.auth.v3.Authorization", "envoy.service.ratelimit.v3.RateLimitService"] {
             assert_eq!(health(&app, service).await, ServingStatus::Serving, "{service:?}");
         }
     }
 
     async fn reflection_lists_our_services_and_health_in_both_versions(app) {
-        let expected = ["apikeyd.v1.KeyService", "apikeyd.v1.RateLimitService", "apikeyd.v1.ValidationService", "envoy.service.auth.v3.Authorization", "envoy.service.ratelimit.v3.RateLimitService", "grpc.health.v1.Health"];
+        let expected = ["apikeyd.v1.ImportService", "apikeyd.v1.KeyService", "apikeyd.v1.RateLimitService", "apikeyd.v1.ValidationService", "envoy.service.auth.v3.Authorization", "envoy.service.ratelimit.v3.RateLimitService", "grpc.health.v1.Health"];
         let v1 = list_services!(v1, app);
         let v1alpha = list_services!(v1alpha, app);
         for service in expected {

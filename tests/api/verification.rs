@@ -272,6 +272,7 @@ async fn a_thousand_wrong_secrets_never_lock_out_the_right_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_cold_verifications_stay_within_the_budget_and_its_memory() {
+    let _alone = crate::helpers::measuring_alone().await;
     const MAX_IN_FLIGHT: f64 = 2.0;
     let cost = api_key_cost(Argon2Cost::OWASP);
     let mut env = env_refs(&cost);
@@ -327,6 +328,7 @@ async fn cancelled_cold_verifications_stay_within_the_budget_and_its_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_calls_of_a_cold_key_run_argon2_once_and_memory_comes_back() {
+    let _alone = crate::helpers::measuring_alone().await;
     // One run (8 MiB, 6 passes: tens of milliseconds) outlasts the whole
     // burst's arrival, so without single flight each call would run its own.
     let cost = api_key_cost(Argon2Cost {

@@ -9,6 +9,7 @@ pub struct Model {
     pub name: String,
     pub prefix: String,
     /// argon2id PHC string of the secret; the secret itself is never stored.
+    /// An imported key has none: it holds `IMPORTED_SECRET_HASH` instead.
     pub secret_hash: String,
     /// JSON array of scope strings.
     pub scopes: Json,
@@ -27,6 +28,9 @@ pub struct Model {
     pub rate_limits: Option<Json>,
     /// JSON quota configuration; null for unlimited uses.
     pub quota: Option<Json>,
+    /// Lowercase hex SHA-256 of the whole key, for a key imported from
+    /// another store (found by it); null for keys apikeyd issued.
+    pub legacy_sha256: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
