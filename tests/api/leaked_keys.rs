@@ -711,8 +711,10 @@ fn key_filter(id: &str) -> pb::ListAuditEventsRequest {
 async fn a_key_reported_to_one_replica_is_refused_by_the_other() {
     use std::time::{Duration, Instant};
 
+    use crate::helpers::measuring_alone;
     use crate::limiter_harness::{shared_redis_url, unique};
 
+    let _alone = measuring_alone().await;
     let github = GitHub::new();
     let database_url = fresh_postgres_database().await;
     let redis_url = shared_redis_url();
