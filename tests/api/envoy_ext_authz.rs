@@ -98,7 +98,8 @@ on_every_backend! {
             (vec![], "Missing API key"),
             (vec![("authorization", "Basic dXNlcjpwYXNz")], "Missing API key"),
             (vec![("x-api-key", "sk_live_not-a-key")], "Invalid key format"),
-            (vec![("authorization", "Bearer sk_live_0123456789ABCdef_short")], "Invalid key format"),
+            // Short of any key shape (a longer token could be an imported legacy key).
+            (vec![("authorization", "Bearer sk_live_0123")], "Invalid key format"),
         ] {
             let response = check(channel.clone(), check_request("GET", "/v1/posts", &headers, &[])).await.unwrap();
 
