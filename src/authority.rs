@@ -471,36 +471,10 @@ impl KeyAuthority {
             Ok(key) => key,
             Err(not_ours) => return self.validate_imported(raw_key, not_ours, request).await,
         };
-        if presented.kind == KeyKind::Root {
-            return Ok(Verdict::refused(ValidationCode::NotFound));
+        match self.verified_key(&presented).await? {
+            Some(api_key) => self.admit(&api_key, request).await,
+            None => Ok(Verdict::refused(ValidationCode::NotFound)),
         }
-        let lookup = self
-            .keys
-            .get_or_load(&presented.id, || {
-                observe_db("find_key", self.store.find(&presented.id))
-            })
-            .await?;
-        let Some((api_key, secret_hash)) = &lookup.found else {
-            return Ok(Verdict::refused(ValidationCode::NotFound));
-        };
-        // An imported key has no secret of ours: only its digest finds it.
-        if presented.kind != api_key.environment.key_kind()
-            || secret_hash.as_ref() == IMPORTED_SECRET_HASH
-        {
-            return Ok(Verdict::refused(ValidationCode::NotFound));
-        }
-        match self
-            .hasher
-            .check(&presented, secret_hash, &lookup.verified)
-            .await?
-        {
-            SecretCheck::Wrong => return Ok(Verdict::refused(ValidationCode::NotFound)),
-            SecretCheck::Right { rehashed: None } => {}
-            SecretCheck::Right {
-                rehashed: Some(new_hash),
-            } => self.store_rehash(&api_key.id, secret_hash, new_hash).await,
-        }
-        self.admit(api_key, request).await
     }
 
     /// The checks after a key was found and its secret matched, the same for
@@ -519,6 +493,58 @@ impl KeyAuthority {
             api_key: Some(api_key),
             rate_limit,
         })
+    }
+
+    /// The record of the API key `presented` names, when the presented
+    /// secret is that key's own (whatever the key's state: revoked, expired,
+    /// …); `None` for a root key, an unknown id, another environment's
+    /// prefix or a wrong secret. Validate's lookup: the key cache, then the
+    /// hasher's check of the secret (memo, argon2, rehash).
+    pub async fn verified_key(&self, presented: &PresentedKey) -> Result<Option<ApiKey>> {
+        if presented.kind == KeyKind::Root {
+            return Ok(None);
+        }
+        let lookup = self
+            .keys
+            .get_or_load(&presented.id, || {
+                observe_db("find_key", self.store.find(&presented.id))
+            })
+            .await?;
+        let Some((api_key, secret_hash)) = &lookup.found else {
+            return Ok(None);
+        };
+        // An imported key has no secret of ours: only its digest finds it.
+        if presented.kind != api_key.environment.key_kind()
+            || secret_hash.as_ref() == IMPORTED_SECRET_HASH
+        {
+            return Ok(None);
+        }
+        match self
+            .hasher
+            .check(presented, secret_hash, &lookup.verified)
+            .await?
+        {
+            SecretCheck::Wrong => return Ok(None),
+            SecretCheck::Right { rehashed: None } => {}
+            SecretCheck::Right {
+                rehashed: Some(new_hash),
+            } => self.store_rehash(&api_key.id, secret_hash, new_hash).await,
+        }
+        Ok(Some(api_key.clone()))
+    }
+
+    /// Revokes a key reported leaked, whose secret the reporter presented
+    /// ([`Self::verified_key`]), with the event that records it; answers
+    /// whether it was live until now (false: revoked already, and left so).
+    pub async fn revoke_leaked_key(&self, id: &KeyId, audit: &mut AuditEvent) -> Result<bool> {
+        let now = domain::now();
+        let key = observe_db(
+            "revoke_key",
+            self.store.revoke(id, None, now, audit, |_| Ok(())),
+        )
+        .await?;
+        self.key_changed(id);
+        Ok(key.revoked_at == Some(now))
     }
 
     /// Replaces a key's hash made under an old argon2 cost with one made

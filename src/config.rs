@@ -72,6 +72,9 @@ pub struct Settings {
     /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
     /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
     pub envoy_ratelimit_config: Option<PathBuf>,
+    /// GitHub's secret-scanning signing keys, as GitHub publishes them; when
+    /// set, `POST /v1/leaked-keys` takes its reports.
+    pub leak_report_keys: Option<PathBuf>,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
 }
@@ -154,6 +157,7 @@ impl Default for Settings {
                 .collect(),
             envoy_routes: Vec::new(),
             envoy_ratelimit_config: None,
+            leak_report_keys: None,
             console: ConsoleSettings::default(),
         }
     }
@@ -251,6 +255,11 @@ impl Settings {
         if let Some(path) = &self.envoy_ratelimit_config {
             if let Err(e) = RateLimitConfig::load(path) {
                 problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
+        }
+        if let Some(path) = &self.leak_report_keys {
+            if let Err(e) = crate::leak_report::github::SigningKeySource::load(path) {
+                problems.push(format!("leak_report_keys: {e}"));
             }
         }
         if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
@@ -675,6 +684,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_ENVOY_RATELIMIT_CONFIG", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envoy_ratelimit_config: Option<PathBuf>,
+
+    /// GitHub's secret-scanning signing keys (the JSON of https://api.github.com/meta/public_keys/secret_scanning); turns on POST /v1/leaked-keys on the HTTP listener; read again when it changes [default: none, the endpoint answers 404].
+    #[arg(long, env = "APIKEYD_LEAK_REPORT_KEYS", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak_report_keys: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -754,6 +768,40 @@ mod tests {
                 file.display()
             )),
             "{problems}"
+        );
+    }
+
+    #[test]
+    fn a_leak_report_keys_file_that_does_not_read_is_a_problem_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("github-keys.json");
+        std::fs::write(&file, r#"{"public_keys": []}"#).unwrap();
+        let missing = dir.path().join("missing.json");
+
+        let problems = [&file, &missing].map(|path| {
+            Settings {
+                leak_report_keys: Some(path.clone()),
+                ..Settings::default()
+            }
+            .problems()
+            .join("\n")
+        });
+
+        assert!(
+            problems[0].starts_with(&format!(
+                "leak_report_keys: {} lists no keys",
+                file.display()
+            )),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].starts_with(&format!(
+                "leak_report_keys: cannot read {}",
+                missing.display()
+            )),
+            "{}",
+            problems[1]
         );
     }
 

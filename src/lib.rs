@@ -39,6 +39,10 @@
 //!   last entry and knowing when it may have missed one; staleness bounds in
 //!   its module doc.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
+//! - [`leak_report`]: leaked-key reports (GitHub's secret scanning on
+//!   `POST /v1/leaked-keys`, its signing keys and signatures in
+//!   [`leak_report::github`]; `ReportLeakedKeys` for internal scanners): our
+//!   keys among them, with their secrets, revoked and audited.
 //! - [`ratelimit`]: the limiter, speaking in API keys: rate limits (sliding
 //!   window, fixed window, GCRA), usage quotas and usage counters, decided
 //!   by Redis (single node or cluster; decisions that arrive together share
@@ -77,6 +81,7 @@ pub mod import;
 pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
+pub mod leak_report;
 pub mod proto_json;
 pub mod ratelimit;
 pub mod root_keys;

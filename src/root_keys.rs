@@ -10,10 +10,12 @@ use sea_orm::DatabaseConnection;
 use crate::access::RootKeyGate;
 use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::ExpiryChange;
-use crate::domain::{self, GeneratedKey, KeyId, KeyKind, OwnerScope, PermissionSet, RootKey};
+use crate::domain::{
+    self, GeneratedKey, KeyId, KeyKind, OwnerScope, PermissionSet, PresentedKey, RootKey,
+};
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::secrets::SecretHasher;
+use crate::secrets::{SecretCheck, SecretHasher};
 use crate::store::{self, ListCursor, NewRootKeyRow, RootKeyPageQuery};
 use crate::telemetry::metrics::observe_db;
 
@@ -168,11 +170,48 @@ impl RootKeys {
             store::revoke_root_key_audited(&self.db, id, domain::now(), audit),
         )
         .await?;
+        self.root_key_revoked(id);
+        Ok(revoked)
+    }
+
+    /// The root key `presented` names, when the presented secret is its own
+    /// (whatever its state: revoked, expired, …).
+    pub async fn verified(&self, presented: &PresentedKey) -> Result<Option<RootKey>> {
+        let found = observe_db(
+            "find_root_key",
+            store::find_root_key(&self.db, &presented.id),
+        )
+        .await?;
+        let Some((key, hash)) = found else {
+            return Ok(None);
+        };
+        // A rehash under a new argon2 cost is not stored here: the key is
+        // about to be revoked, and any other use of it stores its own.
+        let check = self.hasher.check_root_key(presented, &hash).await?;
+        Ok(matches!(check, SecretCheck::Right { .. }).then_some(key))
+    }
+
+    /// Revokes a root key reported leaked, whose secret the reporter
+    /// presented ([`Self::verified`]), with the event that records it;
+    /// answers whether it was live until now.
+    pub async fn revoke_leaked(&self, id: &KeyId, audit: &AuditEvent) -> Result<bool> {
+        let now = domain::now();
+        let revoked = observe_db(
+            "revoke_root_key",
+            store::revoke_root_key_audited(&self.db, id, now, audit),
+        )
+        .await?;
+        self.root_key_revoked(id);
+        Ok(revoked.revoked_at == Some(now))
+    }
+
+    /// Every replica's data plane distrusts its cached root-key records:
+    /// this one at once, the others when the bus delivers it.
+    fn root_key_revoked(&self, id: &KeyId) {
         self.gate.root_key_revoked();
         if let Some(bus) = &self.invalidations {
             bus.publish(Invalidation::RootKey(id.clone()));
         }
-        Ok(revoked)
     }
 
     /// The root key `id`, if `caller` oversees it. Only a caller that

@@ -37,10 +37,13 @@ use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{
     AuditApi, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
 };
+use crate::http::leaked_keys::LeakEndpoint;
 use crate::http::{ConnectionAddrs, GrpcServices};
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationSink};
 use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
+use crate::leak_report::LeakReports;
+use crate::leak_report::github::SigningKeySource;
 use crate::ratelimit::memory::MemoryStore;
 use crate::ratelimit::redis::RedisStore;
 use crate::ratelimit::store::RateLimitStore;
@@ -95,6 +98,10 @@ pub struct Application {
     envoy_routes: Arc<RouteTable>,
     /// envoyproxy/ratelimit's configuration, when one is given.
     envoy_ratelimit: Option<Arc<RateLimitConfigSource>>,
+    /// Leaked-key reports, from GitHub (over HTTP) and internal scanners.
+    leaks: Arc<LeakReports>,
+    /// GitHub's signing keys, when leak reports from GitHub are taken.
+    leak_report_keys: Option<Arc<SigningKeySource>>,
 }
 
 impl Application {
@@ -186,7 +193,13 @@ impl Application {
             Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
             None => None,
         };
+        let leak_report_keys = match &settings.leak_report_keys {
+            Some(path) => Some(Arc::new(SigningKeySource::load(path)?)),
+            None => None,
+        };
         Ok(Application {
+            leaks: Arc::new(LeakReports::new(authority.clone(), root_keys.clone())),
+            leak_report_keys,
             settings,
             listener,
             http_listener,
@@ -289,10 +302,11 @@ impl Application {
             }
         };
         let api = self.api_services();
+        let leaks = self.leak_endpoint();
         let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
         let http = axum::serve(
             self.http_listener,
-            http_routes(api.clone(), &metrics_layer, &self.settings.console)
+            http_routes(api.clone(), &metrics_layer, &self.settings.console, leaks)
                 .into_make_service_with_connect_info::<ConnectionAddrs>(),
         )
         .with_graceful_shutdown(drained());
@@ -462,6 +476,7 @@ impl Application {
                 authority: self.authority.clone(),
                 gate: self.gate.clone(),
                 audit: AuditTrail::new(self.db.clone()),
+                leaks: self.leaks.clone(),
             })
             .max_decoding_message_size(max_request),
         )
@@ -501,13 +516,23 @@ impl Application {
     }
 }
 
-/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON and
-/// the web console. Calls over HTTP pass the gRPC metrics layer like calls
-/// over gRPC.
+impl Application {
+    fn leak_endpoint(&self) -> LeakEndpoint {
+        LeakEndpoint {
+            reports: self.leaks.clone(),
+            signing_keys: self.leak_report_keys.clone(),
+        }
+    }
+}
+
+/// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON,
+/// GitHub's leaked-key reports and the web console. Calls over HTTP pass
+/// the gRPC metrics layer like calls over gRPC.
 fn http_routes(
     api: Routes,
     metrics_layer: &GrpcMetricsLayer,
     console: &crate::config::ConsoleSettings,
+    leaks: LeakEndpoint,
 ) -> axum::Router {
     let api = GrpcServices::new(tower::Layer::layer(metrics_layer, api));
     axum::Router::new()
@@ -515,6 +540,7 @@ fn http_routes(
             "/metrics",
             axum::routing::get(|| async { metrics::prometheus().render() }),
         )
+        .merge(crate::http::leaked_keys::router(leaks))
         .merge(crate::http::router(api))
         .merge(crate::console::routes(console))
 }

@@ -15,7 +15,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::import::{
     ImportRecord, ImportTally, ImportedKey, OwnerOverLimit, RowOutcome, RowResult, UsageHistory,
 };
-use crate::domain::{KeyId, LegacyDigest, MalformedKey, RootKey, ValidationCode};
+use crate::domain::{ApiKey, KeyId, LegacyDigest, MalformedKey, RootKey, ValidationCode};
 use crate::error::Result;
 use crate::invalidation::Invalidation;
 use crate::store::{IMPORTED_SECRET_HASH, ImportedKeyRow};
@@ -107,17 +107,41 @@ impl KeyAuthority {
         let Some(digest) = LegacyDigest::of_presented(raw_key, not_ours) else {
             return Ok(Verdict::refused(ValidationCode::Malformed));
         };
+        match self.imported_key(&digest).await? {
+            Some(api_key) => self.admit(&api_key, request).await,
+            None => Ok(Verdict::refused(ValidationCode::NotFound)),
+        }
+    }
+
+    /// The record of the imported key `raw_key` (a string not in our
+    /// format, which `not_ours` says why), whatever the key's state: the
+    /// lookup Validate makes. `None` for a string that could not be another
+    /// store's key (no I/O) or that is none imported here.
+    pub async fn verified_imported_key(
+        &self,
+        raw_key: &str,
+        not_ours: MalformedKey,
+    ) -> Result<Option<ApiKey>> {
+        match LegacyDigest::of_presented(raw_key, not_ours) {
+            Some(digest) => self.imported_key(&digest).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The imported key whose digest is `digest`: the digest's id (cached,
+    /// absences too), compared in constant time, then the record by id.
+    async fn imported_key(&self, digest: &LegacyDigest) -> Result<Option<ApiKey>> {
         let lookup = self
             .keys
-            .imported_or_load(&digest, || {
-                observe_db("find_imported_key", self.store.find_imported(&digest))
+            .imported_or_load(digest, || {
+                observe_db("find_imported_key", self.store.find_imported(digest))
             })
             .await?;
         let Some((id, stored)) = &lookup.found else {
-            return Ok(Verdict::refused(ValidationCode::NotFound));
+            return Ok(None);
         };
         if !bool::from(stored.as_bytes().ct_eq(digest.as_bytes())) {
-            return Ok(Verdict::refused(ValidationCode::NotFound));
+            return Ok(None);
         }
         let record = self
             .keys
@@ -125,9 +149,9 @@ impl KeyAuthority {
             .await?;
         match &record.found {
             Some((api_key, hash)) if hash.as_ref() == IMPORTED_SECRET_HASH => {
-                self.admit(api_key, request).await
+                Ok(Some(api_key.clone()))
             }
-            _ => Ok(Verdict::refused(ValidationCode::NotFound)),
+            _ => Ok(None),
         }
     }
 

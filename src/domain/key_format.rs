@@ -353,6 +353,56 @@ mod tests {
     }
 
     #[test]
+    fn the_scanner_pattern_finds_every_issued_key_whole_and_nothing_else_obvious() {
+        let pattern = regex::RegexBuilder::new(KEY_PATTERN)
+            .unicode(false)
+            .build()
+            .unwrap();
+        for kind in [KeyKind::Live, KeyKind::Test, KeyKind::Root] {
+            for _ in 0..200 {
+                let key = GeneratedKey::generate(kind).into_full_key();
+                for text in [
+                    key.clone(),
+                    format!("API_KEY={key}\n"),
+                    format!("\"{key}\","),
+                    format!("?token={key}&x=1"),
+                ] {
+                    let found = pattern.find(&text).map(|m| m.as_str());
+                    assert_eq!(found, Some(key.as_str()), "{text}");
+                }
+            }
+        }
+        let key = GeneratedKey::generate(KeyKind::Live).into_full_key();
+        let near_misses = [
+            key[..key.len() - 1].to_owned(),
+            format!("{key}0"),
+            format!("x{key}"),
+            key.replacen("sk_live_", "sk_prod_", 1),
+            key.replacen("sk_live_", "SK_LIVE_", 1),
+            format!("{}-{}", &key[..24], &key[25..]),
+            format!("sk_live_{}", "a".repeat(66)),
+            "ghp_16C7e42F292c6912E7710c838347Ae178B4a".to_owned(),
+            "AKIAIOSFODNN7EXAMPLE".to_owned(),
+            "sk_live_0123456789abcdef".to_owned(),
+        ];
+        for text in near_misses {
+            assert!(!pattern.is_match(&text), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_readme_shows_the_scanner_pattern_as_the_code_has_it() {
+        let shown: Vec<&str> = include_str!("../../README.md")
+            .lines()
+            .filter(|line| line.contains("(?:sk_live|"))
+            .map(str::trim)
+            .collect();
+
+        assert!(!shown.is_empty(), "the README shows no regex for scanners");
+        assert!(shown.iter().all(|line| *line == KEY_PATTERN), "{shown:?}");
+    }
+
+    #[test]
     fn secrets_carry_at_least_256_bits() {
         assert!(SECRET_LEN as f64 * 62f64.log2() >= 256.0);
     }

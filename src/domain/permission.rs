@@ -13,7 +13,8 @@ use super::scope::Scope;
 pub enum Permission {
     /// GetKey, ListKeys, GetKeyUsage, GetOwnerLimits.
     KeysRead,
-    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits, ImportKeys.
+    /// CreateKey, UpdateKey, RevokeKey, RotateKey, SetOwnerLimits, ReportLeakedKeys,
+    /// ImportKeys.
     KeysWrite,
     /// GetRootKey, ListRootKeys.
     RootKeysRead,

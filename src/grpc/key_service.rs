@@ -16,6 +16,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::{self, ExpiryChange};
 use crate::domain::{LimitSource, OwnerScope, Permission, RootKey};
 use crate::error::{Error, Result};
+use crate::leak_report::{LeakReports, LeakVerdict, ReportOrigin, ReportedToken, Reporter};
 use crate::ratelimit::usage::Granularity;
 use crate::store::{KeyChanges, ListQuery};
 
@@ -26,7 +27,11 @@ pub struct KeyApi {
     pub authority: Arc<KeyAuthority>,
     pub gate: RootKeyGate,
     pub audit: AuditTrail,
+    pub leaks: Arc<LeakReports>,
 }
+
+/// The most tokens one ReportLeakedKeys call may carry.
+const MAX_REPORTED_TOKENS: usize = 1000;
 
 /// The page size a request asks for: 1 to 100, 0 for 50.
 pub fn parse_page_size(raw: i32) -> Result<usize> {
@@ -182,6 +187,21 @@ impl KeyService for KeyApi {
             "apikeyd.v1.KeyService/GetOwnerLimits",
             CallKind::Read,
             get_limits
+        )
+    }
+
+    // Each true positive's event is written in its revocation's
+    // transaction; only a refused call leaves an event of its own.
+    async fn report_leaked_keys(
+        &self,
+        request: Request<pb::ReportLeakedKeysRequest>,
+    ) -> Result<Response<pb::ReportLeakedKeysResponse>, Status> {
+        audited!(
+            self,
+            request,
+            "apikeyd.v1.KeyService/ReportLeakedKeys",
+            CallKind::Read,
+            report_leaks
         )
     }
 }
@@ -502,6 +522,61 @@ impl KeyApi {
         Ok(pb::GetOwnerLimitsResponse {
             owner_limits: Some(convert::owner_limits(owner_id, limits)),
         })
+    }
+
+    async fn report_leaks(
+        &self,
+        request: Request<pb::ReportLeakedKeysRequest>,
+        call: &mut AuditedCall,
+    ) -> Result<pb::ReportLeakedKeysResponse> {
+        let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
+        let peer_address = call.event.peer_address.clone();
+        let tokens = request.into_inner().tokens;
+        if tokens.is_empty() || tokens.len() > MAX_REPORTED_TOKENS {
+            return Err(Error::invalid(
+                "tokens",
+                format!(
+                    "send 1 to {MAX_REPORTED_TOKENS} tokens per call (got {}); split a longer list",
+                    tokens.len()
+                ),
+            ));
+        }
+        let tokens: Vec<ReportedToken> = tokens
+            .into_iter()
+            .map(|t| ReportedToken {
+                token: t.token,
+                token_type: t.token_type,
+                url: t.url,
+                source: t.source,
+            })
+            .collect();
+        let origin = ReportOrigin {
+            reporter: Reporter::RootKey(&caller),
+            method: "apikeyd.v1.KeyService/ReportLeakedKeys",
+            peer_address: &peer_address,
+        };
+        let verdicts = self.leaks.report(&origin, &tokens).await?;
+        Ok(pb::ReportLeakedKeysResponse {
+            findings: verdicts.into_iter().map(leak_finding).collect(),
+        })
+    }
+}
+
+fn leak_finding(verdict: LeakVerdict) -> pb::LeakFinding {
+    match verdict {
+        LeakVerdict::TruePositive {
+            key_id,
+            already_revoked,
+        } => pb::LeakFinding {
+            label: pb::LeakLabel::TruePositive as i32,
+            key_id: key_id.to_string(),
+            already_revoked,
+        },
+        LeakVerdict::FalsePositive => pb::LeakFinding {
+            label: pb::LeakLabel::FalsePositive as i32,
+            key_id: String::new(),
+            already_revoked: false,
+        },
     }
 }
 

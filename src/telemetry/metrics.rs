@@ -23,6 +23,8 @@
 //! | `apikeyd_key_cache_flushes_total` | counter | `reason` (`start`, `gap`, `overflow`) |
 //! | `apikeyd_key_cache_superseded_loads_total` | counter | |
 //! | `apikeyd_usage_dropped_total` | counter | |
+//! | `apikeyd_leaked_keys_total` | counter | `reporter` (`github`, `api`), `outcome` (`revoked`, `already_revoked`, `false_positive`) |
+//! | `apikeyd_leak_reports_refused_total` | counter | `reason` (`unsigned`, `unknown_key`, `malformed_signature`, `bad_signature`, `too_large`, `malformed`) |
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -155,6 +157,14 @@ fn describe() {
         "database operation latency"
     );
     describe_counter!("apikeyd_db_errors_total", "database operations that failed");
+    describe_counter!(
+        "apikeyd_leaked_keys_total",
+        "Tokens of leaked-key reports, by reporter and outcome (revoked, already revoked, false positive)"
+    );
+    describe_counter!(
+        "apikeyd_leak_reports_refused_total",
+        "Leaked-key reports refused before any token was judged, by reason"
+    );
 }
 
 /// Runs a database operation in its own span (a child of the RPC's), timing

@@ -160,6 +160,10 @@ on_every_backend! {
         let rotated = http.call("apikeyd.v1.KeyService/RotateKey", json!({"id": id, "gracePeriod": "3600s"}), root).await.ok();
         let new_id = rotated["apiKey"]["id"].as_str().unwrap().to_owned();
         let revoked = http.call("apikeyd.v1.KeyService/RevokeKey", json!({"id": new_id}), root).await.ok();
+        let reported = http.call("apikeyd.v1.KeyService/ReportLeakedKeys", json!({"tokens": [
+            {"token": rotated["key"], "tokenType": "log_scanner", "url": "https://logs.example.com/1", "source": "log"},
+            {"token": "not a key"},
+        ]}), root).await.ok();
         let root_created = http.call("apikeyd.v1.RootKeyService/CreateRootKey", json!({
             "name": "edge", "permissions": ["keys:read"], "ownerScope": ["user_*"],
         }), root).await.ok();
@@ -190,6 +194,10 @@ on_every_backend! {
         assert_eq!(rotated["previousApiKey"]["id"], id.as_str());
         assert!(rotated["previousApiKey"]["revokedAt"].is_string(), "{rotated}");
         assert!(revoked["apiKey"]["revokedAt"].is_string(), "{revoked}");
+        assert_eq!(reported, json!({"findings": [
+            {"label": "LEAK_LABEL_TRUE_POSITIVE", "keyId": new_id, "alreadyRevoked": true},
+            {"label": "LEAK_LABEL_FALSE_POSITIVE"},
+        ]}));
         assert!(root_created["key"].as_str().unwrap().starts_with("rk_"), "{root_created}");
         assert_eq!(root_got["rootKey"]["ownerScope"], json!(["user_*"]));
         assert_eq!(root_listed["rootKeys"].as_array().unwrap().len(), 2, "{root_listed}");

@@ -20,6 +20,7 @@ mod imported_keys;
 mod invalidation;
 mod key_lifecycle;
 mod late_answers;
+mod leaked_keys;
 mod limiter_bounds;
 mod listing;
 mod observability;
