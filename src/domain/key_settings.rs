@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 
 use super::owner_scope::OwnerScope;
+use super::owner_scope::MAX_OWNER_ID_LEN;
 use super::permission::PermissionSet;
 use super::scope::{Scope, ScopeSet};
 use crate::error::{Error, Result};
 
 pub const MAX_NAME_LEN: usize = 100;
-pub const MAX_OWNER_ID_LEN: usize = 128;
 pub const MAX_SCOPES: usize = 50;
 pub const MAX_METADATA_ENTRIES: usize = 50;
 pub const MAX_METADATA_BYTES: usize = 4096;

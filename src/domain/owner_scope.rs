@@ -8,7 +8,8 @@
 
 use std::fmt;
 
-use super::key_settings::MAX_OWNER_ID_LEN;
+/// The longest owner id, in characters: an owner scope's patterns share it.
+pub const MAX_OWNER_ID_LEN: usize = 128;
 
 /// The most patterns one root key may hold.
 pub const MAX_OWNER_PATTERNS: usize = 50;
