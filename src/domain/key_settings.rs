@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::owner_scope::OwnerScope;
 use super::owner_scope::MAX_OWNER_ID_LEN;
+use super::owner_scope::OwnerScope;
 use super::permission::PermissionSet;
 use super::scope::{Scope, ScopeSet};
 use crate::error::{Error, Result};
