@@ -58,6 +58,9 @@
 //! - [`console`]: the web console, its assets built into the binary.
 //! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
 //!   tables, JSON Lines) into the authority's import.
+//! - [`tls`]: TLS on the listeners (rustls): certificates reloaded when their
+//!   files change, mutual TLS with a client CA, the handshakes off the
+//!   accept loop, and the identity a client certificate names.
 //! - [`startup`]: wiring, serving, health, draining.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line; [`client`]: the operator's commands
@@ -90,3 +93,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -35,7 +35,8 @@ use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::root_key_service_server::RootKeyServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{
-    AuditApi, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
+    AuditApi, DataPlaneGuard, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential,
+    ValidationApi, pb,
 };
 use crate::http::leaked_keys::LeakEndpoint;
 use crate::http::{ConnectionAddrs, GrpcServices};
@@ -53,6 +54,7 @@ use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer, RpcLabels};
 use crate::telemetry::tracing_context;
+use crate::tls::{Listener, ServerTls, TlsIncoming};
 
 /// The backstop on cached key records, however invalidations fare: it
 /// bounds staleness when a change never reaches the stream. A reload costs
@@ -102,6 +104,8 @@ pub struct Application {
     leaks: Arc<LeakReports>,
     /// GitHub's signing keys, when leak reports from GitHub are taken.
     leak_report_keys: Option<Arc<SigningKeySource>>,
+    /// The listeners' TLS, when a certificate is configured.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Application {
@@ -131,6 +135,12 @@ impl Application {
                  keep it somewhere safe and delete the file"
             );
         }
+        let tls = match settings.tls_files().map_err(anyhow::Error::msg)? {
+            Some(files) => Some(Arc::new(
+                ServerTls::load(files).context("cannot set up TLS")?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
@@ -149,15 +159,15 @@ impl Application {
         // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
-        let invalidation_bus = match &settings.redis_url {
-            Some(url) => Some(Arc::new(
+        let redis = settings.redis_target()?;
+        let invalidation_bus = match &redis {
+            Some(target) => Some(Arc::new(
                 InvalidationBus::connect(
-                    url.expose(),
-                    settings.redis_cluster,
+                    target,
                     &settings.redis_key_prefix,
                     Duration::from_millis(settings.redis_timeout_ms),
                 )
-                .with_context(|| format!("invalid Redis URL {url}"))?,
+                .with_context(|| format!("invalid Redis URL {target}"))?,
             )),
             None => {
                 let single_process = settings
@@ -200,6 +210,7 @@ impl Application {
         Ok(Application {
             leaks: Arc::new(LeakReports::new(authority.clone(), root_keys.clone())),
             leak_report_keys,
+            tls,
             settings,
             listener,
             http_listener,
@@ -269,6 +280,9 @@ impl Application {
         if let Some(source) = &self.envoy_ratelimit {
             background.push(tokio::spawn(source.clone().watch()));
         }
+        if let Some(tls) = &self.tls {
+            background.push(tokio::spawn(tls.clone().watch()));
+        }
         let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
             background.push(tokio::spawn(bus.clone().follow_forever(
                 Arc::new(Caches {
@@ -304,14 +318,21 @@ impl Application {
         let api = self.api_services();
         let leaks = self.leak_endpoint();
         let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
-        let http = axum::serve(
-            self.http_listener,
-            http_routes(api.clone(), &metrics_layer, &self.settings.console, leaks)
-                .into_make_service_with_connect_info::<ConnectionAddrs>(),
-        )
-        .with_graceful_shutdown(drained());
-        let mut http = tokio::spawn(async move { http.await });
-        let server = Server::builder()
+        let routes = http_routes(api.clone(), &metrics_layer, &self.settings.console, leaks)
+            .into_make_service_with_connect_info::<ConnectionAddrs>();
+        let mut http = match &self.tls {
+            Some(tls) => {
+                let incoming = TlsIncoming::new(self.http_listener, tls.clone(), Listener::Http);
+                let http = axum::serve(incoming, routes).with_graceful_shutdown(drained());
+                tokio::spawn(async move { http.await })
+            }
+            None => {
+                let http =
+                    axum::serve(self.http_listener, routes).with_graceful_shutdown(drained());
+                tokio::spawn(async move { http.await })
+            }
+        };
+        let router = Server::builder()
             .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
             .timeout(Duration::from_millis(
                 self.settings.grpc_default_deadline_ms,
@@ -348,17 +369,27 @@ impl Application {
                 self.settings.data_plane_auth,
                 &self.gate,
                 Permission::RateLimit,
-            ))
+            ));
+        let mut server = match &self.tls {
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                TlsIncoming::new(self.listener, tls.clone(), Listener::Grpc),
+                drained(),
+            )),
             // Without TCP_NODELAY a response written in pieces waits out
             // Nagle's delay (about 40 ms) on the client's delayed ACK.
-            .serve_with_incoming_shutdown(
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
                 TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 drained(),
-            );
-        let mut server = tokio::spawn(server);
+            )),
+        };
         tracing::info!(
             grpc = %grpc_addr,
             http = %http_addr,
+            tls = match &self.tls {
+                None => "off (plaintext)",
+                Some(tls) if tls.mutual() => "on, client certificates verified (mutual TLS)",
+                Some(_) => "on",
+            },
             database = %self.settings.database_url.as_ref().map_or_else(
                 || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
                 |url| url.to_string(),
@@ -432,11 +463,12 @@ fn data_plane<S>(
     gate: &RootKeyGate,
     permission: Permission,
 ) -> ServiceCredential<S> {
-    let gate = match auth {
-        DataPlaneAuth::None => None,
-        DataPlaneAuth::RootKey => Some(gate.clone()),
+    let guard = match auth {
+        DataPlaneAuth::None => DataPlaneGuard::Open,
+        DataPlaneAuth::RootKey => DataPlaneGuard::RootKey(gate.clone()),
+        DataPlaneAuth::Mtls => DataPlaneGuard::ClientCertificate,
     };
-    ServiceCredential::new(service, gate, permission)
+    ServiceCredential::new(service, guard, permission)
 }
 
 /// What the invalidation bus feeds: the key cache, and the root-key records
@@ -553,10 +585,10 @@ pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> 
         probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
         retention: settings.usage_retention(),
     };
-    let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
-        Some(url) => Arc::new(
-            RedisStore::new(url.expose(), settings.redis_cluster, limiter.probe_timeout)
-                .with_context(|| format!("invalid Redis URL {url}"))?,
+    let store: Arc<dyn RateLimitStore> = match settings.redis_target()? {
+        Some(target) => Arc::new(
+            RedisStore::new(&target, limiter.probe_timeout)
+                .with_context(|| format!("invalid Redis URL {target}"))?,
         ),
         None => Arc::new(MemoryStore::default()),
     };

@@ -41,9 +41,9 @@ async fn call(State(protocols): State<Protocols>, mut request: Request) -> Respo
     if !grpc_web {
         return connect::unary(protocols.connect, request).await;
     }
-    if let Some(peer) = connect::peer(request.extensions()) {
-        request.extensions_mut().insert(peer);
-    }
+    let mut peer = http::Extensions::new();
+    connect::carry_peer(request.extensions(), &mut peer);
+    request.extensions_mut().extend(peer);
     protocols
         .grpc_web
         .oneshot(request)

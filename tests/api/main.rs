@@ -4,6 +4,7 @@
 mod envoy_harness;
 mod helpers;
 mod limiter_harness;
+mod tls_harness;
 
 mod access;
 mod audit_trail;
@@ -34,5 +35,6 @@ mod round_trips;
 mod secrets_stay_secret;
 mod seed_import;
 mod service_credentials;
+mod tls;
 mod validate;
 mod verification;
