@@ -8,6 +8,7 @@ mod tls_harness;
 
 mod access;
 mod audit_trail;
+mod backend_tls;
 mod bad_input;
 mod bootstrap;
 mod busy_replicas;
