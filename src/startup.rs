@@ -319,6 +319,7 @@ impl Application {
         let leaks = self.leak_endpoint();
         let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
         let routes = http_routes(api.clone(), &metrics_layer, &self.settings.console, leaks)
+            .merge(crate::http::health::router(health_reporter.clone()))
             .into_make_service_with_connect_info::<ConnectionAddrs>();
         let mut http = match &self.tls {
             Some(tls) => {
@@ -558,7 +559,8 @@ impl Application {
 }
 
 /// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON,
-/// GitHub's leaked-key reports and the web console. Calls over HTTP pass
+/// GitHub's leaked-key reports and the web console (and, added where the
+/// health reporter is, the health service for HTTP probes). Calls over HTTP pass
 /// the gRPC metrics layer like calls over gRPC.
 fn http_routes(
     api: Routes,

@@ -1,10 +1,12 @@
 //! The API over HTTP: every unary RPC of our services as a Connect unary
 //! call (JSON or binary protobuf), and gRPC-Web for browser gRPC clients,
 //! both delegated to the same in-process tonic services the gRPC listener
-//! serves; and GitHub's leaked-key reports ([`leaked_keys`]).
+//! serves; GitHub's leaked-key reports ([`leaked_keys`]); and the health
+//! service for HTTP probes ([`health`]).
 
 mod connect;
 pub mod error;
+pub mod health;
 pub mod leaked_keys;
 
 use axum::extract::{Request, State};

@@ -161,7 +161,7 @@ async fn grpcurl_over_mtls_is_answered_and_recorded_and_refused_without_a_client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_data_plane_by_mtls_asks_for_a_certificate_per_call_on_the_http_listener() {
+async fn the_http_listener_asks_for_a_certificate_per_call_only_where_the_data_plane_needs_one() {
     let (ca, clients) = (
         Authority::new("apikeyd test CA"),
         Authority::new("client CA"),
@@ -178,6 +178,24 @@ async fn the_data_plane_by_mtls_asks_for_a_certificate_per_call_on_the_http_list
             .await
             .expect("HTTPS without a client certificate");
     assert_eq!(status, 200, "{metrics}");
+    // Nor do HTTP probes (Kubernetes' gRPC probes cannot speak TLS).
+    for (path, expected) in [
+        ("/healthz", 200),
+        ("/healthz/liveness", 200),
+        ("/healthz/apikeyd.v1.ValidationService", 200),
+        ("/healthz/no.such.Service", 404),
+    ] {
+        let (status, body) = https_request(
+            app.http_addr,
+            &ca.pem(),
+            None,
+            &format!("GET {path} HTTP/1.1"),
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, expected, "{path}: {body}");
+    }
 
     let (status, refused) = https_request(app.http_addr, &ca.pem(), None, validate, body)
         .await
