@@ -1000,6 +1000,54 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_that_cannot_work_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let problems = |settings: Settings| settings.problems().join("\n");
+
+        let half = problems(Settings {
+            tls_cert: Some(dir.path().join("tls.crt")),
+            ..Settings::default()
+        });
+        assert!(half.contains("tls_cert and tls_key: give both"), "{half}");
+
+        let ca_alone = problems(Settings {
+            tls_client_ca: Some(dir.path().join("ca.crt")),
+            ..Settings::default()
+        });
+        assert!(
+            ca_alone.contains("needs tls_cert and tls_key"),
+            "{ca_alone}"
+        );
+
+        let missing = problems(Settings {
+            tls_cert: Some(dir.path().join("tls.crt")),
+            tls_key: Some(dir.path().join("tls.key")),
+            ..Settings::default()
+        });
+        assert!(missing.contains("cannot read"), "{missing}");
+        assert!(missing.contains("tls.crt"), "{missing}");
+
+        let mtls = problems(Settings {
+            data_plane_auth: DataPlaneAuth::Mtls,
+            ..Settings::default()
+        });
+        assert!(
+            mtls.contains("data_plane_auth = mtls needs tls_client_ca"),
+            "{mtls}"
+        );
+
+        let redis_ca = problems(Settings {
+            redis_url: Some(RedisUrl::from("redis://cache:6379")),
+            redis_ca_cert: Some(dir.path().join("redis-ca.crt")),
+            ..Settings::default()
+        });
+        assert!(
+            redis_ca.contains("redis_ca_cert: needs a rediss://"),
+            "{redis_ca}"
+        );
+    }
+
+    #[test]
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

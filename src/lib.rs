@@ -62,8 +62,9 @@
 //!   files change, mutual TLS with a client CA, the handshakes off the
 //!   accept loop, and the identity a client certificate names.
 //! - [`startup`]: wiring, serving, health, draining.
-//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
-//!   signals and the command line; [`client`]: the operator's commands
+//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings (where
+//!   Redis is, TLS included, in [`config::RedisTarget`]), logs, signals and
+//!   the command line; [`client`]: the operator's commands
 //!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
