@@ -217,10 +217,10 @@ fn check_config(settings: &Settings) -> ExitCode {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
-    store::connect(
-        settings.database_url.as_ref().map(|u| u.expose()),
-        &settings.data_dir,
-    )
-    .await
-    .context("cannot connect to the database")
+    settings
+        .database()
+        .map_err(anyhow::Error::msg)?
+        .connect()
+        .await
+        .context("cannot connect to the database")
 }

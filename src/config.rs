@@ -4,8 +4,10 @@
 //! clap reads flags and environment variables together (so `--help` names
 //! both); figment lays them over the file and the defaults.
 
+mod database_target;
 mod redis_target;
 
+pub use database_target::DatabaseTarget;
 pub use redis_target::RedisTarget;
 
 use std::collections::BTreeMap;
@@ -250,18 +252,8 @@ impl Settings {
                 self.grpc_addr
             ));
         }
-        if let Some(url) = &self.database_url {
-            let raw = url.expose();
-            if !(raw.starts_with("postgres://")
-                || raw.starts_with("postgresql://")
-                || raw.starts_with("sqlite:"))
-            {
-                problems.push(format!(
-                    "database_url: {url} is neither postgres://… nor sqlite://…; unset it for the embedded SQLite"
-                ));
-            } else if raw.starts_with("postgres") && url::Url::parse(raw).is_err() {
-                problems.push("database_url: not a valid URL (percent-encode special characters in the password)".to_owned());
-            }
+        if let Err(problem) = self.database() {
+            problems.push(problem);
         }
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
@@ -357,6 +349,11 @@ impl Settings {
             ),
             _ => Err("tls_cert and tls_key: give both (the PEM certificate chain and its key) or neither".to_owned()),
         }
+    }
+
+    /// Which database `database_url` and `data_dir` name.
+    pub fn database(&self) -> Result<DatabaseTarget, String> {
+        DatabaseTarget::parse(self.database_url.as_ref(), &self.data_dir)
     }
 
     /// Where Redis is, when it is configured; reads `redis_ca_cert`.

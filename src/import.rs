@@ -157,12 +157,12 @@ struct Importer {
 
 impl Importer {
     async fn connect(settings: &Settings) -> anyhow::Result<Importer> {
-        let db = store::connect(
-            settings.database_url.as_ref().map(|u| u.expose()),
-            &settings.data_dir,
-        )
-        .await
-        .context("cannot connect to apikeyd's database")?;
+        let db = settings
+            .database()
+            .map_err(anyhow::Error::msg)?
+            .connect()
+            .await
+            .context("cannot connect to apikeyd's database")?;
         store::prepare(&db, None)
             .await
             .context("cannot migrate apikeyd's database")?;

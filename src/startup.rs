@@ -19,7 +19,7 @@ use tonic_health::server::HealthReporter;
 use crate::access::RootKeyGate;
 use crate::audit::AuditTrail;
 use crate::authority::{AuthorityPolicy, KeyAuthority};
-use crate::config::{DataPlaneAuth, Settings};
+use crate::config::{DataPlaneAuth, DatabaseTarget, Settings};
 use crate::domain::Permission;
 use crate::envoy;
 use crate::envoy::ext_authz::ExtAuthzApi;
@@ -83,6 +83,8 @@ const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
+    /// The database the settings name, for the serving log line.
+    database: DatabaseTarget,
     /// Key records for Validate; the invalidation follower feeds it.
     key_cache: Arc<KeyCache>,
     /// Present when replicas share Redis.
@@ -110,12 +112,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let db = store::connect(
-            settings.database_url.as_ref().map(|u| u.expose()),
-            &settings.data_dir,
-        )
-        .await
-        .context("cannot connect to the database")?;
+        let database = settings.database().map_err(anyhow::Error::msg)?;
+        let db = database
+            .connect()
+            .await
+            .context("cannot connect to the database")?;
         let argon2_budget = settings.argon2_budget();
         let hasher = Arc::new(SecretHasher::new(settings.argon2_costs(), argon2_budget)?);
         tracing::info!(
@@ -170,11 +171,7 @@ impl Application {
                 .with_context(|| format!("invalid Redis URL {target}"))?,
             )),
             None => {
-                let single_process = settings
-                    .database_url
-                    .as_ref()
-                    .is_none_or(|url| url.expose().starts_with("sqlite:"));
-                key_cache.set_invalidations_flowing(single_process);
+                key_cache.set_invalidations_flowing(database.single_process());
                 None
             }
         };
@@ -211,6 +208,7 @@ impl Application {
             leaks: Arc::new(LeakReports::new(authority.clone(), root_keys.clone())),
             leak_report_keys,
             tls,
+            database,
             settings,
             listener,
             http_listener,
@@ -391,10 +389,7 @@ impl Application {
                 Some(tls) if tls.mutual() => "on, client certificates verified (mutual TLS)",
                 Some(_) => "on",
             },
-            database = %self.settings.database_url.as_ref().map_or_else(
-                || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
-                |url| url.to_string(),
-            ),
+            database = %self.database,
             limiter = %self.settings.redis_url.as_ref().map_or_else(
                 || "in-process (this replica only)".to_owned(),
                 |url| format!(
