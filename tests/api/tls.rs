@@ -312,3 +312,54 @@ async fn a_tonic_client_without_a_certificate_gets_nothing_from_an_mtls_server()
         .expect("Validate answers a client with a certificate");
     assert!(!answer.into_inner().valid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_reaches_a_server_with_mutual_tls() {
+    let (ca, clients) = (
+        Authority::new("apikeyd test CA"),
+        Authority::new("client CA"),
+    );
+    let (app, pki) = tls_app(&ca, Some(&clients), DataPlaneAuth::Mtls).await;
+    let ca_file = write_file(pki.path(), "ca.crt", &ca.pem());
+    let (cert, key) = clients
+        .client("operator", "ops.internal")
+        .write(pki.path(), "operator");
+    let apikeyd = |args: &[&str], with_certificate: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_apikeyd"));
+        command
+            .args(args)
+            .env_clear()
+            .env(
+                "APIKEYD_ADDR",
+                format!("https://127.0.0.1:{}", app.addr.port()),
+            )
+            .env("APIKEYD_DATA_DIR", app.data_dir.path())
+            .env("APIKEYD_CA_CERT", &ca_file);
+        if with_certificate {
+            command
+                .env("APIKEYD_CLIENT_CERT", &cert)
+                .env("APIKEYD_CLIENT_KEY", &key);
+        }
+        command.output().expect("run apikeyd")
+    };
+
+    let created = apikeyd(
+        &[
+            "keys", "create", "--owner", "acme", "--name", "n", "--scope", "a:b", "--output",
+            "json",
+        ],
+        true,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let api_key = created["key"].as_str().unwrap();
+
+    let valid = apikeyd(&["validate", api_key, "--scope", "a:b"], true);
+    assert!(valid.status.success(), "{valid:?}");
+
+    let refused = apikeyd(&["validate", api_key], false);
+    assert!(
+        !refused.status.success(),
+        "no client certificate, no answer"
+    );
+}
