@@ -8,13 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
 use crate::access::RootKeyGate;
 use crate::audit::AuditTrail;
@@ -238,33 +242,49 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// Serves until `stop` resolves, then drains, in named steps: health,
+    /// background tasks, the two listeners, and after `stop` the drain and
+    /// the last writes.
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        set_health(&health_reporter, ServingStatus::Serving).await;
-        // Liveness says only "the process answers": it stays SERVING through
-        // database outages and draining, so an orchestrator restarts a stuck
-        // process but not a healthy one waiting for its database.
-        health_reporter
-            .set_service_status(LIVENESS, ServingStatus::Serving)
-            .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let (health, health_service) = start_health().await;
+        let background = self.spawn_background(&health).await;
+        let drain = DrainSignal::default();
+        let api = self.api_services();
+        let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
+        let http_app = self.http_app(api.clone(), &metrics_layer, &health);
+        let grpc_router = self.grpc_router(api, metrics_layer, health_service)?;
+        self.log_serving();
+        let leftovers = self.leftovers();
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let mut http = serve_http(self.http_listener, self.tls.clone(), http_app, &drain);
+        let mut grpc = serve_grpc(self.listener, self.tls, grpc_router, &drain);
 
-        let mut background = vec![
+        tokio::select! {
+            finished = &mut grpc => {
+                finished??;
+                anyhow::bail!("the gRPC server stopped on its own");
+            }
+            finished = &mut http => {
+                finished??;
+                anyhow::bail!("the HTTP server stopped on its own");
+            }
+            () = stop => {}
+        }
+
+        drain_listeners(&health, drain, grace, grpc, http).await?;
+        leftovers.write(background).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// The tasks that run beside the listeners, each stopped after the drain.
+    async fn spawn_background(&self, health: &HealthReporter) -> Background {
+        let mut tasks = vec![
             tokio::spawn(metrics::run_upkeep()),
-            tokio::spawn(watch_database(self.db.clone(), health_reporter.clone())),
+            tokio::spawn(watch_database(self.db.clone(), health.clone())),
             tokio::spawn(flush_last_used_periodically(
                 self.last_used.clone(),
                 self.store.clone(),
@@ -276,13 +296,13 @@ impl Application {
             )),
         ];
         if let Some(source) = &self.envoy_ratelimit {
-            background.push(tokio::spawn(source.clone().watch()));
+            tasks.push(tokio::spawn(source.clone().watch()));
         }
         if let Some(tls) = &self.tls {
-            background.push(tokio::spawn(tls.clone().watch()));
+            tasks.push(tokio::spawn(tls.clone().watch()));
         }
-        let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
-            background.push(tokio::spawn(bus.clone().follow_forever(
+        let publisher = self.invalidation_bus.as_ref().map(|bus| {
+            tasks.push(tokio::spawn(bus.clone().follow_forever(
                 Arc::new(Caches {
                     keys: self.key_cache.clone(),
                     root_keys: self.gate.clone(),
@@ -292,46 +312,57 @@ impl Application {
             bus.spawn_publisher()
         });
         if self.limiter.is_remote() {
-            health_reporter
+            health
                 .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
                 .await;
-            background.push(tokio::spawn(self.limiter.clone().probe_periodically()));
-            background.push(tokio::spawn(
+            tasks.push(tokio::spawn(self.limiter.clone().probe_periodically()));
+            tasks.push(tokio::spawn(
                 self.limiter.clone().flush_usage_periodically(),
             ));
-            background.push(tokio::spawn(watch_limiter(
+            tasks.push(tokio::spawn(watch_limiter(
                 self.limiter.clone(),
-                health_reporter.clone(),
+                health.clone(),
             )));
         }
+        Background { tasks, publisher }
+    }
 
-        // One signal drains both listeners.
-        let (drain_tx, drain_rx) = tokio::sync::watch::channel(());
-        let drained = move || {
-            let mut drain_rx = drain_rx.clone();
-            async move {
-                let _ = drain_rx.changed().await;
-            }
-        };
-        let api = self.api_services();
-        let leaks = self.leak_endpoint();
-        let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
-        let routes = http_routes(api.clone(), &metrics_layer, &self.settings.console, leaks)
-            .merge(crate::http::health::router(health_reporter.clone()))
-            .into_make_service_with_connect_info::<ConnectionAddrs>();
-        let mut http = match &self.tls {
-            Some(tls) => {
-                let incoming = TlsIncoming::new(self.http_listener, tls.clone(), Listener::Http);
-                let http = axum::serve(incoming, routes).with_graceful_shutdown(drained());
-                tokio::spawn(async move { http.await })
-            }
-            None => {
-                let http =
-                    axum::serve(self.http_listener, routes).with_graceful_shutdown(drained());
-                tokio::spawn(async move { http.await })
-            }
-        };
-        let router = Server::builder()
+    /// The HTTP listener's application: its routes and the health service.
+    fn http_app(
+        &self,
+        api: Routes,
+        metrics_layer: &GrpcMetricsLayer,
+        health: &HealthReporter,
+    ) -> IntoMakeServiceWithConnectInfo<axum::Router, ConnectionAddrs> {
+        http_routes(
+            api,
+            metrics_layer,
+            &self.settings.console,
+            self.leak_endpoint(),
+        )
+        .merge(crate::http::health::router(health.clone()))
+        .into_make_service_with_connect_info::<ConnectionAddrs>()
+    }
+
+    /// The gRPC listener's services: our API, health, reflection, the
+    /// import stream and Envoy's services.
+    fn grpc_router(
+        &self,
+        api: Routes,
+        metrics_layer: GrpcMetricsLayer,
+        health_service: HealthServer<impl Health>,
+    ) -> anyhow::Result<Router<Stack<GrpcMetricsLayer, Identity>>> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        Ok(Server::builder()
             .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
             .timeout(Duration::from_millis(
                 self.settings.grpc_default_deadline_ms,
@@ -368,22 +399,15 @@ impl Application {
                 self.settings.data_plane_auth,
                 &self.gate,
                 Permission::RateLimit,
-            ));
-        let mut server = match &self.tls {
-            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-                TlsIncoming::new(self.listener, tls.clone(), Listener::Grpc),
-                drained(),
-            )),
-            // Without TCP_NODELAY a response written in pieces waits out
-            // Nagle's delay (about 40 ms) on the client's delayed ACK.
-            None => tokio::spawn(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                drained(),
-            )),
-        };
+            )))
+    }
+
+    /// The one line that says the server is up: addresses, TLS, database
+    /// and limiter, credentials redacted.
+    fn log_serving(&self) {
         tracing::info!(
-            grpc = %grpc_addr,
-            http = %http_addr,
+            grpc = %self.grpc_addr(),
+            http = %self.http_addr(),
             tls = match &self.tls {
                 None => "off (plaintext)",
                 Some(tls) if tls.mutual() => "on, client certificates verified (mutual TLS)",
@@ -403,52 +427,156 @@ impl Application {
             ),
             "apikeyd is serving"
         );
+    }
 
-        tokio::select! {
-            finished = &mut server => {
-                finished??;
-                anyhow::bail!("the gRPC server stopped on its own");
-            }
-            finished = &mut http => {
-                finished??;
-                anyhow::bail!("the HTTP server stopped on its own");
-            }
-            () = stop => {}
+    fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            invalidation_bus: self.invalidation_bus.clone(),
+            limiter: self.limiter.clone(),
+            last_used: self.last_used.clone(),
+            store: self.store.clone(),
         }
+    }
+}
 
-        // Drain: tell load balancers first, then stop accepting and let
-        // in-flight calls finish within the grace period.
-        set_health(&health_reporter, ServingStatus::NotServing).await;
-        drain_tx.send_replace(());
-        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(finished) => finished??,
-            Err(_) => {
-                tracing::warn!(
-                    grace_secs = grace.as_secs(),
-                    "grace period ended with calls still in flight; cutting them short"
-                );
-                server.abort();
-            }
+/// The health service, every entry SERVING.
+async fn start_health() -> (HealthReporter, HealthServer<impl Health>) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    // Liveness says only "the process answers": it stays SERVING through
+    // database outages and draining, so an orchestrator restarts a stuck
+    // process but not a healthy one waiting for its database.
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+    (reporter, service)
+}
+
+/// One signal that drains both listeners.
+struct DrainSignal {
+    sender: tokio::sync::watch::Sender<()>,
+}
+
+impl Default for DrainSignal {
+    fn default() -> Self {
+        DrainSignal {
+            sender: tokio::sync::watch::channel(()).0,
         }
-        if tokio::time::timeout(Duration::from_secs(1), &mut http)
-            .await
-            .is_err()
-        {
-            http.abort();
+    }
+}
+
+impl DrainSignal {
+    /// Resolves when the drain starts.
+    fn started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.sender.subscribe();
+        async move {
+            let _ = receiver.changed().await;
         }
-        for task in background {
+    }
+
+    fn start(&self) {
+        self.sender.send_replace(());
+    }
+}
+
+fn serve_http(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    app: IntoMakeServiceWithConnectInfo<axum::Router, ConnectionAddrs>,
+    drain: &DrainSignal,
+) -> JoinHandle<std::io::Result<()>> {
+    match tls {
+        Some(tls) => {
+            let incoming = TlsIncoming::new(listener, tls, Listener::Http);
+            let http = axum::serve(incoming, app).with_graceful_shutdown(drain.started());
+            tokio::spawn(async move { http.await })
+        }
+        None => {
+            let http = axum::serve(listener, app).with_graceful_shutdown(drain.started());
+            tokio::spawn(async move { http.await })
+        }
+    }
+}
+
+fn serve_grpc(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    router: Router<Stack<GrpcMetricsLayer, Identity>>,
+    drain: &DrainSignal,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            TlsIncoming::new(listener, tls, Listener::Grpc),
+            drain.started(),
+        )),
+        // Without TCP_NODELAY a response written in pieces waits out
+        // Nagle's delay (about 40 ms) on the client's delayed ACK.
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            drain.started(),
+        )),
+    }
+}
+
+/// Drain: tell load balancers first, then stop accepting and let in-flight
+/// calls finish within the grace period.
+async fn drain_listeners(
+    health: &HealthReporter,
+    drain: DrainSignal,
+    grace: Duration,
+    mut grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    mut http: JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    set_health(health, ServingStatus::NotServing).await;
+    drain.start();
+    match tokio::time::timeout(grace, &mut grpc).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "grace period ended with calls still in flight; cutting them short"
+            );
+            grpc.abort();
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(1), &mut http)
+        .await
+        .is_err()
+    {
+        http.abort();
+    }
+    Ok(())
+}
+
+/// The tasks beside the listeners, and the invalidation publisher, which
+/// is finished rather than stopped.
+struct Background {
+    tasks: Vec<JoinHandle<()>>,
+    publisher: Option<JoinHandle<()>>,
+}
+
+/// What is written after the drain: queued invalidations, usage, and
+/// last_used_at.
+struct Leftovers {
+    invalidation_bus: Option<Arc<InvalidationBus>>,
+    limiter: Arc<RateLimiter>,
+    last_used: Arc<LastUsedTracker>,
+    store: KeyStore,
+}
+
+impl Leftovers {
+    /// Stops the background tasks, then writes what they had not.
+    async fn write(self, background: Background) {
+        for task in background.tasks {
             task.abort();
         }
-        if let (Some(bus), Some(publisher)) = (&self.invalidation_bus, invalidation_publisher) {
+        if let (Some(bus), Some(publisher)) = (&self.invalidation_bus, background.publisher) {
             bus.finish(publisher, INVALIDATION_DRAIN).await;
         }
         self.limiter.flush_usage().await;
         if let Err(e) = self.last_used.flush(&self.store).await {
             tracing::warn!(error = %e, "could not write the last batch of last_used_at");
         }
-        tracing::info!("stopped");
-        Ok(())
     }
 }
 
