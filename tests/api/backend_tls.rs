@@ -23,9 +23,27 @@ struct TlsPostgres {
     port: u16,
 }
 
+/// `program` of Debian's newest PostgreSQL (not on PATH there), run as the
+/// postgres user; else the one on PATH.
 fn as_postgres(program: &str) -> Command {
+    let installed = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|version| version.path().join("bin").join(program))
+        .filter(|path| path.exists())
+        .max_by_key(|path| {
+            let version = path.components().nth(4).map(|c| c.as_os_str().to_owned());
+            version
+                .and_then(|v| v.to_str().and_then(|v| v.parse::<u32>().ok()))
+                .unwrap_or(0)
+        });
     let mut command = Command::new("runuser");
-    command.args(["-u", "postgres", "--", program]);
+    command.args(["-u", "postgres", "--"]);
+    match installed {
+        Some(path) => command.arg(path),
+        None => command.arg(program),
+    };
     command
 }
 
