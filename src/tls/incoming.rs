@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -20,6 +20,9 @@ use super::{Listener, ServerTls};
 
 /// The longest a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; beyond it the accept loop waits, so a
+/// flood of silent connections costs bounded memory.
+const MAX_HANDSHAKES: usize = 1024;
 /// Connections handshaken but not yet taken by the server.
 const READY_CONNECTIONS: usize = 64;
 /// The pause after a failed accept (out of file descriptors, say), so the
@@ -63,7 +66,11 @@ async fn accept_forever(
     side: Listener,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let Ok(slot) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -78,7 +85,9 @@ async fn accept_forever(
         let acceptor = TlsAcceptor::from(tls.config(side));
         let ready = ready.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(slot);
+            match handshake {
                 Ok(Ok(stream)) => {
                     let _ = ready.send((stream, remote)).await;
                 }
