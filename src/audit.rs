@@ -22,6 +22,7 @@ use crate::domain::{self, KeyId, RootKey};
 use crate::error::Result;
 use crate::store::{self, AuditQuery, StoredAuditEvent};
 use crate::telemetry::metrics::{code_label, observe_db};
+use crate::tls::ClientCertificate;
 
 /// How often old events are deleted when a retention is set.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -47,10 +48,11 @@ impl AuditedCall {
             .remote_addr()
             .map(|addr| addr.to_string())
             .unwrap_or_default();
-        AuditedCall {
-            event: AuditEvent::new(method, &peer, domain::now()),
-            kind,
+        let mut event = AuditEvent::new(method, &peer, domain::now());
+        if let Some(certificate) = ClientCertificate::of(request.extensions()) {
+            event.set_tls_identity(&certificate.identity());
         }
+        AuditedCall { event, kind }
     }
 
     pub fn actor(&mut self, root_key: &RootKey) {

@@ -162,17 +162,16 @@ async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Resul
 /// Publishes a change to the replicas' caches when they share Redis, waiting
 /// until Redis has taken it (or a few seconds: then their TTL bounds it).
 async fn tell_replicas(settings: &Settings, change: Invalidation) -> anyhow::Result<()> {
-    let Some(url) = &settings.redis_url else {
+    let Some(target) = settings.redis_target()? else {
         return Ok(());
     };
     let bus = Arc::new(
         InvalidationBus::connect(
-            url.expose(),
-            settings.redis_cluster,
+            &target,
             &settings.redis_key_prefix,
             Duration::from_millis(settings.redis_timeout_ms),
         )
-        .with_context(|| format!("invalid Redis URL {url}"))?,
+        .with_context(|| format!("invalid Redis URL {target}"))?,
     );
     bus.publish(change);
     let publisher = bus.spawn_publisher();
@@ -218,10 +217,10 @@ fn check_config(settings: &Settings) -> ExitCode {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
-    store::connect(
-        settings.database_url.as_ref().map(|u| u.expose()),
-        &settings.data_dir,
-    )
-    .await
-    .context("cannot connect to the database")
+    settings
+        .database()
+        .map_err(anyhow::Error::msg)?
+        .connect()
+        .await
+        .context("cannot connect to the database")
 }

@@ -4,6 +4,12 @@
 //! clap reads flags and environment variables together (so `--help` names
 //! both); figment lays them over the file and the defaults.
 
+mod database_target;
+mod redis_target;
+
+pub use database_target::DatabaseTarget;
+pub use redis_target::RedisTarget;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -56,6 +62,9 @@ pub struct Settings {
     pub redis_probe_timeout_ms: u64,
     pub redis_failure_policy: FailurePolicy,
     pub redis_key_prefix: String,
+    /// PEM CA certificates that sign the Redis server's certificate
+    /// (`rediss://`); unset for the system's roots.
+    pub redis_ca_cert: Option<PathBuf>,
     pub usage_hourly_retention_hours: u32,
     pub usage_daily_retention_days: u32,
     pub recent_requests_kept: u32,
@@ -75,6 +84,12 @@ pub struct Settings {
     /// GitHub's secret-scanning signing keys, as GitHub publishes them; when
     /// set, `POST /v1/leaked-keys` takes its reports.
     pub leak_report_keys: Option<PathBuf>,
+    /// TLS on both listeners: the PEM certificate chain and key (both or
+    /// neither), read again when they change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: mutual TLS.
+    pub tls_client_ca: Option<PathBuf>,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
 }
@@ -135,6 +150,7 @@ impl Default for Settings {
             redis_probe_timeout_ms: 1_000,
             redis_failure_policy: FailurePolicy::Open,
             redis_key_prefix: "apikeyd".to_owned(),
+            redis_ca_cert: None,
             usage_hourly_retention_hours: 48,
             usage_daily_retention_days: 90,
             recent_requests_kept: 100,
@@ -158,6 +174,9 @@ impl Default for Settings {
             envoy_routes: Vec::new(),
             envoy_ratelimit_config: None,
             leak_report_keys: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             console: ConsoleSettings::default(),
         }
     }
@@ -233,18 +252,8 @@ impl Settings {
                 self.grpc_addr
             ));
         }
-        if let Some(url) = &self.database_url {
-            let raw = url.expose();
-            if !(raw.starts_with("postgres://")
-                || raw.starts_with("postgresql://")
-                || raw.starts_with("sqlite:"))
-            {
-                problems.push(format!(
-                    "database_url: {url} is neither postgres://… nor sqlite://…; unset it for the embedded SQLite"
-                ));
-            } else if raw.starts_with("postgres") && url::Url::parse(raw).is_err() {
-                problems.push("database_url: not a valid URL (percent-encode special characters in the password)".to_owned());
-            }
+        if let Err(problem) = self.database() {
+            problems.push(problem);
         }
         if let Err(e) = self.tiers() {
             problems.push(format!("tiers: {e}"));
@@ -260,6 +269,38 @@ impl Settings {
         if let Some(path) = &self.leak_report_keys {
             if let Err(e) = crate::leak_report::github::SigningKeySource::load(path) {
                 problems.push(format!("leak_report_keys: {e}"));
+            }
+        }
+        match self.tls_files() {
+            Ok(Some(files)) => {
+                if let Err(e) = crate::tls::ServerTls::load(files) {
+                    problems.push(format!("tls_cert / tls_key / tls_client_ca: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
+        }
+        if self.data_plane_auth == DataPlaneAuth::Mtls && self.tls_client_ca.is_none() {
+            problems.push(
+                "data_plane_auth = mtls needs tls_client_ca (and tls_cert, tls_key): the CA that signs the callers' certificates"
+                    .to_owned(),
+            );
+        }
+        if let Some(path) = &self.redis_ca_cert {
+            let tls = self
+                .redis_url
+                .as_ref()
+                .is_some_and(|url| url.expose().trim_start().starts_with("rediss://"));
+            if !tls {
+                problems.push(
+                    "redis_ca_cert: needs a rediss:// redis_url (TLS); unset it, or use rediss://"
+                        .to_owned(),
+                );
+            } else if let Err(e) = std::fs::read(path) {
+                problems.push(format!(
+                    "redis_ca_cert: cannot read {}: {e}",
+                    path.display()
+                ));
             }
         }
         if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
@@ -290,6 +331,47 @@ impl Settings {
             .map(|(key, value)| format!("{key} = {value}"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The listeners' TLS files: `None` without TLS, an explanation when
+    /// only some of them are given.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            (None, None) => Err(
+                "tls_client_ca: mutual TLS needs tls_cert and tls_key too (the server's own certificate)"
+                    .to_owned(),
+            ),
+            _ => Err("tls_cert and tls_key: give both (the PEM certificate chain and its key) or neither".to_owned()),
+        }
+    }
+
+    /// Which database `database_url` and `data_dir` name.
+    pub fn database(&self) -> Result<DatabaseTarget, String> {
+        DatabaseTarget::parse(self.database_url.as_ref(), &self.data_dir)
+    }
+
+    /// Where Redis is, when it is configured; reads `redis_ca_cert`.
+    pub fn redis_target(&self) -> anyhow::Result<Option<RedisTarget>> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let root_cert = match &self.redis_ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("redis_ca_cert: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        Ok(Some(RedisTarget::new(
+            url.clone(),
+            self.redis_cluster,
+            root_cert,
+        )))
     }
 
     /// The configured tiers, checked.
@@ -412,6 +494,10 @@ pub enum DataPlaneAuth {
     /// A root key with `validate` (Validate) or `ratelimit` (CheckRateLimit)
     /// in `authorization: Bearer` metadata: the production setting.
     RootKey,
+    /// A client certificate the client CA (`tls_client_ca`) signed, verified
+    /// at the TLS handshake: the production setting where callers have
+    /// certificates (a service mesh, SPIFFE).
+    Mtls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -650,6 +736,11 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_key_prefix: Option<String>,
 
+    /// PEM CA certificate(s) that sign the Redis server's certificate, for a rediss:// URL [default: the system's roots].
+    #[arg(long, env = "APIKEYD_REDIS_CA_CERT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_cert: Option<PathBuf>,
+
     /// Hours hourly usage counters are kept [default: 48].
     #[arg(long, env = "APIKEYD_USAGE_HOURLY_RETENTION_HOURS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -670,7 +761,7 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
 
-    /// Who may call Validate and CheckRateLimit: none (anyone who reaches the port) or root-key (a root key with the validate / ratelimit permission, the production setting) [default: none].
+    /// Who may call Validate and CheckRateLimit (and Envoy's ext_authz and ShouldRateLimit): none (anyone who reaches the port), root-key (a root key with the validate / ratelimit permission) or mtls (a client certificate signed by --tls-client-ca); root-key or mtls in production [default: none].
     #[arg(long, env = "APIKEYD_DATA_PLANE_AUTH", global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_plane_auth: Option<DataPlaneAuth>,
@@ -689,6 +780,21 @@ pub struct SettingsArgs {
     #[arg(long, env = "APIKEYD_LEAK_REPORT_KEYS", global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leak_report_keys: Option<PathBuf>,
+
+    /// PEM certificate chain of both listeners (gRPC and HTTP), with --tls-key; read again when it changes, so a rotation needs no restart [default: none, plaintext].
+    #[arg(long, env = "APIKEYD_TLS_CERT", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [default: none].
+    #[arg(long, env = "APIKEYD_TLS_KEY", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) of client certificates: mutual TLS, the gRPC listener refuses a client without a certificate it signed at the handshake (the HTTP listener verifies one when presented) [default: none].
+    #[arg(long, env = "APIKEYD_TLS_CLIENT_CA", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -888,6 +994,54 @@ mod tests {
     fn redis_passwords_are_redacted_even_in_a_node_list() {
         let url = RedisUrl::from("redis://:s3cret@a:7000,redis://:s3cret@b:7001");
         assert!(!url.to_string().contains("s3cret"), "{url}");
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let problems = |settings: Settings| settings.problems().join("\n");
+
+        let half = problems(Settings {
+            tls_cert: Some(dir.path().join("tls.crt")),
+            ..Settings::default()
+        });
+        assert!(half.contains("tls_cert and tls_key: give both"), "{half}");
+
+        let ca_alone = problems(Settings {
+            tls_client_ca: Some(dir.path().join("ca.crt")),
+            ..Settings::default()
+        });
+        assert!(
+            ca_alone.contains("needs tls_cert and tls_key"),
+            "{ca_alone}"
+        );
+
+        let missing = problems(Settings {
+            tls_cert: Some(dir.path().join("tls.crt")),
+            tls_key: Some(dir.path().join("tls.key")),
+            ..Settings::default()
+        });
+        assert!(missing.contains("cannot read"), "{missing}");
+        assert!(missing.contains("tls.crt"), "{missing}");
+
+        let mtls = problems(Settings {
+            data_plane_auth: DataPlaneAuth::Mtls,
+            ..Settings::default()
+        });
+        assert!(
+            mtls.contains("data_plane_auth = mtls needs tls_client_ca"),
+            "{mtls}"
+        );
+
+        let redis_ca = problems(Settings {
+            redis_url: Some(RedisUrl::from("redis://cache:6379")),
+            redis_ca_cert: Some(dir.path().join("redis-ca.crt")),
+            ..Settings::default()
+        });
+        assert!(
+            redis_ca.contains("redis_ca_cert: needs a rediss://"),
+            "{redis_ca}"
+        );
     }
 
     #[test]

@@ -157,25 +157,24 @@ struct Importer {
 
 impl Importer {
     async fn connect(settings: &Settings) -> anyhow::Result<Importer> {
-        let db = store::connect(
-            settings.database_url.as_ref().map(|u| u.expose()),
-            &settings.data_dir,
-        )
-        .await
-        .context("cannot connect to apikeyd's database")?;
+        let db = settings
+            .database()
+            .map_err(anyhow::Error::msg)?
+            .connect()
+            .await
+            .context("cannot connect to apikeyd's database")?;
         store::prepare(&db, None)
             .await
             .context("cannot migrate apikeyd's database")?;
-        let bus = match &settings.redis_url {
-            Some(url) => {
+        let bus = match settings.redis_target()? {
+            Some(target) => {
                 let bus = Arc::new(
                     InvalidationBus::connect(
-                        url.expose(),
-                        settings.redis_cluster,
+                        &target,
                         &settings.redis_key_prefix,
                         Duration::from_millis(settings.redis_timeout_ms),
                     )
-                    .with_context(|| format!("invalid Redis URL {url}"))?,
+                    .with_context(|| format!("invalid Redis URL {target}"))?,
                 );
                 let publisher = bus.spawn_publisher();
                 Some((bus, publisher))

@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::RedisTarget;
 use crate::domain::KeyId;
 use follower::{Follower, Heartbeat};
 use publisher::Publisher;
@@ -104,8 +105,7 @@ impl InvalidationBus {
     /// `urls` and `cluster` as in `--redis-url` and `--redis-cluster`;
     /// `timeout` is `--redis-timeout-ms`. Connects when first needed.
     pub fn connect(
-        urls: &str,
-        cluster: bool,
+        redis_target: &RedisTarget,
         key_prefix: &str,
         timeout: Duration,
     ) -> anyhow::Result<InvalidationBus> {
@@ -115,8 +115,7 @@ impl InvalidationBus {
         };
         Ok(InvalidationBus {
             stream: RedisStream::new(
-                urls,
-                cluster,
+                redis_target,
                 key_prefix,
                 heartbeat.grace,
                 heartbeat.deadline(),

@@ -58,9 +58,13 @@
 //! - [`console`]: the web console, its assets built into the binary.
 //! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
 //!   tables, JSON Lines) into the authority's import.
+//! - [`tls`]: TLS on the listeners (rustls): certificates reloaded when their
+//!   files change, mutual TLS with a client CA, the handshakes off the
+//!   accept loop, and the identity a client certificate names.
 //! - [`startup`]: wiring, serving, health, draining.
-//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
-//!   signals and the command line; [`client`]: the operator's commands
+//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings (where
+//!   Redis is, TLS included, in [`config::RedisTarget`]), logs, signals and
+//!   the command line; [`client`]: the operator's commands
 //!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
 
 pub mod access;
@@ -90,3 +94,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -8,18 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
 use crate::access::RootKeyGate;
 use crate::audit::AuditTrail;
 use crate::authority::{AuthorityPolicy, KeyAuthority};
-use crate::config::{DataPlaneAuth, Settings};
+use crate::config::{DataPlaneAuth, DatabaseTarget, Settings};
 use crate::domain::Permission;
 use crate::envoy;
 use crate::envoy::ext_authz::ExtAuthzApi;
@@ -35,7 +39,8 @@ use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::root_key_service_server::RootKeyServiceServer;
 use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{
-    AuditApi, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential, ValidationApi, pb,
+    AuditApi, DataPlaneGuard, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential,
+    ValidationApi, pb,
 };
 use crate::http::leaked_keys::LeakEndpoint;
 use crate::http::{ConnectionAddrs, GrpcServices};
@@ -53,6 +58,7 @@ use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 use crate::telemetry::metrics::{self, GrpcMetricsLayer, RpcLabels};
 use crate::telemetry::tracing_context;
+use crate::tls::{Listener, ServerTls, TlsIncoming};
 
 /// The backstop on cached key records, however invalidations fare: it
 /// bounds staleness when a change never reaches the stream. A reload costs
@@ -81,6 +87,8 @@ const REDIS_HEALTH: &str = "redis";
 
 pub struct Application {
     settings: Settings,
+    /// The database the settings name, for the serving log line.
+    database: DatabaseTarget,
     /// Key records for Validate; the invalidation follower feeds it.
     key_cache: Arc<KeyCache>,
     /// Present when replicas share Redis.
@@ -102,16 +110,17 @@ pub struct Application {
     leaks: Arc<LeakReports>,
     /// GitHub's signing keys, when leak reports from GitHub are taken.
     leak_report_keys: Option<Arc<SigningKeySource>>,
+    /// The listeners' TLS, when a certificate is configured.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let db = store::connect(
-            settings.database_url.as_ref().map(|u| u.expose()),
-            &settings.data_dir,
-        )
-        .await
-        .context("cannot connect to the database")?;
+        let database = settings.database().map_err(anyhow::Error::msg)?;
+        let db = database
+            .connect()
+            .await
+            .context("cannot connect to the database")?;
         let argon2_budget = settings.argon2_budget();
         let hasher = Arc::new(SecretHasher::new(settings.argon2_costs(), argon2_budget)?);
         tracing::info!(
@@ -131,6 +140,12 @@ impl Application {
                  keep it somewhere safe and delete the file"
             );
         }
+        let tls = match settings.tls_files().map_err(anyhow::Error::msg)? {
+            Some(files) => Some(Arc::new(
+                ServerTls::load(files).context("cannot set up TLS")?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
@@ -149,22 +164,18 @@ impl Application {
         // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
-        let invalidation_bus = match &settings.redis_url {
-            Some(url) => Some(Arc::new(
+        let redis = settings.redis_target()?;
+        let invalidation_bus = match &redis {
+            Some(target) => Some(Arc::new(
                 InvalidationBus::connect(
-                    url.expose(),
-                    settings.redis_cluster,
+                    target,
                     &settings.redis_key_prefix,
                     Duration::from_millis(settings.redis_timeout_ms),
                 )
-                .with_context(|| format!("invalid Redis URL {url}"))?,
+                .with_context(|| format!("invalid Redis URL {target}"))?,
             )),
             None => {
-                let single_process = settings
-                    .database_url
-                    .as_ref()
-                    .is_none_or(|url| url.expose().starts_with("sqlite:"));
-                key_cache.set_invalidations_flowing(single_process);
+                key_cache.set_invalidations_flowing(database.single_process());
                 None
             }
         };
@@ -200,6 +211,8 @@ impl Application {
         Ok(Application {
             leaks: Arc::new(LeakReports::new(authority.clone(), root_keys.clone())),
             leak_report_keys,
+            tls,
+            database,
             settings,
             listener,
             http_listener,
@@ -229,33 +242,49 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// Serves until `stop` resolves, then drains, in named steps: health,
+    /// background tasks, the two listeners, and after `stop` the drain and
+    /// the last writes.
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        set_health(&health_reporter, ServingStatus::Serving).await;
-        // Liveness says only "the process answers": it stays SERVING through
-        // database outages and draining, so an orchestrator restarts a stuck
-        // process but not a healthy one waiting for its database.
-        health_reporter
-            .set_service_status(LIVENESS, ServingStatus::Serving)
-            .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let (health, health_service) = start_health().await;
+        let background = self.spawn_background(&health).await;
+        let drain = DrainSignal::default();
+        let api = self.api_services();
+        let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
+        let http_app = self.http_app(api.clone(), &metrics_layer, &health);
+        let grpc_router = self.grpc_router(api, metrics_layer, health_service)?;
+        self.log_serving();
+        let leftovers = self.leftovers();
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let mut http = serve_http(self.http_listener, self.tls.clone(), http_app, &drain);
+        let mut grpc = serve_grpc(self.listener, self.tls, grpc_router, &drain);
 
-        let mut background = vec![
+        tokio::select! {
+            finished = &mut grpc => {
+                finished??;
+                anyhow::bail!("the gRPC server stopped on its own");
+            }
+            finished = &mut http => {
+                finished??;
+                anyhow::bail!("the HTTP server stopped on its own");
+            }
+            () = stop => {}
+        }
+
+        drain_listeners(&health, drain, grace, grpc, http).await?;
+        leftovers.write(background).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// The tasks that run beside the listeners, each stopped after the drain.
+    async fn spawn_background(&self, health: &HealthReporter) -> Background {
+        let mut tasks = vec![
             tokio::spawn(metrics::run_upkeep()),
-            tokio::spawn(watch_database(self.db.clone(), health_reporter.clone())),
+            tokio::spawn(watch_database(self.db.clone(), health.clone())),
             tokio::spawn(flush_last_used_periodically(
                 self.last_used.clone(),
                 self.store.clone(),
@@ -267,10 +296,13 @@ impl Application {
             )),
         ];
         if let Some(source) = &self.envoy_ratelimit {
-            background.push(tokio::spawn(source.clone().watch()));
+            tasks.push(tokio::spawn(source.clone().watch()));
         }
-        let invalidation_publisher = self.invalidation_bus.as_ref().map(|bus| {
-            background.push(tokio::spawn(bus.clone().follow_forever(
+        if let Some(tls) = &self.tls {
+            tasks.push(tokio::spawn(tls.clone().watch()));
+        }
+        let publisher = self.invalidation_bus.as_ref().map(|bus| {
+            tasks.push(tokio::spawn(bus.clone().follow_forever(
                 Arc::new(Caches {
                     keys: self.key_cache.clone(),
                     root_keys: self.gate.clone(),
@@ -280,38 +312,57 @@ impl Application {
             bus.spawn_publisher()
         });
         if self.limiter.is_remote() {
-            health_reporter
+            health
                 .set_service_status(REDIS_HEALTH, ServingStatus::Serving)
                 .await;
-            background.push(tokio::spawn(self.limiter.clone().probe_periodically()));
-            background.push(tokio::spawn(
+            tasks.push(tokio::spawn(self.limiter.clone().probe_periodically()));
+            tasks.push(tokio::spawn(
                 self.limiter.clone().flush_usage_periodically(),
             ));
-            background.push(tokio::spawn(watch_limiter(
+            tasks.push(tokio::spawn(watch_limiter(
                 self.limiter.clone(),
-                health_reporter.clone(),
+                health.clone(),
             )));
         }
+        Background { tasks, publisher }
+    }
 
-        // One signal drains both listeners.
-        let (drain_tx, drain_rx) = tokio::sync::watch::channel(());
-        let drained = move || {
-            let mut drain_rx = drain_rx.clone();
-            async move {
-                let _ = drain_rx.changed().await;
-            }
-        };
-        let api = self.api_services();
-        let leaks = self.leak_endpoint();
-        let metrics_layer = GrpcMetricsLayer::new(RpcLabels::served_contract()?);
-        let http = axum::serve(
-            self.http_listener,
-            http_routes(api.clone(), &metrics_layer, &self.settings.console, leaks)
-                .into_make_service_with_connect_info::<ConnectionAddrs>(),
+    /// The HTTP listener's application: its routes and the health service.
+    fn http_app(
+        &self,
+        api: Routes,
+        metrics_layer: &GrpcMetricsLayer,
+        health: &HealthReporter,
+    ) -> IntoMakeServiceWithConnectInfo<axum::Router, ConnectionAddrs> {
+        http_routes(
+            api,
+            metrics_layer,
+            &self.settings.console,
+            self.leak_endpoint(),
         )
-        .with_graceful_shutdown(drained());
-        let mut http = tokio::spawn(async move { http.await });
-        let server = Server::builder()
+        .merge(crate::http::health::router(health.clone()))
+        .into_make_service_with_connect_info::<ConnectionAddrs>()
+    }
+
+    /// The gRPC listener's services: our API, health, reflection, the
+    /// import stream and Envoy's services.
+    fn grpc_router(
+        &self,
+        api: Routes,
+        metrics_layer: GrpcMetricsLayer,
+        health_service: HealthServer<impl Health>,
+    ) -> anyhow::Result<Router<Stack<GrpcMetricsLayer, Identity>>> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(envoy::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        Ok(Server::builder()
             .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
             .timeout(Duration::from_millis(
                 self.settings.grpc_default_deadline_ms,
@@ -348,21 +399,21 @@ impl Application {
                 self.settings.data_plane_auth,
                 &self.gate,
                 Permission::RateLimit,
-            ))
-            // Without TCP_NODELAY a response written in pieces waits out
-            // Nagle's delay (about 40 ms) on the client's delayed ACK.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                drained(),
-            );
-        let mut server = tokio::spawn(server);
+            )))
+    }
+
+    /// The one line that says the server is up: addresses, TLS, database
+    /// and limiter, credentials redacted.
+    fn log_serving(&self) {
         tracing::info!(
-            grpc = %grpc_addr,
-            http = %http_addr,
-            database = %self.settings.database_url.as_ref().map_or_else(
-                || format!("sqlite (embedded) in {}", self.settings.data_dir.display()),
-                |url| url.to_string(),
-            ),
+            grpc = %self.grpc_addr(),
+            http = %self.http_addr(),
+            tls = match &self.tls {
+                None => "off (plaintext)",
+                Some(tls) if tls.mutual() => "on, client certificates verified (mutual TLS)",
+                Some(_) => "on",
+            },
+            database = %self.database,
             limiter = %self.settings.redis_url.as_ref().map_or_else(
                 || "in-process (this replica only)".to_owned(),
                 |url| format!(
@@ -376,52 +427,156 @@ impl Application {
             ),
             "apikeyd is serving"
         );
+    }
 
-        tokio::select! {
-            finished = &mut server => {
-                finished??;
-                anyhow::bail!("the gRPC server stopped on its own");
-            }
-            finished = &mut http => {
-                finished??;
-                anyhow::bail!("the HTTP server stopped on its own");
-            }
-            () = stop => {}
+    fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            invalidation_bus: self.invalidation_bus.clone(),
+            limiter: self.limiter.clone(),
+            last_used: self.last_used.clone(),
+            store: self.store.clone(),
         }
+    }
+}
 
-        // Drain: tell load balancers first, then stop accepting and let
-        // in-flight calls finish within the grace period.
-        set_health(&health_reporter, ServingStatus::NotServing).await;
-        drain_tx.send_replace(());
-        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(finished) => finished??,
-            Err(_) => {
-                tracing::warn!(
-                    grace_secs = grace.as_secs(),
-                    "grace period ended with calls still in flight; cutting them short"
-                );
-                server.abort();
-            }
+/// The health service, every entry SERVING.
+async fn start_health() -> (HealthReporter, HealthServer<impl Health>) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    // Liveness says only "the process answers": it stays SERVING through
+    // database outages and draining, so an orchestrator restarts a stuck
+    // process but not a healthy one waiting for its database.
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+    (reporter, service)
+}
+
+/// One signal that drains both listeners.
+struct DrainSignal {
+    sender: tokio::sync::watch::Sender<()>,
+}
+
+impl Default for DrainSignal {
+    fn default() -> Self {
+        DrainSignal {
+            sender: tokio::sync::watch::channel(()).0,
         }
-        if tokio::time::timeout(Duration::from_secs(1), &mut http)
-            .await
-            .is_err()
-        {
-            http.abort();
+    }
+}
+
+impl DrainSignal {
+    /// Resolves when the drain starts.
+    fn started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.sender.subscribe();
+        async move {
+            let _ = receiver.changed().await;
         }
-        for task in background {
+    }
+
+    fn start(&self) {
+        self.sender.send_replace(());
+    }
+}
+
+fn serve_http(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    app: IntoMakeServiceWithConnectInfo<axum::Router, ConnectionAddrs>,
+    drain: &DrainSignal,
+) -> JoinHandle<std::io::Result<()>> {
+    match tls {
+        Some(tls) => {
+            let incoming = TlsIncoming::new(listener, tls, Listener::Http);
+            let http = axum::serve(incoming, app).with_graceful_shutdown(drain.started());
+            tokio::spawn(async move { http.await })
+        }
+        None => {
+            let http = axum::serve(listener, app).with_graceful_shutdown(drain.started());
+            tokio::spawn(async move { http.await })
+        }
+    }
+}
+
+fn serve_grpc(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    router: Router<Stack<GrpcMetricsLayer, Identity>>,
+    drain: &DrainSignal,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            TlsIncoming::new(listener, tls, Listener::Grpc),
+            drain.started(),
+        )),
+        // Without TCP_NODELAY a response written in pieces waits out
+        // Nagle's delay (about 40 ms) on the client's delayed ACK.
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            drain.started(),
+        )),
+    }
+}
+
+/// Drain: tell load balancers first, then stop accepting and let in-flight
+/// calls finish within the grace period.
+async fn drain_listeners(
+    health: &HealthReporter,
+    drain: DrainSignal,
+    grace: Duration,
+    mut grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    mut http: JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    set_health(health, ServingStatus::NotServing).await;
+    drain.start();
+    match tokio::time::timeout(grace, &mut grpc).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "grace period ended with calls still in flight; cutting them short"
+            );
+            grpc.abort();
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(1), &mut http)
+        .await
+        .is_err()
+    {
+        http.abort();
+    }
+    Ok(())
+}
+
+/// The tasks beside the listeners, and the invalidation publisher, which
+/// is finished rather than stopped.
+struct Background {
+    tasks: Vec<JoinHandle<()>>,
+    publisher: Option<JoinHandle<()>>,
+}
+
+/// What is written after the drain: queued invalidations, usage, and
+/// last_used_at.
+struct Leftovers {
+    invalidation_bus: Option<Arc<InvalidationBus>>,
+    limiter: Arc<RateLimiter>,
+    last_used: Arc<LastUsedTracker>,
+    store: KeyStore,
+}
+
+impl Leftovers {
+    /// Stops the background tasks, then writes what they had not.
+    async fn write(self, background: Background) {
+        for task in background.tasks {
             task.abort();
         }
-        if let (Some(bus), Some(publisher)) = (&self.invalidation_bus, invalidation_publisher) {
+        if let (Some(bus), Some(publisher)) = (&self.invalidation_bus, background.publisher) {
             bus.finish(publisher, INVALIDATION_DRAIN).await;
         }
         self.limiter.flush_usage().await;
         if let Err(e) = self.last_used.flush(&self.store).await {
             tracing::warn!(error = %e, "could not write the last batch of last_used_at");
         }
-        tracing::info!("stopped");
-        Ok(())
     }
 }
 
@@ -432,11 +587,12 @@ fn data_plane<S>(
     gate: &RootKeyGate,
     permission: Permission,
 ) -> ServiceCredential<S> {
-    let gate = match auth {
-        DataPlaneAuth::None => None,
-        DataPlaneAuth::RootKey => Some(gate.clone()),
+    let guard = match auth {
+        DataPlaneAuth::None => DataPlaneGuard::Open,
+        DataPlaneAuth::RootKey => DataPlaneGuard::RootKey(gate.clone()),
+        DataPlaneAuth::Mtls => DataPlaneGuard::ClientCertificate,
     };
-    ServiceCredential::new(service, gate, permission)
+    ServiceCredential::new(service, guard, permission)
 }
 
 /// What the invalidation bus feeds: the key cache, and the root-key records
@@ -526,7 +682,8 @@ impl Application {
 }
 
 /// The HTTP listener's routes: Prometheus metrics, the API over HTTP/JSON,
-/// GitHub's leaked-key reports and the web console. Calls over HTTP pass
+/// GitHub's leaked-key reports and the web console (and, added where the
+/// health reporter is, the health service for HTTP probes). Calls over HTTP pass
 /// the gRPC metrics layer like calls over gRPC.
 fn http_routes(
     api: Routes,
@@ -553,10 +710,10 @@ pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> 
         probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
         retention: settings.usage_retention(),
     };
-    let store: Arc<dyn RateLimitStore> = match &settings.redis_url {
-        Some(url) => Arc::new(
-            RedisStore::new(url.expose(), settings.redis_cluster, limiter.probe_timeout)
-                .with_context(|| format!("invalid Redis URL {url}"))?,
+    let store: Arc<dyn RateLimitStore> = match settings.redis_target()? {
+        Some(target) => Arc::new(
+            RedisStore::new(&target, limiter.probe_timeout)
+                .with_context(|| format!("invalid Redis URL {target}"))?,
         ),
         None => Arc::new(MemoryStore::default()),
     };

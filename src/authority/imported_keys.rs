@@ -36,6 +36,8 @@ pub struct ImportActor {
     /// `apikeyd.v1.ImportService/ImportKeys`, or `cli import`.
     pub method: &'static str,
     pub peer: String,
+    /// The caller's client certificate identity (mutual TLS); empty without.
+    pub tls_identity: String,
     /// The root key of an RPC; its owner scope bounds what it may import.
     /// `None` for the command line, which reaches the database directly.
     pub root_key: Option<RootKey>,
@@ -47,6 +49,7 @@ impl ImportActor {
         ImportActor {
             method: "cli import",
             peer: "cli".to_owned(),
+            tls_identity: String::new(),
             root_key: None,
         }
     }
@@ -214,6 +217,7 @@ impl KeyAuthority {
         if !run.dry_run && !to_write.is_empty() {
             let now = crate::domain::now();
             let mut event = AuditEvent::new(run.actor.method, &run.actor.peer, now);
+            event.set_tls_identity(&run.actor.tls_identity);
             if let Some(caller) = &run.actor.root_key {
                 event.set_actor(caller);
             }

@@ -9,9 +9,31 @@ use clap::{Args, Subcommand, ValueEnum};
 /// How to reach the server and how to print its answers.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The server's gRPC address, e.g. http://10.0.0.5:50051 [default: the local server at --grpc-addr].
+    /// The server's gRPC address, e.g. http://10.0.0.5:50051 or https://keys.internal:50051 [default: the local server at --grpc-addr, over TLS when --tls-cert is set].
     #[arg(long, env = "APIKEYD_ADDR", global = true)]
     pub addr: Option<String>,
+
+    /// PEM CA certificate(s) that sign the server's certificate, for https:// [default: the system's roots].
+    #[arg(long, env = "APIKEYD_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate, with --client-key, for a server with mutual TLS.
+    #[arg(
+        long,
+        env = "APIKEYD_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "APIKEYD_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 
     /// A file holding the root key (wins over APIKEYD_ROOT_KEY) [default: <data dir>/bootstrap-root-key when it exists].
     #[arg(long, env = "APIKEYD_ROOT_KEY_FILE", global = true)]

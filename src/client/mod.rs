@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chrono::Utc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 use self::args::{
@@ -139,8 +139,16 @@ fn root_key(args: &ClientArgs, data_dir: &Path) -> Result<RootKey, Failure> {
     Ok(key)
 }
 
-/// `--addr`, else the local server: this machine's `--grpc-addr`.
-fn server_uri(args: &ClientArgs, settings: &Settings) -> Result<String, Failure> {
+/// Where the server is, and how to speak TLS to it.
+struct Server {
+    uri: String,
+    tls: Option<ClientTlsConfig>,
+}
+
+/// `--addr`, else the local server: this machine's `--grpc-addr`, over TLS
+/// when this machine's settings give the server a certificate.
+fn server(args: &ClientArgs, settings: &Settings) -> Result<Server, Failure> {
+    let local_tls = settings.tls_cert.is_some();
     let uri = match &args.addr {
         Some(addr) if addr.contains("://") => addr.clone(),
         Some(addr) => format!("http://{addr}"),
@@ -149,22 +157,53 @@ fn server_uri(args: &ClientArgs, settings: &Settings) -> Result<String, Failure>
             if local.ip().is_unspecified() {
                 local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            format!("http://{local}")
+            let scheme = if local_tls { "https" } else { "http" };
+            format!("{scheme}://{local}")
         }
     };
-    if !uri.starts_with("http://") {
+    let tls = if uri.starts_with("https://") {
+        let mut tls = match &args.ca_cert {
+            Some(path) => ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read_pem("--ca-cert", path)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("--client-cert", cert)?,
+                read_pem("--client-key", key)?,
+            ));
+        }
+        // The local server is reached by address; its certificate names localhost.
+        if args.addr.is_none() {
+            tls = tls.domain_name("localhost");
+        }
+        Some(tls)
+    } else if uri.starts_with("http://") {
+        None
+    } else {
         return Err(Failure::Usage(format!(
-            "--addr {uri}: only http:// is supported (the server speaks plaintext gRPC)"
+            "--addr {uri}: give http://host:port, or https://host:port for a server with TLS"
         )));
-    }
-    Ok(uri)
+    };
+    Ok(Server { uri, tls })
 }
 
-async fn connect(uri: &str) -> Result<Channel, Failure> {
-    let endpoint = Endpoint::from_shared(uri.to_owned())
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path)
+        .map_err(|e| Failure::Usage(format!("{flag}: cannot read {}: {e}", path.display())))
+}
+
+async fn connect(server: &Server) -> Result<Channel, Failure> {
+    let uri = &server.uri;
+    let mut endpoint = Endpoint::from_shared(uri.to_owned())
         .map_err(|e| Failure::Usage(format!("--addr {uri} is not an address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
+    if let Some(tls) = &server.tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| Failure::Usage(format!("TLS to {uri}: {}", error_chain(&e))))?;
+    }
     endpoint.connect().await.map_err(|e| Failure::Unreachable {
         addr: uri.to_owned(),
         cause: error_chain(&e),
@@ -208,9 +247,9 @@ pub async fn keys(args: KeysArgs, settings: &Settings) -> ExitCode {
 }
 
 async fn run_keys(args: KeysArgs, settings: &Settings) -> Result<(), Failure> {
-    let uri = server_uri(&args.client, settings)?;
+    let server = server(&args.client, settings)?;
     let root_key = root_key(&args.client, &settings.data_dir)?;
-    let mut keys = KeyServiceClient::new(connect(&uri).await?);
+    let mut keys = KeyServiceClient::new(connect(&server).await?);
     let output = args.client.output;
     match args.command {
         KeysCommand::Create(create) => {
@@ -452,8 +491,8 @@ pub async fn ratelimit(args: RatelimitArgs, settings: &Settings) -> ExitCode {
 async fn run_ratelimit(args: RatelimitArgs, settings: &Settings) -> Result<(), Failure> {
     let RatelimitCommand::Check(check) = args.command;
     let request = check_request(check)?;
-    let uri = server_uri(&args.client, settings)?;
-    let mut limiter = RateLimitServiceClient::new(connect(&uri).await?);
+    let server = server(&args.client, settings)?;
+    let mut limiter = RateLimitServiceClient::new(connect(&server).await?);
     let response = limiter
         .check_rate_limit(data_plane(request, &args.client, &settings.data_dir)?)
         .await?
@@ -520,8 +559,8 @@ async fn run_validate(args: ValidateArgs, settings: &Settings) -> Result<(), Fai
     } else {
         args.key
     };
-    let uri = server_uri(&args.client, settings)?;
-    let mut validation = ValidationServiceClient::new(connect(&uri).await?);
+    let server = server(&args.client, settings)?;
+    let mut validation = ValidationServiceClient::new(connect(&server).await?);
     let request = pb::ValidateRequest {
         key,
         required_scopes: args.scopes,
@@ -566,6 +605,9 @@ mod tests {
             addr: addr.map(str::to_owned),
             root_key_file,
             output: Output::Table,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 
@@ -576,13 +618,27 @@ mod tests {
             ..Settings::default()
         };
 
-        let local = server_uri(&client_args(None, None), &settings).unwrap();
-        let given = server_uri(&client_args(Some("10.0.0.5:50051"), None), &settings).unwrap();
-        let tls = server_uri(&client_args(Some("https://keys.example"), None), &settings);
+        let local = server(&client_args(None, None), &settings).unwrap();
+        let given = server(&client_args(Some("10.0.0.5:50051"), None), &settings).unwrap();
+        let tls = server(&client_args(Some("https://keys.example"), None), &settings).unwrap();
+        let local_tls = Settings {
+            tls_cert: Some("tls.crt".into()),
+            ..settings
+        };
+        let local_tls = server(&client_args(None, None), &local_tls).unwrap();
+        let other = server(
+            &client_args(Some("ftp://keys.example"), None),
+            &Settings::default(),
+        );
 
-        assert_eq!(local, "http://127.0.0.1:6000");
-        assert_eq!(given, "http://10.0.0.5:50051");
-        assert!(matches!(tls, Err(Failure::Usage(_))));
+        assert_eq!(local.uri, "http://127.0.0.1:6000");
+        assert!(local.tls.is_none());
+        assert_eq!(given.uri, "http://10.0.0.5:50051");
+        assert_eq!(tls.uri, "https://keys.example");
+        assert!(tls.tls.is_some());
+        assert_eq!(local_tls.uri, "https://127.0.0.1:6000");
+        assert!(local_tls.tls.is_some());
+        assert!(matches!(other, Err(Failure::Usage(_))));
     }
 
     #[test]

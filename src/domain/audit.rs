@@ -34,7 +34,8 @@ pub struct AuditEvent {
     pub actor: Option<Actor>,
     /// The caller's socket address, or `cli` for the command line.
     pub peer_address: String,
-    /// The client certificate's identity; empty until TLS is configured.
+    /// The client certificate's identity (subject; alternative names), empty
+    /// when the call came without one.
     pub tls_identity: String,
     /// The gRPC method (`apikeyd.v1.KeyService/RevokeKey`) or CLI command.
     pub method: String,
@@ -70,6 +71,11 @@ impl AuditEvent {
             root_key_id: root_key.id.to_string(),
             root_key_name: recordable(&root_key.name, MAX_FIELD_CHARS),
         });
+    }
+
+    /// Records the verified client certificate's identity (bounded).
+    pub fn set_tls_identity(&mut self, identity: &str) {
+        self.tls_identity = recordable(identity, MAX_PEER_CHARS);
     }
 
     pub fn set_key(&mut self, id: &KeyId) {

@@ -71,13 +71,15 @@ impl ImportService for ImportApi {
         // Only a refusal is recorded here; each batch written records itself.
         let mut call = AuditedCall::start(METHOD, CallKind::Read, &request);
         let authorized = caller(&self.gate, &request, &mut call, Permission::KeysWrite).await;
+        let (peer, tls_identity) = (
+            call.event.peer_address.clone(),
+            call.event.tls_identity.clone(),
+        );
         let root_key = self.audit.finish(call, authorized).await?;
         let actor = ImportActor {
             method: METHOD,
-            peer: request
-                .remote_addr()
-                .map(|addr| addr.to_string())
-                .unwrap_or_default(),
+            peer,
+            tls_identity,
             root_key: Some(root_key),
         };
         let authority = self.authority.clone();

@@ -30,7 +30,7 @@ pub use import_service::{ImportApi, MAX_KEYS_PER_MESSAGE};
 pub use key_service::KeyApi;
 pub use rate_limit_service::RateLimitApi;
 pub use root_key_service::RootKeyApi;
-pub use service_credential::ServiceCredential;
+pub use service_credential::{DataPlaneGuard, ServiceCredential};
 pub use validation_service::ValidationApi;
 
 /// Code generated from `proto/apikeyd/v1`.

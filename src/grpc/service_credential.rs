@@ -1,9 +1,11 @@
 //! Caller authentication for the data plane, by configuration: Validate
 //! needs a root key with `validate`, CheckRateLimit one with `ratelimit`, in
-//! `authorization: Bearer` metadata. It wraps the generated service, so the
-//! services stay unaware of it and a refused call never reaches them. The
-//! check costs no database read and no argon2 run once the credential is
-//! warm (see [`crate::access`]).
+//! `authorization: Bearer` metadata; or the call must come on a connection
+//! whose client certificate the client CA signed (mutual TLS). It wraps the
+//! generated service, so the services stay unaware of it and a refused call
+//! never reaches them. The root-key check costs no database read and no
+//! argon2 run once the credential is warm (see [`crate::access`]); the
+//! certificate was verified once, at the handshake.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,21 +18,35 @@ use tonic::server::NamedService;
 
 use crate::access::RootKeyGate;
 use crate::domain::Permission;
+use crate::tls::ClientCertificate;
 
-/// `inner`, answering only calls that carry a root key holding `permission`
-/// (every call, when no gate is given: the credential is off).
+/// What a data-plane call must show.
+#[derive(Clone)]
+pub enum DataPlaneGuard {
+    /// Nothing: anyone who reaches the port.
+    Open,
+    /// A root key holding the service's permission.
+    RootKey(RootKeyGate),
+    /// A verified client certificate on its connection.
+    ClientCertificate,
+}
+
+const NO_CLIENT_CERTIFICATE: &str = "this call needs a client certificate signed by the server's client CA (mutual TLS); connect with one (grpcurl: -cert client.crt -key client.key)";
+
+/// `inner`, answering only calls that show what `guard` asks for
+/// (`permission`, for a root key).
 #[derive(Clone)]
 pub struct ServiceCredential<S> {
     inner: S,
-    gate: Option<RootKeyGate>,
+    guard: DataPlaneGuard,
     permission: Permission,
 }
 
 impl<S> ServiceCredential<S> {
-    pub fn new(inner: S, gate: Option<RootKeyGate>, permission: Permission) -> Self {
+    pub fn new(inner: S, guard: DataPlaneGuard, permission: Permission) -> Self {
         ServiceCredential {
             inner,
-            gate,
+            guard,
             permission,
         }
     }
@@ -61,11 +77,21 @@ where
         // The service polled ready is the one that must take the call.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        let (gate, permission) = (self.gate.clone(), self.permission);
+        let (guard, permission) = (self.guard.clone(), self.permission);
         Box::pin(async move {
-            if let Some(gate) = gate {
-                if let Err(refused) = gate.authorize_service(request.headers(), permission).await {
-                    return Ok(Status::from(refused).into_http());
+            match guard {
+                DataPlaneGuard::Open => {}
+                DataPlaneGuard::RootKey(gate) => {
+                    if let Err(refused) =
+                        gate.authorize_service(request.headers(), permission).await
+                    {
+                        return Ok(Status::from(refused).into_http());
+                    }
+                }
+                DataPlaneGuard::ClientCertificate => {
+                    if ClientCertificate::of(request.extensions()).is_none() {
+                        return Ok(Status::unauthenticated(NO_CLIENT_CERTIFICATE).into_http());
+                    }
                 }
             }
             inner.call(request).await

@@ -27,6 +27,7 @@ use tracing::Instrument;
 use super::error::ConnectError;
 use crate::proto_json;
 use crate::telemetry::tracing_context;
+use crate::tls::{ClientCertificate, TlsIncoming};
 
 /// The in-process gRPC services a Connect call is delegated to.
 pub type GrpcServices = BoxCloneSyncService<
@@ -39,12 +40,14 @@ pub type GrpcServices = BoxCloneSyncService<
 /// with 50 scopes and 4 KiB of metadata) is far smaller.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// The two addresses of an HTTP connection, recorded by the listener so a
-/// delegated call carries its caller's address as a gRPC one does.
-#[derive(Clone, Copy, Debug)]
+/// The two addresses of an HTTP connection, and its verified client
+/// certificate (mutual TLS), recorded by the listener so a delegated call
+/// carries its caller's address and identity as a gRPC one does.
+#[derive(Clone, Debug)]
 pub struct ConnectionAddrs {
     pub local: Option<SocketAddr>,
     pub remote: SocketAddr,
+    pub client_certificate: Option<ClientCertificate>,
 }
 
 impl Connected<IncomingStream<'_, TcpListener>> for ConnectionAddrs {
@@ -52,6 +55,20 @@ impl Connected<IncomingStream<'_, TcpListener>> for ConnectionAddrs {
         ConnectionAddrs {
             local: stream.io().local_addr().ok(),
             remote: *stream.remote_addr(),
+            client_certificate: None,
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsIncoming>> for ConnectionAddrs {
+    fn connect_info(stream: IncomingStream<'_, TlsIncoming>) -> Self {
+        let (tcp, session) = stream.io().get_ref();
+        ConnectionAddrs {
+            local: tcp.local_addr().ok(),
+            remote: *stream.remote_addr(),
+            client_certificate: session
+                .peer_certificates()
+                .and_then(ClientCertificate::from_chain),
         }
     }
 }
@@ -281,20 +298,24 @@ fn grpc_request(
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    if let Some(peer) = peer(&parts.extensions) {
-        request.extensions_mut().insert(peer);
-    }
+    carry_peer(&parts.extensions, request.extensions_mut());
     request
 }
 
-/// The connection's addresses where tonic looks for them
-/// (`Request::remote_addr`), from where the HTTP listener put them.
-pub(super) fn peer(extensions: &http::Extensions) -> Option<TcpConnectInfo> {
-    let ConnectInfo(addrs) = extensions.get::<ConnectInfo<ConnectionAddrs>>()?;
-    Some(TcpConnectInfo {
+/// Puts the connection's addresses where tonic looks for them
+/// (`Request::remote_addr`), and its client certificate where
+/// [`ClientCertificate::of`] does, from where the HTTP listener put them.
+pub(super) fn carry_peer(from: &http::Extensions, to: &mut http::Extensions) {
+    let Some(ConnectInfo(addrs)) = from.get::<ConnectInfo<ConnectionAddrs>>() else {
+        return;
+    };
+    to.insert(TcpConnectInfo {
         local_addr: addrs.local,
         remote_addr: Some(addrs.remote),
-    })
+    });
+    if let Some(certificate) = &addrs.client_certificate {
+        to.insert(certificate.clone());
+    }
 }
 
 /// Whether a request header is the caller's metadata rather than HTTP's or
@@ -464,6 +485,7 @@ mod tests {
             .insert(ConnectInfo(ConnectionAddrs {
                 local: None,
                 remote,
+                client_certificate: None,
             }));
 
         let (status, headers, json) =

@@ -1,10 +1,12 @@
 //! The API over HTTP: every unary RPC of our services as a Connect unary
 //! call (JSON or binary protobuf), and gRPC-Web for browser gRPC clients,
 //! both delegated to the same in-process tonic services the gRPC listener
-//! serves; and GitHub's leaked-key reports ([`leaked_keys`]).
+//! serves; GitHub's leaked-key reports ([`leaked_keys`]); and the health
+//! service for HTTP probes ([`health`]).
 
 mod connect;
 pub mod error;
+pub mod health;
 pub mod leaked_keys;
 
 use axum::extract::{Request, State};
@@ -41,9 +43,9 @@ async fn call(State(protocols): State<Protocols>, mut request: Request) -> Respo
     if !grpc_web {
         return connect::unary(protocols.connect, request).await;
     }
-    if let Some(peer) = connect::peer(request.extensions()) {
-        request.extensions_mut().insert(peer);
-    }
+    let mut peer = http::Extensions::new();
+    connect::carry_peer(request.extensions(), &mut peer);
+    request.extensions_mut().extend(peer);
     protocols
         .grpc_web
         .oneshot(request)

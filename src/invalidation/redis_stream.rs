@@ -22,6 +22,7 @@ use super::Invalidation;
 use super::stream::{
     Batch, Entry, EntryId, StreamAppender, StreamReader, StreamSource, StreamState,
 };
+use crate::config::RedisTarget;
 
 /// Entries kept in the stream (at least; `~` lets Redis trim lazily): a
 /// follower disconnected for fewer changes than this replays instead of
@@ -45,7 +46,8 @@ pub struct RedisStream {
 }
 
 enum Target {
-    Single(redis::Client),
+    /// Boxed: with TLS a client holds its certificates.
+    Single(Box<redis::Client>),
     /// Separate clients, since their response timeouts differ.
     Cluster {
         appender: Box<ClusterClient>,
@@ -95,19 +97,17 @@ impl ConnectionLike for Connection {
 }
 
 impl RedisStream {
-    /// No I/O: connections are made when first needed. `urls` as in
-    /// `--redis-url`: one URL, or with `cluster` comma-separated seeds.
+    /// No I/O: connections are made when first needed.
     pub fn new(
-        urls: &str,
-        cluster: bool,
+        redis_target: &RedisTarget,
         key_prefix: &str,
         append_timeout: Duration,
         read_timeout: Duration,
     ) -> anyhow::Result<RedisStream> {
-        let target = if cluster {
-            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let target = if redis_target.is_cluster() {
             let client = |timeout| {
-                ClusterClient::builder(nodes.clone())
+                redis_target
+                    .cluster_builder()
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(timeout)
                     .retries(1)
@@ -119,7 +119,7 @@ impl RedisStream {
                 reader: client(read_timeout + Duration::from_secs(1))?,
             }
         } else {
-            Target::Single(redis::Client::open(urls)?)
+            Target::Single(Box::new(redis_target.client()?))
         };
         Ok(RedisStream {
             key: format!("{key_prefix}:invalidations"),

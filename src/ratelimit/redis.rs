@@ -22,6 +22,7 @@ use super::store::{
 };
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use super::usage_buffer::UsageBuffer;
+use crate::config::RedisTarget;
 use crate::domain::{RefillInterval, ValidationCode};
 
 const DECIDE: &str = include_str!("decide.lua");
@@ -62,11 +63,9 @@ struct Waiting {
     answer: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct ConnectionSettings {
-    /// One URL, or for a cluster one or more seed nodes separated by commas.
-    urls: String,
-    cluster: bool,
+    target: RedisTarget,
     /// The longest a connection attempt may take.
     connect_timeout: Duration,
 }
@@ -122,11 +121,12 @@ impl Target {
     /// the caller's to bound (see the limiter), and a late answer is no
     /// reason to drop a connection.
     fn new(settings: &ConnectionSettings) -> anyhow::Result<Target> {
-        Ok(if settings.cluster {
-            let nodes: Vec<&str> = settings.urls.split(',').map(str::trim).collect();
+        Ok(if settings.target.is_cluster() {
             // One quick retry (a redirect, a reconnect), so that a failing
             // cluster is reported in milliseconds, not after a backoff.
-            let client = ClusterClient::builder(nodes)
+            let client = settings
+                .target
+                .cluster_builder()
                 .connection_timeout(settings.connect_timeout)
                 .retries(1)
                 .min_retry_wait(10)
@@ -137,7 +137,7 @@ impl Target {
                 connection: RwLock::new(None),
             }
         } else {
-            let client = redis::Client::open(settings.urls.as_str())?;
+            let client = settings.target.client()?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
                 .set_response_timeout(None)
@@ -175,10 +175,10 @@ impl RedisStore {
     /// Connects lazily: a Redis that is down at start is an outage like any
     /// other, not a reason to refuse to start. `urls` holds one URL, or for
     /// a cluster one or more seed nodes separated by commas.
-    pub fn new(urls: &str, cluster: bool, connect_timeout: Duration) -> anyhow::Result<RedisStore> {
+    pub fn new(target: &RedisTarget, connect_timeout: Duration) -> anyhow::Result<RedisStore> {
+        let cluster = target.is_cluster();
         let settings = ConnectionSettings {
-            urls: urls.to_owned(),
-            cluster,
+            target: target.clone(),
             connect_timeout,
         };
         Ok(RedisStore {

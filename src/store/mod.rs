@@ -33,45 +33,36 @@ pub use imported_keys::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 pub use keys::{Expiry, KeyChanges, KeyStore, ListCursor, ListQuery, NewKeyRow};
 pub use root_keys::{NewRootKeyRow, RootKeyPageQuery};
 
-/// Where the database is: a URL (`postgres://…`, `sqlite://…`), or the
-/// embedded SQLite file inside the data directory.
-pub async fn connect(
-    database_url: Option<&str>,
-    data_dir: &Path,
-) -> Result<DatabaseConnection, DbErr> {
-    match database_url {
-        Some(url) if url.starts_with("postgres") => {
-            let mut options = ConnectOptions::new(url.to_owned());
-            options
-                .max_connections(16)
-                .min_connections(1)
-                .connect_timeout(Duration::from_secs(5))
-                .acquire_timeout(Duration::from_secs(5))
-                .sqlx_logging(false);
-            Database::connect(options).await
-        }
-        Some(url) if url.starts_with("sqlite:") => {
-            let options =
-                SqliteConnectOptions::from_str(url).map_err(|e| DbErr::Custom(e.to_string()))?;
-            connect_sqlite(options.create_if_missing(true)).await
-        }
-        Some(other) => Err(DbErr::Custom(format!(
-            "unsupported database URL scheme in {:?}: use postgres://… or sqlite://…",
-            other.split(':').next().unwrap_or_default()
-        ))),
-        None => {
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                DbErr::Custom(format!(
-                    "cannot create data directory {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
-            let options = SqliteConnectOptions::new()
-                .filename(data_dir.join("apikeyd.db"))
-                .create_if_missing(true);
-            connect_sqlite(options).await
-        }
-    }
+/// Connects to PostgreSQL; TLS as the URL's `sslmode` / `sslrootcert` say.
+pub async fn connect_postgres(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(16)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+/// Opens (creating it if missing) the SQLite file of a `sqlite:` URL.
+pub async fn connect_sqlite_url(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| DbErr::Custom(e.to_string()))?;
+    connect_sqlite(options.create_if_missing(true)).await
+}
+
+/// Opens (creating both if missing) `apikeyd.db` in the data directory.
+pub async fn connect_embedded(data_dir: &Path) -> Result<DatabaseConnection, DbErr> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        DbErr::Custom(format!(
+            "cannot create data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let options = SqliteConnectOptions::new()
+        .filename(data_dir.join("apikeyd.db"))
+        .create_if_missing(true);
+    connect_sqlite(options).await
 }
 
 /// WAL lets readers run beside the one writer; the busy timeout makes

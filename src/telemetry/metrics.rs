@@ -165,6 +165,14 @@ fn describe() {
         "apikeyd_leak_reports_refused_total",
         "Leaked-key reports refused before any token was judged, by reason"
     );
+    describe_counter!(
+        "apikeyd_tls_reloads_total",
+        "Changes of the listeners' TLS files: reloaded, or rejected (the pair in force stays)"
+    );
+    describe_counter!(
+        "apikeyd_tls_handshake_failures_total",
+        "TLS handshakes on the listeners that failed or timed out"
+    );
 }
 
 /// Runs a database operation in its own span (a child of the RPC's), timing

@@ -4,9 +4,11 @@
 mod envoy_harness;
 mod helpers;
 mod limiter_harness;
+mod tls_harness;
 
 mod access;
 mod audit_trail;
+mod backend_tls;
 mod bad_input;
 mod bootstrap;
 mod busy_replicas;
@@ -34,5 +36,6 @@ mod round_trips;
 mod secrets_stay_secret;
 mod seed_import;
 mod service_credentials;
+mod tls;
 mod validate;
 mod verification;

@@ -113,6 +113,52 @@ chart-created Secret), secret (name of the chart-created Secret).
   mountPath: /tmp
 {{- end }}
 
+{{/* The serving pods' TLS Secrets, when given: whole directories, never
+subPath, so renewals arrive. Not the migrations Job's: it needs no TLS, and
+a Secret made after install (cert-manager) would hold it up. */}}
+{{- define "apikeyd.tlsVolumes" -}}
+{{- with .Values.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .Values.tls.clientCa.secretName }}
+- name: client-ca
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "apikeyd.tlsVolumeMounts" -}}
+{{- if .Values.tls.secretName }}
+- name: tls
+  mountPath: /etc/apikeyd/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.clientCa.secretName }}
+- name: client-ca
+  mountPath: /etc/apikeyd/client-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* A probe of the health service `service` (empty: the server as a whole):
+gRPC, or HTTPS GET /healthz/... when the listeners speak TLS. */}}
+{{- define "apikeyd.probe" -}}
+{{- if .root.Values.tls.secretName -}}
+httpGet:
+  scheme: HTTPS
+  port: {{ .root.Values.containerPorts.http }}
+  path: {{ if .service }}/healthz/{{ .service }}{{ else }}/healthz{{ end }}
+{{- else -}}
+grpc:
+  port: {{ .root.Values.containerPorts.grpc }}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Value combinations the schema cannot rule out; called by every template that depends on them. */}}
 {{- define "apikeyd.validate" -}}
 {{- $v := .Values }}
@@ -127,6 +173,12 @@ chart-created Secret), secret (name of the chart-created Secret).
 {{- end }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail "apikeyd: autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if and $v.tls.clientCa.secretName (not $v.tls.secretName) }}
+{{- fail "apikeyd: tls.clientCa needs tls.secretName too (the server's own certificate)" }}
+{{- end }}
+{{- if and (eq (toString $v.config.dataPlaneAuth) "mtls") (not $v.tls.clientCa.secretName) }}
+{{- fail "apikeyd: config.dataPlaneAuth mtls needs tls.clientCa.secretName (the CA that signs the callers' certificates)" }}
 {{- end }}
 {{- if le (int $v.terminationGracePeriodSeconds) (add (int $v.preStopSleepSeconds) (int $v.config.shutdownGraceSecs)) }}
 {{- fail "apikeyd: terminationGracePeriodSeconds must exceed preStopSleepSeconds + config.shutdownGraceSecs, or in-flight calls are killed mid-drain" }}
