@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
 mod envoy_harness;
+mod fault_harness;
 mod helpers;
 mod limiter_harness;
 
@@ -13,6 +14,7 @@ mod busy_replicas;
 mod cli;
 mod envoy_ext_authz;
 mod envoy_ratelimit;
+mod faults;
 mod findings;
 mod hot_path;
 mod http_json;
@@ -34,5 +36,6 @@ mod round_trips;
 mod secrets_stay_secret;
 mod seed_import;
 mod service_credentials;
+mod soak;
 mod validate;
 mod verification;
