@@ -478,10 +478,6 @@ impl Tally {
         self.inner.lock().unwrap().errors.clone()
     }
 
-    pub fn error_count(&self) -> u64 {
-        self.inner.lock().unwrap().errors.values().sum()
-    }
-
     pub fn wrong_answers(&self) -> Vec<String> {
         self.inner.lock().unwrap().wrong.clone()
     }
