@@ -659,14 +659,25 @@ async fn create_keys(
     created
 }
 
-/// Load with failover: Validate of good keys (always VALID), Validate of
-/// `revoked` (VALID until `revoked_at` is set, REVOKED from `revoked_at +
-/// lag` on), CheckRateLimit on a limit it never reaches, and GetKey.
+/// A key the test revokes during the load.
+#[derive(Clone)]
+struct Revocation {
+    key: String,
+    /// When RevokeKey answered; unset until then.
+    answered_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// From `answered_at + lag` on, every replica must refuse the key.
+    lag: Duration,
+}
+
+/// Load with failover, from six workers: Validate of good keys (always
+/// VALID; worker 0 validates the `revoked` key instead, VALID until its
+/// revocation, REVOKED from its lag on), CheckRateLimit on a limit it never
+/// reaches (workers 3 and 4), and GetKey (worker 5).
 fn start_failover_load(
     channels: &[Channel],
     root_key: &str,
     good: &[(String, String)],
-    revoked: Option<(String, Arc<std::sync::Mutex<Option<Instant>>>, Duration)>,
+    revoked: Option<Revocation>,
     tally: &Arc<Tally>,
 ) -> Workers {
     let mut workers = Workers::new();
@@ -689,9 +700,9 @@ fn start_failover_load(
             async move {
                 let first = (w + i as usize) % channels.len();
                 match (w, i % 4) {
-                    (0 | 1 | 2, _) | (3, 0 | 1) => {
+                    (0..=2, _) | (3, 0..=1) => {
                         let (key, judge_revoked) = match (&revoked, w) {
-                            (Some((key, at, lag)), 0) => (key.clone(), Some((at.clone(), *lag))),
+                            (Some(r), 0) => (r.key.clone(), Some((r.answered_at.clone(), r.lag))),
                             _ => (good[(w * 7 + i as usize) % good.len()].0.clone(), None),
                         };
                         let began = Instant::now();
@@ -859,7 +870,11 @@ async fn a_replica_killed_mid_load_loses_no_call_and_every_survivor_refuses_a_ke
             &channels,
             &replicas.root_key,
             good,
-            Some((doomed_key.clone(), revoked_at.clone(), REVOCATION_LAG)),
+            Some(Revocation {
+                key: doomed_key.clone(),
+                answered_at: revoked_at.clone(),
+                lag: REVOCATION_LAG,
+            }),
             &tally,
         );
         eventually(

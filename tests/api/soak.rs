@@ -177,7 +177,7 @@ async fn one_call(fleet: Arc<Fleet>, i: u64, tally: Arc<Tally>) {
     };
     tally.record(
         kind,
-        result.as_deref().map(str::to_owned).map_err(|s| s),
+        result.as_deref().map(str::to_owned),
         &[],
         began.elapsed(),
     );
