@@ -35,7 +35,7 @@ const WINDOW_MS: u64 = 30 * 86_400_000;
 /// 30-second runs measured 0.0 to +0.4 MB/min. A 20-second sample window reads
 /// allocator settling as slope, so the short run's bound is looser.
 fn slope_bound_bytes_per_minute(sampled: Duration) -> f64 {
-    if sampled >= Duration::from_secs(240) {
+    if sampled >= Duration::from_secs(120) {
         1024.0 * 1024.0
     } else {
         4.0 * 1024.0 * 1024.0
