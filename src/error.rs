@@ -245,16 +245,23 @@ impl StoreFault {
 }
 
 impl Error {
+    /// The store fault this error is, if it is one.
+    pub fn store_fault(&self) -> Option<StoreFault> {
+        match self {
+            Error::Database(db) => StoreFault::of(db),
+            Error::Store(fault) => Some(*fault),
+            _ => None,
+        }
+    }
+
     /// The same failure for one more caller of a shared lookup: a store fault
     /// keeps its status (a shared `DbErr` cannot be cloned), anything else
     /// is INTERNAL with its description.
     pub fn for_another_caller(&self, what: &str) -> Error {
+        if let Some(fault) = self.store_fault() {
+            return Error::Store(fault);
+        }
         match self {
-            Error::Database(db) => match StoreFault::of(db) {
-                Some(fault) => Error::Store(fault),
-                None => Error::Internal(format!("{what} failed: {self}")),
-            },
-            Error::Store(fault) => Error::Store(*fault),
             Error::Overloaded => Error::Overloaded,
             other => Error::Internal(format!("{what} failed: {other}")),
         }

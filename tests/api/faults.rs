@@ -635,11 +635,25 @@ async fn postgres_stopped_under_load_keeps_warm_keys_valid_within_the_staleness_
             &wrong[..wrong.len().min(10)]
         );
         assert!(valid > 0, "warm keys validated during the outage");
+        // One wait for the pool (5 s), not a second one to audit the refusal.
+        assert!(
+            management_latency < Duration::from_secs(8),
+            "CreateKey took {management_latency:?} to answer UNAVAILABLE"
+        );
         let (status, log) = server.terminate();
         assert!(status.success());
         assert!(
             !log.iter().any(|l| l.contains("panicked")),
             "nothing panics"
+        );
+        let refusals: Vec<serde_json::Value> = log
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|e| e["target"] == "apikeyd::audit" && e["outcome_code"] == "UNAVAILABLE")
+            .collect();
+        assert!(
+            refusals.len() >= 2 && refusals.iter().all(|e| e["recorded"] == false),
+            "CreateKey and ListKeys refused, each in one log line (the database could not take them): {refusals:?}"
         );
     };
     tokio::time::timeout(Duration::from_secs(180), test)
