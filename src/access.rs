@@ -103,9 +103,8 @@ impl RootKeyGate {
             })
             .await
             .map_err(|shared| {
-                Arc::try_unwrap(shared).unwrap_or_else(|shared| {
-                    Error::Internal(format!("root key lookup failed: {shared}"))
-                })
+                Arc::try_unwrap(shared)
+                    .unwrap_or_else(|shared| shared.for_another_caller("root key lookup"))
             })?;
         let root_key = self
             .admit(

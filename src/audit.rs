@@ -106,17 +106,27 @@ impl AuditTrail {
                 Ok(value)
             }
             Err(error) => {
+                // A call refused because the database cannot serve it would
+                // wait for that database again (the pool's acquire timeout,
+                // a second time) to record it: the log line is its record.
+                let store_fault = error.store_fault();
                 let status = Status::from(error);
                 event.set_outcome(code_label(status.code()), status.message());
-                let written = observe_db(
-                    "insert_audit_event",
-                    store::insert_audit_event(&self.db, &event),
-                )
-                .await;
-                if let Err(e) = &written {
-                    tracing::error!(error = %e, "could not write a refused call to the audit trail; the next line is its only record");
-                }
-                log(&event, written.is_ok());
+                let written = match store_fault {
+                    Some(_) => false,
+                    None => {
+                        let written = observe_db(
+                            "insert_audit_event",
+                            store::insert_audit_event(&self.db, &event),
+                        )
+                        .await;
+                        if let Err(e) = &written {
+                            tracing::error!(error = %e, "could not write a refused call to the audit trail; the next line is its only record");
+                        }
+                        written.is_ok()
+                    }
+                };
+                log(&event, written);
                 Err(status)
             }
         }

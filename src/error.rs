@@ -91,9 +91,15 @@ pub enum Error {
     )]
     LimiterLate { waited_ms: u64 },
 
-    /// UNAVAILABLE (connection trouble) or INTERNAL (anything else): logged, not shown.
+    /// The status of its [`StoreFault`] (connection trouble, a full disk, a
+    /// read-only store) or INTERNAL (anything else): logged, not shown.
     #[error("database error: {0}")]
     Database(#[from] sea_orm::DbErr),
+
+    /// A database failure already classified, for callers that shared one
+    /// lookup (the cause itself is logged once, by the caller that owned it).
+    #[error("{0}")]
+    Store(StoreFault),
 
     /// INTERNAL: a bug or an environment failure; logged, not shown.
     #[error("internal error: {0}")]
@@ -129,13 +135,12 @@ impl From<Error> for Status {
                 Status::unavailable(error.to_string())
             }
             Error::Overloaded => Status::resource_exhausted(error.to_string()),
-            Error::Database(db) if is_connection_error(db) => {
-                tracing::warn!(error = %db, "database unreachable");
-                Status::new(
-                    Code::Unavailable,
-                    "the key store is unreachable right now; retry with backoff",
-                )
+            Error::Database(db) if StoreFault::of(db).is_some() => {
+                let fault = StoreFault::of(db).expect("classified above");
+                tracing::warn!(error = %db, ?fault, "database cannot serve the call");
+                fault.status()
             }
+            Error::Store(fault) => fault.status(),
             Error::Database(db) => {
                 tracing::error!(error = %db, "database error");
                 Status::internal("internal error; the server log has the cause")
@@ -148,19 +153,169 @@ impl From<Error> for Status {
     }
 }
 
-/// Whether a database error means "cannot reach the database" (worth a retry)
-/// rather than a bad statement.
-pub fn is_connection_error(error: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
-            e,
-            sea_orm::sqlx::Error::Io(_)
-                | sea_orm::sqlx::Error::PoolTimedOut
-                | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::WorkerCrashed
-        ),
-        _ => false,
+/// A database failure that says nothing about the request: the store cannot
+/// serve it right now. Each is retryable once an operator (or the database's
+/// restart) removes the cause, and the message says which cause it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreFault {
+    /// UNAVAILABLE: the database cannot be reached, or is shutting down or
+    /// starting (PostgreSQL's class 08 and 57P01–57P03).
+    #[error("the key store is unreachable right now; retry with backoff")]
+    Unreachable,
+    /// RESOURCE_EXHAUSTED: no space left for the write (SQLite's
+    /// SQLITE_FULL, PostgreSQL's 53100).
+    #[error(
+        "the key store's disk is full, so nothing was written; free space on the data directory's (or the database's) volume, then retry"
+    )]
+    DiskFull,
+    /// UNAVAILABLE: the store refuses writes (a read-only data directory or
+    /// file: SQLite's SQLITE_READONLY and the I/O errors of writing to it;
+    /// PostgreSQL's 25006).
+    #[error(
+        "the key store cannot write right now (its data directory or database is read-only, or refused the write), so nothing was written; retry once it is writable"
+    )]
+    NotWritable,
+}
+
+/// SQLite's primary result codes (the low byte of an extended one).
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+const SQLITE_CANTOPEN: i64 = 14;
+
+impl StoreFault {
+    /// What `error` means for the caller, or `None` for a failure of the
+    /// statement itself (a bug: INTERNAL).
+    pub fn of(error: &sea_orm::DbErr) -> Option<StoreFault> {
+        use sea_orm::{DbErr, RuntimeErr};
+        match error {
+            DbErr::ConnectionAcquire(_) => Some(StoreFault::Unreachable),
+            DbErr::Conn(RuntimeErr::SqlxError(e))
+            | DbErr::Exec(RuntimeErr::SqlxError(e))
+            | DbErr::Query(RuntimeErr::SqlxError(e)) => Self::of_sqlx(e),
+            DbErr::Conn(_) => Some(StoreFault::Unreachable),
+            _ => None,
+        }
+    }
+
+    fn of_sqlx(error: &sea_orm::sqlx::Error) -> Option<StoreFault> {
+        use sea_orm::sqlx::Error;
+        match error {
+            Error::Io(_)
+            | Error::PoolTimedOut
+            | Error::PoolClosed
+            | Error::WorkerCrashed
+            | Error::Tls(_) => Some(StoreFault::Unreachable),
+            Error::Database(db) => {
+                let sqlite = db
+                    .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                    .is_some();
+                Self::of_code(db.code()?.as_ref(), sqlite)
+            }
+            _ => None,
+        }
+    }
+
+    /// SQLite's extended result code (a number), or PostgreSQL's SQLSTATE
+    /// (five characters, often digits too).
+    fn of_code(code: &str, sqlite: bool) -> Option<StoreFault> {
+        if sqlite {
+            return match code.parse::<i64>().ok()? & 0xff {
+                SQLITE_FULL => Some(StoreFault::DiskFull),
+                SQLITE_READONLY | SQLITE_IOERR | SQLITE_CANTOPEN => Some(StoreFault::NotWritable),
+                _ => None,
+            };
+        }
+        match code {
+            "53100" => Some(StoreFault::DiskFull),
+            "25006" => Some(StoreFault::NotWritable),
+            "57P01" | "57P02" | "57P03" | "53300" => Some(StoreFault::Unreachable),
+            _ if code.starts_with("08") => Some(StoreFault::Unreachable),
+            _ => None,
+        }
+    }
+
+    pub fn status(self) -> Status {
+        let code = match self {
+            StoreFault::Unreachable | StoreFault::NotWritable => Code::Unavailable,
+            StoreFault::DiskFull => Code::ResourceExhausted,
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+impl Error {
+    /// The store fault this error is, if it is one.
+    pub fn store_fault(&self) -> Option<StoreFault> {
+        match self {
+            Error::Database(db) => StoreFault::of(db),
+            Error::Store(fault) => Some(*fault),
+            _ => None,
+        }
+    }
+
+    /// The same failure for one more caller of a shared lookup: a store fault
+    /// keeps its status (a shared `DbErr` cannot be cloned), anything else
+    /// is INTERNAL with its description.
+    pub fn for_another_caller(&self, what: &str) -> Error {
+        if let Some(fault) = self.store_fault() {
+            return Error::Store(fault);
+        }
+        match self {
+            Error::Overloaded => Error::Overloaded,
+            other => Error::Internal(format!("{what} failed: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_and_postgres_codes_name_their_fault() {
+        // SQLITE_FULL, SQLITE_READONLY_DBMOVED (extended), SQLITE_IOERR_WRITE.
+        assert_eq!(StoreFault::of_code("13", true), Some(StoreFault::DiskFull));
+        assert_eq!(
+            StoreFault::of_code("1032", true),
+            Some(StoreFault::NotWritable)
+        );
+        assert_eq!(
+            StoreFault::of_code("778", true),
+            Some(StoreFault::NotWritable)
+        );
+        // SQLITE_CONSTRAINT_UNIQUE is the statement's business.
+        assert_eq!(StoreFault::of_code("2067", true), None);
+        // PostgreSQL's codes are digits too, and mean something else.
+        assert_eq!(StoreFault::of_code("13", false), None);
+        assert_eq!(
+            StoreFault::of_code("57P01", false),
+            Some(StoreFault::Unreachable)
+        );
+        assert_eq!(
+            StoreFault::of_code("08006", false),
+            Some(StoreFault::Unreachable)
+        );
+        assert_eq!(
+            StoreFault::of_code("53100", false),
+            Some(StoreFault::DiskFull)
+        );
+        assert_eq!(StoreFault::of_code("23505", false), None);
+    }
+
+    #[test]
+    fn a_shared_store_fault_keeps_its_status_for_every_caller() {
+        let refused = Error::Database(sea_orm::DbErr::ConnectionAcquire(
+            sea_orm::ConnAcquireErr::Timeout,
+        ));
+        let copy = refused.for_another_caller("key lookup");
+        assert_eq!(Status::from(copy).code(), Code::Unavailable);
+        let full = Status::from(Error::Store(StoreFault::DiskFull));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(
+            full.message().contains("disk is full"),
+            "{}",
+            full.message()
+        );
     }
 }

@@ -136,7 +136,7 @@ fn store_error(shared: Arc<LoadError>) -> Error {
         Ok(LoadError::Store(error)) => error,
         Ok(LoadError::Superseded) => Error::Internal("a superseded load is retried".into()),
         Err(shared) => match shared.as_ref() {
-            LoadError::Store(error) => Error::Internal(format!("lookup failed: {error}")),
+            LoadError::Store(error) => error.for_another_caller("lookup"),
             LoadError::Superseded => Error::Internal("a superseded load is retried".into()),
         },
     }

@@ -62,7 +62,27 @@ pub async fn connect_embedded(data_dir: &Path) -> Result<DatabaseConnection, DbE
     let options = SqliteConnectOptions::new()
         .filename(data_dir.join("apikeyd.db"))
         .create_if_missing(true);
-    connect_sqlite(options).await
+    connect_sqlite(options)
+        .await
+        .map_err(|error| explain_unwritable(data_dir, error))
+}
+
+/// SQLite says only "unable to open database file" when the data directory
+/// refuses writes (a read-only mount, a full disk): name the directory and
+/// the cause, so the operator knows what to fix.
+fn explain_unwritable(data_dir: &Path, error: DbErr) -> DbErr {
+    let probe = data_dir.join(".apikeyd-write-check");
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            error
+        }
+        Err(cause) => DbErr::Custom(format!(
+            "the data directory {} is not writable ({cause}): apikeyd keeps its SQLite database \
+             there and must write to it; mount it read-write (or free space), or set --data-dir",
+            data_dir.display()
+        )),
+    }
 }
 
 /// WAL lets readers run beside the one writer; the busy timeout makes

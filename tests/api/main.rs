@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL. One binary, one module per behaviour.
 
 mod envoy_harness;
+mod fault_harness;
 mod helpers;
 mod limiter_harness;
 mod tls_harness;
@@ -15,6 +16,7 @@ mod busy_replicas;
 mod cli;
 mod envoy_ext_authz;
 mod envoy_ratelimit;
+mod faults;
 mod findings;
 mod hot_path;
 mod http_json;
@@ -36,6 +38,7 @@ mod round_trips;
 mod secrets_stay_secret;
 mod seed_import;
 mod service_credentials;
+mod soak;
 mod tls;
 mod validate;
 mod verification;

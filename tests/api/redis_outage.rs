@@ -10,37 +10,14 @@ use apikeyd::grpc::pb::rate_limit_service_client::RateLimitServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, RateLimitAlgorithm, ValidationCode};
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
+use crate::fault_harness::{health, wait_for_health};
 use crate::helpers::{ServerProcess, connect, create_request, with_bearer};
 use crate::limiter_harness::{RedisServer, check_request, rate_limit};
 
 /// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
 const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
-
-async fn health(channel: &Channel, service: &str) -> ServingStatus {
-    let response = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner();
-    ServingStatus::try_from(response.status).unwrap()
-}
-
-async fn wait_for_health(channel: &Channel, service: &str, status: ServingStatus) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while health(channel, service).await != status {
-        assert!(
-            Instant::now() < deadline,
-            "{service} never became {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn survives_a_redis_outage(policy: &str) {
     let mut redis = RedisServer::start(false);
