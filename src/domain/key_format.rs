@@ -225,7 +225,9 @@ impl fmt::Debug for PresentedKey {
 /// What may be stored of a string a caller sent (a request's endpoint or user
 /// agent, a field in the audit trail): at most `max_chars` characters, with
 /// the secret of every apikeyd key in it replaced by [`REDACTED`] (its kind
-/// and id, which are public, stay). Only the first `max_chars` characters,
+/// and id, which are public, stay), and every NUL character replaced by
+/// U+FFFD (PostgreSQL's text cannot hold one, and a refused call's audit
+/// event must still be written). Only the first `max_chars` characters,
 /// plus room for one key across the cut, are ever scanned.
 pub fn recordable(raw: &str, max_chars: usize) -> String {
     static KEYS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
@@ -240,7 +242,7 @@ pub fn recordable(raw: &str, max_chars: usize) -> String {
         let public = key.len() - SECRET_LEN - CHECKSUM_LEN;
         format!("{}{REDACTED}", &key[..public])
     });
-    truncate(&redacted, max_chars).to_owned()
+    truncate(&redacted, max_chars).replace('\0', "\u{fffd}")
 }
 
 /// The first `max_chars` characters of `raw`.
@@ -455,6 +457,11 @@ mod tests {
             "{recorded}"
         );
         assert_eq!(recorded.matches(REDACTED).count(), 3, "{recorded}");
+    }
+
+    #[test]
+    fn recorded_strings_hold_no_nul_character() {
+        assert_eq!(recordable("nul\0owner", 100), "nul\u{fffd}owner");
     }
 
     #[test]
