@@ -14,6 +14,7 @@ mod cli;
 mod envoy_ext_authz;
 mod envoy_ratelimit;
 mod findings;
+mod hostile_input;
 mod hot_path;
 mod http_json;
 mod imported_keys;
