@@ -59,6 +59,9 @@
 //! - [`import`]: `apikeyd import`, reading another store's keys (the seed's
 //!   tables, JSON Lines) into the authority's import.
 //! - [`startup`]: wiring, serving, health, draining.
+//! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/` (key parser,
+//!   scopes, configuration, request validation), replayed over the committed
+//!   corpus by a stable test.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings, logs,
 //!   signals and the command line; [`client`]: the operator's commands
 //!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
@@ -75,6 +78,7 @@ pub mod console;
 pub mod domain;
 pub mod envoy;
 pub mod error;
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod import;
