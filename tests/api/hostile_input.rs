@@ -577,6 +577,23 @@ async fn slow_clients_holding_streams_open_starve_no_one() {
         all_ended < Duration::from_millis(DEADLINE_MS) + Duration::from_secs(10),
         "held streams ended after {all_ended:?}"
     );
+    // A connection that never sent its preface is closed at its deadline.
+    for mut connection in silent {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match connection.read(&mut byte).await {
+                    Ok(0) | Err(_) => return,
+                    // The server's own preface (its SETTINGS) comes first.
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection was kept open");
+    }
+    let silent_closed = opened.elapsed();
     stop_trickle.send_replace(true);
     for task in trickling {
         task.await.unwrap();
@@ -586,7 +603,6 @@ async fn slow_clients_holding_streams_open_starve_no_one() {
         "the server keeps serving"
     );
     println!(
-        "slowloris: {SILENT} silent connections, {TRICKLING} trickling their preface, {HOLDERS} holding {STREAMS_EACH} bodiless streams each ({ended} streams, all ended by the server within {all_ended:?} at a {DEADLINE_MS} ms default deadline); 50 Validate calls meanwhile, the slowest {slowest:?}"
+        "slowloris: {SILENT} silent connections (all closed by the server within {silent_closed:?}), {TRICKLING} trickling their preface, {HOLDERS} holding {STREAMS_EACH} bodiless streams each ({ended} streams, all ended by the server within {all_ended:?} at a {DEADLINE_MS} ms default deadline); 50 Validate calls meanwhile, the slowest {slowest:?}"
     );
-    drop(silent);
 }
