@@ -16,9 +16,12 @@ use crate::domain::{LegacyDigest, PresentedKey, Scope, ScopeSet, Tiers, key_sett
 use crate::envoy::ratelimit_config::RateLimitConfig;
 use crate::grpc::pb;
 
+/// A target's body: arbitrary bytes in, a panic only on a bug.
+pub type Target = fn(&[u8]);
+
 /// The targets, by the names `fuzz/fuzz_targets/*.rs` and the corpus
 /// directories use.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("key_parser", key_parser),
     ("scopes", scopes),
     ("config", config),
