@@ -31,11 +31,22 @@ pub const SERVICE_RECORD_TTL: Duration = Duration::from_secs(5);
 /// Root-key records cached for the data plane (known and unknown ids).
 const SERVICE_RECORDS: u64 = 10_000;
 
-/// A root key's record and hash as read, and the revocation epoch the read
-/// began in; `found` is `None` for an unknown id.
+/// A root key's record and hash as read, the revocation epoch the read
+/// began in, and when; `found` is `None` for an unknown id.
 struct CachedRootKey {
     found: Option<(RootKey, Arc<str>)>,
     epoch: u64,
+    /// Read from tokio's clock, so the TTL is tested on paused time; moka's
+    /// own TTL only bounds how long the entry stays in memory.
+    loaded_at: tokio::time::Instant,
+}
+
+impl CachedRootKey {
+    /// Whether the record may still admit calls: read after the latest
+    /// revocation (`epoch`) and less than [`SERVICE_RECORD_TTL`] ago.
+    fn trusted(&self, epoch: u64) -> bool {
+        self.epoch >= epoch && self.loaded_at.elapsed() < SERVICE_RECORD_TTL
+    }
 }
 
 /// Checks root keys presented to the API.
@@ -86,7 +97,7 @@ impl RootKeyGate {
         let presented = bearer_root_key(headers)?;
         let epoch = self.revocations.load(Ordering::Acquire);
         if let Some(stale) = self.service_records.get(&presented.id).await {
-            if stale.epoch < epoch {
+            if !stale.trusted(epoch) {
                 self.service_records.invalidate(&presented.id).await;
             }
         }
@@ -95,10 +106,12 @@ impl RootKeyGate {
         let cached = self
             .service_records
             .try_get_with_by_ref(&presented.id, async move {
+                let loaded_at = tokio::time::Instant::now();
                 let found = observe_db("find_root_key", store::find_root_key(&db, &id)).await?;
                 Ok::<_, Error>(Arc::new(CachedRootKey {
                     found: found.map(|(key, hash)| (key, Arc::<str>::from(hash))),
                     epoch,
+                    loaded_at,
                 }))
             })
             .await
@@ -216,5 +229,34 @@ fn bearer_root_key(headers: &http::HeaderMap) -> Result<PresentedKey> {
         Err(_) => Err(Error::Unauthenticated(
             "the authorization metadata does not hold a well-formed root key (rk_…)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn absent(epoch: u64) -> CachedRootKey {
+        CachedRootKey {
+            found: None,
+            epoch,
+            loaded_at: tokio::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_root_key_record_is_trusted_for_the_ttl_only() {
+        let record = absent(0);
+        tokio::time::advance(SERVICE_RECORD_TTL - Duration::from_millis(1)).await;
+        assert!(record.trusted(0), "within the TTL");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!record.trusted(0), "read again at the TTL");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revocation_ends_the_trust_in_records_read_before_it() {
+        let record = absent(3);
+        assert!(record.trusted(3));
+        assert!(!record.trusted(4), "a root key was revoked since the read");
     }
 }

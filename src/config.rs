@@ -403,6 +403,16 @@ impl Settings {
         }
     }
 
+    /// The settings a TOML document gives, over the defaults: what
+    /// [`Settings::load`] makes of a configuration file when no flag or
+    /// variable is set.
+    pub fn from_toml(text: &str) -> Result<Settings, Box<figment::Error>> {
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)
+    }
+
     /// Lays `flags` (flags and environment, as clap read them) over the
     /// TOML file they name, over the defaults.
     pub fn load(flags: &SettingsArgs) -> Result<Settings, Box<figment::Error>> {

@@ -62,6 +62,9 @@
 //!   files change, mutual TLS with a client CA, the handshakes off the
 //!   accept loop, and the identity a client certificate names.
 //! - [`startup`]: wiring, serving, health, draining.
+//! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/` (key parser,
+//!   scopes, configuration, request validation), replayed over the committed
+//!   corpus by a stable test.
 //! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings (where
 //!   Redis is, TLS included, in [`config::RedisTarget`]), logs, signals and
 //!   the command line; [`client`]: the operator's commands
@@ -79,6 +82,7 @@ pub mod console;
 pub mod domain;
 pub mod envoy;
 pub mod error;
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod import;

@@ -2,6 +2,8 @@
 //! (port 0 allowed, for tests); `run_until_stopped` serves until the given
 //! future resolves, then drains within the grace period.
 
+mod preface;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +70,10 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
 const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
 /// How often the database is pinged for the health service.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the gRPC listener PINGs a quiet HTTP/2 connection, and how long
+/// it waits for the answer before closing it.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Services whose health follows the database's.
 const SERVICES: [&str; 8] = [
     "apikeyd.v1.AuditService",
@@ -364,6 +370,10 @@ impl Application {
             .build_v1alpha()?;
         Ok(Server::builder()
             .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
+            // A peer that stops answering PINGs (gone, or a slowloris past
+            // its preface) loses its connection and what it held.
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .timeout(Duration::from_millis(
                 self.settings.grpc_default_deadline_ms,
             ))
@@ -510,9 +520,14 @@ fn serve_grpc(
             drain.started(),
         )),
         // Without TCP_NODELAY a response written in pieces waits out
-        // Nagle's delay (about 40 ms) on the client's delayed ACK.
+        // Nagle's delay (about 40 ms) on the client's delayed ACK; a
+        // connection that sends no preface is closed (see `preface`; over
+        // TLS the handshake's own deadline does this).
         None => tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            futures_util::StreamExt::map(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                |accepted| accepted.map(preface::PrefaceDeadline::new),
+            ),
             drain.started(),
         )),
     }

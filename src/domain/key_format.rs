@@ -119,9 +119,7 @@ impl GeneratedKey {
     pub fn generate(kind: KeyKind) -> Self {
         let id = KeyId::generate();
         let secret = Secret(random_base62(SECRET_LEN));
-        let mut full = format!("{}{}_{}", kind.prefix(), id.0, secret.0);
-        let checksum = checksum(&full);
-        full.push_str(&checksum);
+        let full = full_key(kind, &id, &secret);
         GeneratedKey {
             kind,
             id,
@@ -147,6 +145,14 @@ impl fmt::Debug for GeneratedKey {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
+}
+
+/// The printed key: kind, id, secret, and the checksum of all three.
+fn full_key(kind: KeyKind, id: &KeyId, secret: &Secret) -> String {
+    let mut full = format!("{}{}_{}", kind.prefix(), id.0, secret.0);
+    let checksum = checksum(&full);
+    full.push_str(&checksum);
+    full
 }
 
 /// The non-secret start of a key, shown in listings.
@@ -219,7 +225,9 @@ impl fmt::Debug for PresentedKey {
 /// What may be stored of a string a caller sent (a request's endpoint or user
 /// agent, a field in the audit trail): at most `max_chars` characters, with
 /// the secret of every apikeyd key in it replaced by [`REDACTED`] (its kind
-/// and id, which are public, stay). Only the first `max_chars` characters,
+/// and id, which are public, stay), and every NUL character replaced by
+/// U+FFFD (PostgreSQL's text cannot hold one, and a refused call's audit
+/// event must still be written). Only the first `max_chars` characters,
 /// plus room for one key across the cut, are ever scanned.
 pub fn recordable(raw: &str, max_chars: usize) -> String {
     static KEYS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
@@ -234,7 +242,7 @@ pub fn recordable(raw: &str, max_chars: usize) -> String {
         let public = key.len() - SECRET_LEN - CHECKSUM_LEN;
         format!("{}{REDACTED}", &key[..public])
     });
-    truncate(&redacted, max_chars).to_owned()
+    truncate(&redacted, max_chars).replace('\0', "\u{fffd}")
 }
 
 /// The first `max_chars` characters of `raw`.
@@ -452,6 +460,11 @@ mod tests {
     }
 
     #[test]
+    fn recorded_strings_hold_no_nul_character() {
+        assert_eq!(recordable("nul\0owner", 100), "nul\u{fffd}owner");
+    }
+
+    #[test]
     fn a_key_across_the_cut_is_redacted_before_the_cut() {
         let key = GeneratedKey::generate(KeyKind::Test).into_full_key();
         let raw = format!("{}{key}", "é".repeat(20));
@@ -469,5 +482,74 @@ mod tests {
         assert!(KeyId::parse("0123456789abcdef").is_some());
         assert!(KeyId::parse("0123456789abcde").is_none());
         assert!(KeyId::parse("0123456789abcde'").is_none());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn kind() -> impl Strategy<Value = KeyKind> {
+            prop_oneof![
+                Just(KeyKind::Live),
+                Just(KeyKind::Test),
+                Just(KeyKind::Root)
+            ]
+        }
+
+        /// A key as `GeneratedKey` prints one, from any id and secret.
+        fn key() -> impl Strategy<Value = (KeyKind, KeyId, Secret, String)> {
+            (kind(), "[0-9A-Za-z]{16}", "[0-9A-Za-z]{43}").prop_map(|(kind, id, secret)| {
+                let (id, secret) = (KeyId(id), Secret(secret));
+                let full = full_key(kind, &id, &secret);
+                (kind, id, secret, full)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn every_printed_key_parses_back_to_its_parts((kind, id, secret, full) in key()) {
+                let parsed = PresentedKey::parse(&full).unwrap();
+                prop_assert_eq!(parsed.kind, kind);
+                prop_assert_eq!(&parsed.id, &id);
+                prop_assert!(parsed.secret == secret);
+                let pattern = regex::RegexBuilder::new(KEY_PATTERN).unicode(false).build().unwrap();
+                prop_assert_eq!(pattern.find(&full).map(|m| m.as_str()), Some(full.as_str()));
+            }
+
+            #[test]
+            fn any_single_character_change_is_refused(
+                (_, _, _, full) in key(),
+                at in any::<prop::sample::Index>(),
+                replacement in any::<char>(),
+            ) {
+                let mut chars: Vec<char> = full.chars().collect();
+                let at = at.index(chars.len());
+                prop_assume!(chars[at] != replacement);
+                chars[at] = replacement;
+                let changed: String = chars.into_iter().collect();
+                prop_assert!(PresentedKey::parse(&changed).is_err(), "{} was accepted", changed);
+            }
+
+            #[test]
+            fn whatever_parses_prints_back_as_it_came(raw in "(sk_live_|sk_test_|rk_)?[0-9A-Za-z_]{0,80}|\\PC{0,100}") {
+                if let Ok(parsed) = PresentedKey::parse(&raw) {
+                    prop_assert_eq!(full_key(parsed.kind, &parsed.id, &parsed.secret), raw);
+                }
+            }
+
+            #[test]
+            fn recorded_text_never_holds_a_keys_secret(
+                (_, _, secret, full) in key(),
+                before in "\\PC{0,40}",
+                after in "\\PC{0,40}",
+                max_chars in 0usize..200,
+            ) {
+                let text = format!("{before}{full}{after}");
+                let recorded = recordable(&text, max_chars);
+                prop_assert!(recorded.chars().count() <= max_chars);
+                prop_assert!(!recorded.contains(&secret.0), "{}", recorded);
+            }
+        }
     }
 }

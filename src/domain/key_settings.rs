@@ -24,7 +24,21 @@ fn chars(s: &str) -> usize {
     s.chars().count()
 }
 
+/// Refuses a NUL character in a string that is stored: PostgreSQL's text
+/// cannot hold one (the write would fail as an internal error) while SQLite
+/// would keep it, and no owner, name or metadata means one.
+fn refuse_nul(field: &'static str, raw: &str) -> Result<()> {
+    if raw.contains('\0') {
+        return Err(Error::invalid(
+            field,
+            "must not contain a NUL character (\\0)",
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_owner_id(raw: &str) -> Result<String> {
+    refuse_nul("owner_id", raw)?;
     let len = chars(raw);
     if len == 0 || len > MAX_OWNER_ID_LEN {
         return Err(Error::invalid(
@@ -36,6 +50,7 @@ pub fn parse_owner_id(raw: &str) -> Result<String> {
 }
 
 pub fn parse_name(raw: &str) -> Result<String> {
+    refuse_nul("name", raw)?;
     let len = chars(raw.trim());
     if len == 0 || chars(raw) > MAX_NAME_LEN {
         return Err(Error::invalid(
@@ -113,6 +128,10 @@ pub fn parse_metadata(
     if metadata.keys().any(|k| k.is_empty()) {
         return Err(Error::invalid(field, "keys must not be empty"));
     }
+    for (key, value) in &metadata {
+        refuse_nul(field, key)?;
+        refuse_nul(field, value)?;
+    }
     let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
     if bytes > MAX_METADATA_BYTES {
         return Err(Error::invalid(
@@ -167,6 +186,17 @@ mod tests {
         assert!(parse_name("   ").is_err());
         assert!(parse_name(&"é".repeat(100)).is_ok());
         assert!(parse_name(&"n".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn a_nul_character_is_refused_in_every_stored_string() {
+        assert!(parse_owner_id("user\0").is_err());
+        assert!(parse_name("Prod\0uction").is_err());
+        let entry = |k: &str, v: &str| [(k.to_owned(), v.to_owned())];
+        assert!(parse_metadata("metadata", entry("k\0", "v")).is_err());
+        assert!(parse_metadata("metadata", entry("k", "\0")).is_err());
+        assert!(parse_owner_scope("owner_scope", &["team\0*".to_owned()]).is_err());
+        assert!(parse_metadata("metadata", entry("k", "\\0 is fine")).is_ok());
     }
 
     #[test]

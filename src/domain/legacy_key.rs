@@ -42,7 +42,8 @@ impl LegacyDigest {
 
     /// Accepts 64 hexadecimal digits, in either case.
     pub fn parse_hex(raw: &str) -> Option<LegacyDigest> {
-        if raw.len() != 64 {
+        // Checked first: `from_str_radix` alone would take "+f" for 0x0f.
+        if raw.len() != 64 || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = [0u8; 32];
@@ -121,6 +122,10 @@ mod tests {
         assert_eq!(LegacyDigest::parse_hex("abc"), None);
         assert_eq!(LegacyDigest::parse_hex(&"g".repeat(64)), None);
         assert_eq!(LegacyDigest::parse_hex(&"é".repeat(32)), None);
+        // Found by the key_parser fuzz target: a sign is not a digit.
+        assert_eq!(LegacyDigest::parse_hex(&"+f".repeat(32)), None);
+        let signed = format!("{}+9{}", "0".repeat(24), "0".repeat(38));
+        assert_eq!(LegacyDigest::parse_hex(&signed), None);
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl OwnerScope {
         for entry in raw {
             let bad = || InvalidOwnerScope::BadPattern(quote(entry));
             let len = entry.chars().count();
-            if len == 0 || len > MAX_OWNER_ID_LEN {
+            // No NUL: PostgreSQL's text cannot store one (see key_settings).
+            if len == 0 || len > MAX_OWNER_ID_LEN || entry.contains('\0') {
                 return Err(bad());
             }
             let pattern = match entry.strip_suffix('*') {

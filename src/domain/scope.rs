@@ -223,4 +223,117 @@ mod tests {
             "posts:read"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// A literal part (no wildcard), short enough that two fit a scope.
+        fn literal() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.-]{1,20}"
+        }
+
+        fn part() -> impl Strategy<Value = String> {
+            prop_oneof![1 => Just("*".to_owned()), 3 => literal()]
+        }
+
+        fn scope() -> impl Strategy<Value = Scope> {
+            (part(), part()).prop_map(|(r, a)| Scope::parse(&format!("{r}:{a}")).unwrap())
+        }
+
+        fn literal_scope() -> impl Strategy<Value = Scope> {
+            (literal(), literal()).prop_map(|(r, a)| Scope::parse(&format!("{r}:{a}")).unwrap())
+        }
+
+        proptest! {
+            #[test]
+            fn every_scope_prints_as_written_and_parses_back(r in part(), a in part()) {
+                let raw = format!("{r}:{a}");
+                let parsed = Scope::parse(&raw).unwrap();
+                let printed = parsed.to_string();
+                if raw != "*:*" {
+                    prop_assert_eq!(&printed, &raw);
+                }
+                prop_assert_eq!(Scope::parse(&printed), Ok(parsed));
+            }
+
+            #[test]
+            fn whatever_parses_round_trips(raw in "[a-z*:._-]{0,12}|\\PC{0,70}") {
+                if let Ok(parsed) = Scope::parse(&raw) {
+                    prop_assert_eq!(Scope::parse(&parsed.to_string()), Ok(parsed));
+                }
+            }
+
+            #[test]
+            fn star_covers_every_scope(required in scope()) {
+                prop_assert!(Scope::everything().covers(&required));
+                prop_assert!(Scope::parse("*:*").unwrap().covers(&required));
+            }
+
+            #[test]
+            fn every_scope_covers_itself(s in scope()) {
+                prop_assert!(s.covers(&s));
+            }
+
+            #[test]
+            fn a_wildcard_covers_whatever_its_literal_instances_cover(
+                grant in literal_scope(),
+                required in scope(),
+                widen_resource in any::<bool>(),
+                widen_action in any::<bool>(),
+            ) {
+                let (r, a) = grant.parts();
+                let wide = Scope::parse(&format!(
+                    "{}:{}",
+                    if widen_resource { "*" } else { r },
+                    if widen_action { "*" } else { a },
+                )).unwrap();
+                prop_assert!(wide.covers(&grant), "{} covers its instance {}", wide, grant);
+                if grant.covers(&required) {
+                    prop_assert!(wide.covers(&required), "{} covers {} as {} does", wide, required, grant);
+                }
+            }
+
+            #[test]
+            fn covering_is_transitive(a in scope(), b in scope(), c in scope()) {
+                if a.covers(&b) && b.covers(&c) {
+                    prop_assert!(a.covers(&c));
+                }
+            }
+
+            #[test]
+            fn a_literal_grant_is_not_fooled_by_prefixes_or_extensions(
+                grant in literal_scope(),
+                extra in "[A-Za-z0-9_.-]{1,10}",
+            ) {
+                let (r, a) = grant.parts();
+                for near in [
+                    format!("{r}:{a}{extra}"),
+                    format!("{r}{extra}:{a}"),
+                    format!("{extra}{r}:{a}"),
+                    format!("{r}:{extra}{a}"),
+                ] {
+                    if let Ok(near) = Scope::parse(&near) {
+                        prop_assert!(!grant.covers(&near), "{} covers {}", grant, near);
+                        prop_assert!(!ScopeSet::new(vec![grant.clone()]).grants(&near));
+                    }
+                }
+                if a.len() > 1 {
+                    let shorter = Scope::parse(&format!("{r}:{}", &a[..a.len() - 1])).unwrap();
+                    prop_assert!(!grant.covers(&shorter), "{} covers {}", grant, shorter);
+                }
+            }
+
+            #[test]
+            fn first_missing_is_the_first_required_scope_no_grant_covers(
+                granted in prop::collection::vec(scope(), 0..4),
+                required in prop::collection::vec(scope(), 0..4),
+            ) {
+                let set = ScopeSet::new(granted);
+                let expected = required.iter().find(|s| !set.grants(s));
+                prop_assert_eq!(set.first_missing(&required), expected);
+            }
+        }
+    }
 }

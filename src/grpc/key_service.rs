@@ -14,7 +14,7 @@ use crate::audit::{AuditTrail, AuditedCall, CallKind};
 use crate::authority::{KeyAuthority, MAX_ROTATION_GRACE, NewKey, QuotaChange};
 use crate::domain::audit::AuditEvent;
 use crate::domain::key_settings::{self, ExpiryChange};
-use crate::domain::{LimitSource, OwnerScope, Permission, RootKey};
+use crate::domain::{KeyId, LimitSource, OwnerScope, Permission, RootKey, Tiers};
 use crate::error::{Error, Result};
 use crate::leak_report::{LeakReports, LeakVerdict, ReportOrigin, ReportedToken, Reporter};
 use crate::ratelimit::usage::Granularity;
@@ -56,6 +56,92 @@ pub async fn caller<T>(
     call.actor(&caller);
     require(&caller, permission)?;
     Ok(caller)
+}
+
+/// A CreateKeyRequest's fields, each checked by its domain rule: everything
+/// CreateKey checks before it needs the caller or the store (the fuzz target
+/// `requests` runs it on arbitrary messages).
+pub fn parse_create(req: pb::CreateKeyRequest, tiers: &Tiers) -> Result<NewKey> {
+    Ok(NewKey {
+        owner_id: key_settings::parse_owner_id(&req.owner_id)?,
+        name: key_settings::parse_name(&req.name)?,
+        scopes: key_settings::parse_granted_scopes(&req.scopes)?,
+        environment: convert::parse_environment(req.environment)?,
+        metadata: key_settings::parse_metadata("metadata", req.metadata)?,
+        expiry: match req.expires_in_days {
+            Some(days) => {
+                ExpiryChange::InDays(key_settings::parse_expiry_days("expires_in_days", days)?)
+            }
+            None => ExpiryChange::Never,
+        },
+        limits: convert::parse_limit_source(tiers, &req.tier, &req.rate_limits)?,
+        quota: req.quota.as_ref().map(convert::parse_quota).transpose()?,
+    })
+}
+
+/// An UpdateKeyRequest's id, changes and quota change, checked like
+/// [`parse_create`]'s fields.
+pub fn parse_update(
+    req: pb::UpdateKeyRequest,
+    tiers: &Tiers,
+) -> Result<(KeyId, KeyChanges, Option<QuotaChange>)> {
+    let id = convert::parse_key_id("id", &req.id)?;
+    let changes = KeyChanges {
+        name: req
+            .name
+            .as_deref()
+            .map(key_settings::parse_name)
+            .transpose()?,
+        enabled: req.enabled,
+        scopes: req
+            .scopes
+            .map(|list| key_settings::parse_granted_scopes(&list.scopes))
+            .transpose()?,
+        metadata: req
+            .metadata
+            .map(|map| key_settings::parse_metadata("metadata.entries", map.entries))
+            .transpose()?,
+        expiry: match req.expiry {
+            None => None,
+            Some(pb::update_key_request::Expiry::ExpiresInDays(days)) => Some(
+                ExpiryChange::InDays(key_settings::parse_expiry_days("expires_in_days", days)?),
+            ),
+            Some(pb::update_key_request::Expiry::NeverExpires(true)) => Some(ExpiryChange::Never),
+            Some(pb::update_key_request::Expiry::NeverExpires(false)) => {
+                return Err(Error::invalid(
+                    "never_expires",
+                    "only true is meaningful; to set an expiry use expires_in_days",
+                ));
+            }
+        },
+        limits: match req.limits {
+            None => None,
+            Some(pb::update_key_request::Limits::Tier(tier)) => {
+                Some(LimitSource::Tier(tiers.parse_name("tier", &tier)?))
+            }
+            Some(pb::update_key_request::Limits::RateLimits(list)) => {
+                Some(LimitSource::Own(convert::parse_limits(&list.rate_limits)?))
+            }
+        },
+        quota: None,
+    };
+    let quota = match req.quota_change {
+        None => None,
+        Some(pb::update_key_request::QuotaChange::Quota(quota)) => {
+            Some(QuotaChange::Set(convert::parse_quota(&quota)?))
+        }
+        Some(pb::update_key_request::QuotaChange::AddToQuota(amount)) => {
+            Some(QuotaChange::Add(amount))
+        }
+        Some(pb::update_key_request::QuotaChange::RemoveQuota(true)) => Some(QuotaChange::Remove),
+        Some(pb::update_key_request::QuotaChange::RemoveQuota(false)) => {
+            return Err(Error::invalid(
+                "remove_quota",
+                "only true is meaningful; to change the quota use quota or add_to_quota",
+            ));
+        }
+    };
+    Ok((id, changes, quota))
 }
 
 /// Records a limit source (or its removal) in an audit event.
@@ -214,26 +300,7 @@ impl KeyApi {
     ) -> Result<pb::CreateKeyResponse> {
         call.target_owner(&request.get_ref().owner_id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
-        let req = request.into_inner();
-        let new = NewKey {
-            owner_id: key_settings::parse_owner_id(&req.owner_id)?,
-            name: key_settings::parse_name(&req.name)?,
-            scopes: key_settings::parse_granted_scopes(&req.scopes)?,
-            environment: convert::parse_environment(req.environment)?,
-            metadata: key_settings::parse_metadata("metadata", req.metadata)?,
-            expiry: match req.expires_in_days {
-                Some(days) => {
-                    ExpiryChange::InDays(key_settings::parse_expiry_days("expires_in_days", days)?)
-                }
-                None => ExpiryChange::Never,
-            },
-            limits: convert::parse_limit_source(
-                self.authority.tiers(),
-                &req.tier,
-                &req.rate_limits,
-            )?,
-            quota: req.quota.as_ref().map(convert::parse_quota).transpose()?,
-        };
+        let new = parse_create(request.into_inner(), self.authority.tiers())?;
         let event = &mut call.event;
         event.set_field("name", &new.name);
         event.set_list_field("scopes", &new.scopes.to_strings());
@@ -308,67 +375,7 @@ impl KeyApi {
     ) -> Result<pb::UpdateKeyResponse> {
         call.target_key(&request.get_ref().id);
         let caller = caller(&self.gate, &request, call, Permission::KeysWrite).await?;
-        let req = request.into_inner();
-        let id = convert::parse_key_id("id", &req.id)?;
-        let changes = KeyChanges {
-            name: req
-                .name
-                .as_deref()
-                .map(key_settings::parse_name)
-                .transpose()?,
-            enabled: req.enabled,
-            scopes: req
-                .scopes
-                .map(|list| key_settings::parse_granted_scopes(&list.scopes))
-                .transpose()?,
-            metadata: req
-                .metadata
-                .map(|map| key_settings::parse_metadata("metadata.entries", map.entries))
-                .transpose()?,
-            expiry: match req.expiry {
-                None => None,
-                Some(pb::update_key_request::Expiry::ExpiresInDays(days)) => Some(
-                    ExpiryChange::InDays(key_settings::parse_expiry_days("expires_in_days", days)?),
-                ),
-                Some(pb::update_key_request::Expiry::NeverExpires(true)) => {
-                    Some(ExpiryChange::Never)
-                }
-                Some(pb::update_key_request::Expiry::NeverExpires(false)) => {
-                    return Err(Error::invalid(
-                        "never_expires",
-                        "only true is meaningful; to set an expiry use expires_in_days",
-                    ));
-                }
-            },
-            limits: match req.limits {
-                None => None,
-                Some(pb::update_key_request::Limits::Tier(tier)) => Some(LimitSource::Tier(
-                    self.authority.tiers().parse_name("tier", &tier)?,
-                )),
-                Some(pb::update_key_request::Limits::RateLimits(list)) => {
-                    Some(LimitSource::Own(convert::parse_limits(&list.rate_limits)?))
-                }
-            },
-            quota: None,
-        };
-        let quota = match req.quota_change {
-            None => None,
-            Some(pb::update_key_request::QuotaChange::Quota(quota)) => {
-                Some(QuotaChange::Set(convert::parse_quota(&quota)?))
-            }
-            Some(pb::update_key_request::QuotaChange::AddToQuota(amount)) => {
-                Some(QuotaChange::Add(amount))
-            }
-            Some(pb::update_key_request::QuotaChange::RemoveQuota(true)) => {
-                Some(QuotaChange::Remove)
-            }
-            Some(pb::update_key_request::QuotaChange::RemoveQuota(false)) => {
-                return Err(Error::invalid(
-                    "remove_quota",
-                    "only true is meaningful; to change the quota use quota or add_to_quota",
-                ));
-            }
-        };
+        let (id, changes, quota) = parse_update(request.into_inner(), self.authority.tiers())?;
         record_update(&mut call.event, &changes, quota.as_ref());
         let key = self
             .authority

@@ -27,8 +27,8 @@ mod validation_service;
 
 pub use audit_service::AuditApi;
 pub use import_service::{ImportApi, MAX_KEYS_PER_MESSAGE};
-pub use key_service::KeyApi;
-pub use rate_limit_service::RateLimitApi;
+pub use key_service::{KeyApi, parse_create, parse_update};
+pub use rate_limit_service::{RateLimitApi, parse_check};
 pub use root_key_service::RootKeyApi;
 pub use service_credential::{DataPlaneGuard, ServiceCredential};
 pub use validation_service::ValidationApi;

@@ -24,25 +24,7 @@ impl RateLimitService for RateLimitApi {
         request: Request<pb::CheckRateLimitRequest>,
     ) -> Result<Response<pb::CheckRateLimitResponse>, Status> {
         let answer_by = deadline::answer_by(request.metadata());
-        let req = request.into_inner();
-        let subject = Subject::parse(&req.namespace, &req.identifier)?;
-        let limit = Limit::parse(
-            "limit",
-            req.limit,
-            convert::parse_window("window", req.window.as_ref())?,
-            convert::parse_algorithm("algorithm", req.algorithm)?,
-        )?;
-        let cost = req.cost.max(1);
-        if cost > limit.limit {
-            return Err(Error::invalid(
-                "cost",
-                format!(
-                    "{cost} is above the limit {} and could never be admitted",
-                    limit.limit
-                ),
-            )
-            .into());
-        }
+        let (subject, limit, cost) = parse_check(&request.into_inner())?;
         let status = self.limiter.check(&subject, limit, cost, answer_by).await?;
         Ok(Response::new(pb::CheckRateLimitResponse {
             allowed: status.allowed,
@@ -52,4 +34,27 @@ impl RateLimitService for RateLimitApi {
             retry_after: Some(convert::duration_us(status.retry_after_us)),
         }))
     }
+}
+
+/// A CheckRateLimitRequest's subject, limit and cost (0 counts as 1),
+/// checked: everything CheckRateLimit checks before it asks the limiter.
+pub fn parse_check(req: &pb::CheckRateLimitRequest) -> Result<(Subject, Limit, u32)> {
+    let subject = Subject::parse(&req.namespace, &req.identifier)?;
+    let limit = Limit::parse(
+        "limit",
+        req.limit,
+        convert::parse_window("window", req.window.as_ref())?,
+        convert::parse_algorithm("algorithm", req.algorithm)?,
+    )?;
+    let cost = req.cost.max(1);
+    if cost > limit.limit {
+        return Err(Error::invalid(
+            "cost",
+            format!(
+                "{cost} is above the limit {} and could never be admitted",
+                limit.limit
+            ),
+        ));
+    }
+    Ok((subject, limit, cost))
 }

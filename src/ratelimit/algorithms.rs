@@ -386,4 +386,159 @@ mod tests {
             assert_eq!(evaluate(&l, state, T0, 2).remaining, 0, "{algorithm:?}");
         }
     }
+
+    /// Each algorithm's guarantee (on [`Algorithm`]'s variants) over any
+    /// arrival sequence: decisions committed as the in-process store
+    /// commits them (admitted ones only; state forgotten at its expiry).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A limit, and arrivals as (gap before it in µs, cost): bursts
+        /// (gap 0), gaps around the window, and costs up to past the limit.
+        fn scenario(algorithm: Algorithm) -> impl Strategy<Value = (Limit, i64, Vec<(i64, u32)>)> {
+            (1u32..=12, 1u64..=5, 0i64..5 * SECOND).prop_flat_map(move |(l, secs, offset)| {
+                let w = secs as i64 * SECOND;
+                let gap = prop_oneof![
+                    3 => Just(0i64),
+                    4 => 0..w / i64::from(l),
+                    2 => 0..2 * w,
+                ];
+                let arrivals = prop::collection::vec((gap, 1..=l + 1), 1..120);
+                (
+                    Just(limit(l, secs * 1000, algorithm)),
+                    Just(T0 + offset),
+                    arrivals,
+                )
+            })
+        }
+
+        /// The admitted (time, cost) pairs of `arrivals` from `start`.
+        fn admitted(l: &Limit, start: i64, arrivals: &[(i64, u32)]) -> Vec<(i64, i64)> {
+            let (mut now, mut stored, mut expires) = (start, LimitState::Empty, i64::MIN);
+            let mut out = Vec::new();
+            for &(gap, cost) in arrivals {
+                now += gap;
+                let state = if expires > now {
+                    stored
+                } else {
+                    LimitState::Empty
+                };
+                let e = evaluate(l, state, now, cost);
+                assert!(e.remaining <= l.limit, "remaining {} > limit", e.remaining);
+                if e.allowed {
+                    assert_eq!(e.retry_after_us, 0);
+                    (stored, expires) = (e.next, e.expires_at_us);
+                    out.push((now, i64::from(cost)));
+                } else {
+                    assert!(e.retry_after_us > 0, "a denial with no wait");
+                }
+            }
+            out
+        }
+
+        /// The most cost admitted in any span of times `[t, t + d]` with
+        /// `d < within` (closed: `within` is exclusive), each span starting
+        /// at an admission.
+        fn busiest(admitted: &[(i64, i64)], within: i64) -> (i64, i64, i64) {
+            let mut best = (0, 0, 0);
+            for (i, &(from, _)) in admitted.iter().enumerate() {
+                let mut sum = 0;
+                for &(at, cost) in &admitted[i..] {
+                    if at - from >= within {
+                        break;
+                    }
+                    sum += cost;
+                    if sum > best.0 {
+                        best = (sum, from, at - from);
+                    }
+                }
+            }
+            best
+        }
+
+        proptest! {
+            #[test]
+            fn a_fixed_window_admits_at_most_the_limit_per_aligned_window(
+                (l, start, arrivals) in scenario(Algorithm::FixedWindow)
+            ) {
+                let w = l.window_us();
+                let mut per_window = std::collections::BTreeMap::<i64, i64>::new();
+                for (at, cost) in admitted(&l, start, &arrivals) {
+                    *per_window.entry(at.div_euclid(w)).or_default() += cost;
+                }
+                for (index, sum) in per_window {
+                    prop_assert!(sum <= i64::from(l.limit), "{sum} in window {index} of {l}");
+                }
+            }
+
+            #[test]
+            fn a_sliding_window_admits_at_most_the_limit_per_aligned_window_and_twice_less_one_per_window_long_span(
+                (l, start, arrivals) in scenario(Algorithm::SlidingWindow)
+            ) {
+                let w = l.window_us();
+                let admitted = admitted(&l, start, &arrivals);
+                let mut per_window = std::collections::BTreeMap::<i64, i64>::new();
+                for &(at, cost) in &admitted {
+                    *per_window.entry(at.div_euclid(w)).or_default() += cost;
+                }
+                for (index, sum) in per_window {
+                    prop_assert!(sum <= i64::from(l.limit), "{sum} in window {index} of {l}");
+                }
+                let (most, from, span) = busiest(&admitted, w);
+                prop_assert!(
+                    most < 2 * i64::from(l.limit),
+                    "{most} admitted in {span} µs from {from} under {l}"
+                );
+            }
+
+            #[test]
+            fn a_token_bucket_admits_at_most_the_limit_plus_one_per_period_in_any_span(
+                (l, start, arrivals) in scenario(Algorithm::TokenBucket)
+            ) {
+                let (limit, w) = (i64::from(l.limit), l.window_us());
+                let period = (w + limit - 1) / limit;
+                let admitted = admitted(&l, start, &arrivals);
+                for (i, &(from, _)) in admitted.iter().enumerate() {
+                    let mut sum = 0;
+                    for &(at, cost) in &admitted[i..] {
+                        sum += cost;
+                        let d = at - from;
+                        prop_assert!(
+                            sum <= limit + d / period,
+                            "{sum} admitted in {d} µs from {from} under {l} (T = {period} µs)"
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn a_denied_cost_within_the_limit_is_admitted_after_its_retry_after(
+                (l, start, arrivals) in prop_oneof![
+                    Just(Algorithm::FixedWindow),
+                    Just(Algorithm::SlidingWindow),
+                    Just(Algorithm::TokenBucket),
+                ].prop_flat_map(scenario),
+            ) {
+                let (mut now, mut stored, mut expires) = (start, LimitState::Empty, i64::MIN);
+                for (gap, cost) in arrivals {
+                    now += gap;
+                    let state = if expires > now { stored } else { LimitState::Empty };
+                    let e = evaluate(&l, state, now, cost);
+                    if e.allowed {
+                        (stored, expires) = (e.next, e.expires_at_us);
+                    } else if cost <= l.limit {
+                        let later = now + e.retry_after_us;
+                        let state = if expires > later { stored } else { LimitState::Empty };
+                        prop_assert!(
+                            evaluate(&l, state, later, cost).allowed,
+                            "{l}: cost {cost} denied at {now}, still denied {} µs later",
+                            e.retry_after_us
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -364,7 +364,8 @@ async fn wait_for_rejected_reload(app: &EnvoyLimitedApp) -> bool {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         let metrics = crate::helpers::scrape(app.limited.app.http_addr).await;
-        if crate::helpers::sample(&metrics, series) >= 1.0 {
+        // The counter appears with the first refused reload.
+        if crate::helpers::sample_or_zero(&metrics, series) >= 1.0 {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

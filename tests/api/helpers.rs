@@ -290,6 +290,9 @@ pub struct ServerProcess {
     child: std::process::Child,
     /// Every log line so far (JSON), collected by a reader thread.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The reader thread: it ends at the end of stderr, so joining it after
+    /// the process exits means every line the process wrote is in `log`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServerProcess {
@@ -320,7 +323,7 @@ impl ServerProcess {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -346,6 +349,7 @@ impl ServerProcess {
                 .expect("a socket address in the serving line"),
             child,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -368,11 +372,17 @@ impl ServerProcess {
             .status();
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit and for its log to be read to the end,
+    /// so that [`ServerProcess::log`] then holds every line it wrote.
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        self.child.wait().expect("wait for apikeyd")
+        let status = self.child.wait().expect("wait for apikeyd");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader thread");
+        }
+        status
     }
 
+    /// The lines read so far; every line once [`ServerProcess::wait`] returned.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
@@ -381,8 +391,6 @@ impl ServerProcess {
     pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         self.signal_terminate();
         let status = self.wait();
-        // Let the reader thread drain the last lines.
-        std::thread::sleep(std::time::Duration::from_millis(100));
         (status, self.log())
     }
 }
@@ -408,14 +416,36 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     response
 }
 
-/// The value of the sample whose line starts with `series`, or 0.
+/// The value of `series` (a metric name with its labels, exactly as
+/// exported) in a Prometheus scrape. Panics when the scrape has no such
+/// series, naming it and the series of the same metric it does have, so a
+/// renamed metric or label fails the test instead of reading as 0.
 pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    find_sample(text, series).unwrap_or_else(|| {
+        let metric = series.split('{').next().unwrap_or(series);
+        let similar: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && line.contains(metric))
+            .collect();
+        panic!("no series {series} in the metrics; series of {metric}: {similar:#?}")
+    })
+}
+
+/// [`sample`] for a series that may not exist yet: counters and histograms
+/// appear on their first use, so a reading taken before anything counted
+/// (a fresh server, a code path not yet taken) is legitimately absent, and
+/// 0. Use it only for such "before" readings; what a test expects to have
+/// moved is read with [`sample`].
+pub fn sample_or_zero(text: &str, series: &str) -> f64 {
+    find_sample(text, series).unwrap_or(0.0)
+}
+
+/// The value on the line that is exactly `series`, a space, and a number.
+fn find_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }
 
 /// `key`'s public part (prefix and id) with another secret and a correct

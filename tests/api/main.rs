@@ -18,6 +18,7 @@ mod envoy_ext_authz;
 mod envoy_ratelimit;
 mod faults;
 mod findings;
+mod hostile_input;
 mod hot_path;
 mod http_json;
 mod imported_keys;

@@ -121,7 +121,7 @@ impl Server {
 
     /// The value of `series` in the server's metrics; fails when it is absent.
     async fn metric(&self, series: &str) -> f64 {
-        required_sample(&scrape(self.process.http_addr).await, series)
+        crate::helpers::sample(&scrape(self.process.http_addr).await, series)
     }
 
     /// Waits until no argon2 run is queued or running.
@@ -132,17 +132,6 @@ impl Server {
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
-}
-
-/// The value of the sample whose line starts with `series`; panics when
-/// there is none, so a renamed or missing metric fails the test.
-fn required_sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(series)?;
-            rest.starts_with(' ').then(|| rest.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {series} in the metrics:\n{text}"))
 }
 
 /// A call the server gave up on: its `grpc-timeout` ran out.
@@ -207,14 +196,14 @@ async fn sample_until<T>(server: &Server, work: tokio::task::JoinHandle<T>) -> (
     let deadline = Instant::now() + DRAIN_PATIENCE;
     loop {
         let metrics = scrape(server.process.http_addr).await;
-        let in_flight = required_sample(&metrics, IN_FLIGHT);
+        let in_flight = crate::helpers::sample(&metrics, IN_FLIGHT);
         if in_flight > 0.0 {
             peaks.last_seen_running = Instant::now();
         }
         peaks.in_flight = peaks.in_flight.max(in_flight);
         peaks.resident_bytes = peaks.resident_bytes.max(server.process.resident_bytes());
         peaks.samples += 1;
-        if work.is_finished() && required_sample(&metrics, QUEUE_DEPTH) == 0.0 {
+        if work.is_finished() && crate::helpers::sample(&metrics, QUEUE_DEPTH) == 0.0 {
             return (work.await.unwrap(), peaks);
         }
         assert!(Instant::now() < deadline, "the argon2 queue never emptied");
