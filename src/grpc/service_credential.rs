@@ -64,7 +64,11 @@ where
         let (gate, permission) = (self.gate.clone(), self.permission);
         Box::pin(async move {
             if let Some(gate) = gate {
-                if let Err(refused) = gate.authorize_service(request.headers(), permission).await {
+                // Boxed: its state (a root key's lookup and verification) is
+                // large, and inline it would be copied on every call, with a
+                // credential or without.
+                let authorized = Box::pin(gate.authorize_service(request.headers(), permission));
+                if let Err(refused) = authorized.await {
                     return Ok(Status::from(refused).into_http());
                 }
             }
