@@ -469,10 +469,13 @@ impl KeyAuthority {
     pub async fn validate(&self, raw_key: &str, request: ValidationRequest<'_>) -> Result<Verdict> {
         let presented = match PresentedKey::parse(raw_key) {
             Ok(key) => key,
-            Err(not_ours) => return self.validate_imported(raw_key, not_ours, request).await,
+            // Boxed: a rare path whose state would otherwise be copied on every call.
+            Err(not_ours) => {
+                return Box::pin(self.validate_imported(raw_key, not_ours, request)).await;
+            }
         };
         match self.verified_key(&presented).await? {
-            Some(api_key) => self.admit(&api_key, request).await,
+            Some(api_key) => self.admit(api_key, request).await,
             None => Ok(Verdict::refused(ValidationCode::NotFound)),
         }
     }
@@ -480,10 +483,9 @@ impl KeyAuthority {
     /// The checks after a key was found and its secret matched, the same for
     /// every key however it was found: revoked, disabled, expired, scopes,
     /// then limits, quota and usage; a valid use is recorded as the last.
-    async fn admit(&self, api_key: &ApiKey, request: ValidationRequest<'_>) -> Result<Verdict> {
+    async fn admit(&self, mut api_key: ApiKey, request: ValidationRequest<'_>) -> Result<Verdict> {
         let now = domain::now();
         let judged = api_key.judge(now, request.required);
-        let mut api_key = api_key.clone();
         let (code, rate_limit) = self.count(&mut api_key, judged, request).await?;
         if code == ValidationCode::Valid {
             self.last_used.record(&api_key.id, now);
@@ -528,7 +530,9 @@ impl KeyAuthority {
             SecretCheck::Right { rehashed: None } => {}
             SecretCheck::Right {
                 rehashed: Some(new_hash),
-            } => self.store_rehash(&api_key.id, secret_hash, new_hash).await,
+            } => {
+                Box::pin(self.store_rehash(&api_key.id, secret_hash, new_hash)).await;
+            }
         }
         Ok(Some(api_key.clone()))
     }

@@ -190,9 +190,15 @@ impl StoreFault {
         use sea_orm::{DbErr, RuntimeErr};
         match error {
             DbErr::ConnectionAcquire(_) => Some(StoreFault::Unreachable),
-            DbErr::Conn(RuntimeErr::SqlxError(e))
-            | DbErr::Exec(RuntimeErr::SqlxError(e))
-            | DbErr::Query(RuntimeErr::SqlxError(e)) => Self::of_sqlx(e),
+            // Failing to connect is the store being unreachable whatever the
+            // server says why (it refuses connections to this database, say:
+            // 55000), unless its code names a fault of its own.
+            DbErr::Conn(RuntimeErr::SqlxError(e)) => {
+                Self::of_sqlx(e).or(Some(StoreFault::Unreachable))
+            }
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                Self::of_sqlx(e)
+            }
             DbErr::Conn(_) => Some(StoreFault::Unreachable),
             _ => None,
         }

@@ -36,8 +36,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::domain::LimitSource;
-use crate::domain::{ApiKey, KeyId, LegacyDigest};
+use crate::domain::{ApiKey, KeyId, LegacyDigest, LimitSource, ScopeSet};
 use crate::error::{Error, Result};
 use crate::secrets::VerifiedDigest;
 use generations::{Generations, Space, Stamp};
@@ -98,6 +97,9 @@ pub struct KeyCache {
     /// Imported keys' ids by digest, read on every Validate of a string that
     /// is not in our format but could be another store's key.
     imported: moka::future::Cache<LegacyDigest, Arc<CachedImportedLookup>>,
+    /// One copy of each distinct scope set among cached keys: most keys share
+    /// a handful of sets, and 100,000 copies of one would be megabytes.
+    scope_sets: moka::sync::Cache<ScopeSet, ScopeSet>,
     /// What has been evicted, so that loads and entries can tell they are stale.
     generations: Generations,
     /// True while invalidations are known to reach this replica.
@@ -112,6 +114,9 @@ pub struct KeyCache {
 const OWNER_ENTRIES: u64 = 100_000;
 /// Digests of imported (or never-imported) keys cached; about 150 bytes each.
 const IMPORTED_ENTRIES: u64 = 100_000;
+/// Distinct scope sets shared between entries (a set evicted from here
+/// stays shared by the entries that hold it).
+const SCOPE_SETS: u64 = 10_000;
 /// Every digest lookup is stamped with this one name: an import forgets
 /// them all at once, since it cannot know which absences it ended.
 const IMPORTED_LOOKUPS: &str = "imported keys";
@@ -201,6 +206,7 @@ impl KeyCache {
                 .max_capacity(IMPORTED_ENTRIES)
                 .time_to_idle(kept)
                 .build(),
+            scope_sets: moka::sync::Cache::new(SCOPE_SETS),
             generations: Generations::default(),
             invalidations_flowing: AtomicBool::new(false),
             ttl,
@@ -216,7 +222,7 @@ impl KeyCache {
         L: Fn() -> F,
         F: Future<Output = Result<Option<(ApiKey, String)>>>,
     {
-        let mut previous = self.entries.get(id).await;
+        let previous = self.entries.get(id).await;
         if let Some(cached) = &previous {
             if self.serves(&cached.freshness, Space::Key, id) {
                 ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit").increment(1);
@@ -224,6 +230,23 @@ impl KeyCache {
             }
         }
         ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss").increment(1);
+        // Boxed: a load's state is kilobytes, and inline it would be copied
+        // on every call, hits included.
+        Box::pin(self.load_key(id, load, previous)).await
+    }
+
+    /// [`Self::get_or_load`] once the cache did not serve `id`; `previous`
+    /// is the stale entry, if any.
+    async fn load_key<L, F>(
+        &self,
+        id: &KeyId,
+        load: L,
+        mut previous: Option<Arc<CachedLookup>>,
+    ) -> Result<Arc<CachedLookup>>
+    where
+        L: Fn() -> F,
+        F: Future<Output = Result<Option<(ApiKey, String)>>>,
+    {
         for _ in 0..LOAD_ATTEMPTS {
             if let Some(stale) = &previous {
                 remove_if_still(&self.entries, id, stale).await;
@@ -233,7 +256,7 @@ impl KeyCache {
                 .try_get_with_by_ref(id, async {
                     let (found, freshness) = self.read(Space::Key, id, &load).await?;
                     Ok::<_, LoadError>(Arc::new(lookup_keeping_digest(
-                        found,
+                        found.map(|found| self.sharing_scopes(found)),
                         freshness,
                         previous.as_deref(),
                     )))
@@ -257,6 +280,13 @@ impl KeyCache {
             freshness,
             previous.as_deref(),
         )))
+    }
+
+    /// The record with its scope set replaced by the shared copy.
+    fn sharing_scopes(&self, (mut key, hash): (ApiKey, String)) -> (ApiKey, String) {
+        let scopes = key.scopes.clone();
+        key.scopes = self.scope_sets.get_with(scopes.clone(), || scopes);
+        (key, hash)
     }
 
     /// An owner's shared limits, cached like key records.
@@ -320,12 +350,35 @@ impl KeyCache {
         L: Fn() -> F,
         F: Future<Output = Result<T>>,
     {
-        let mut previous = cache.get(name).await;
+        let previous = cache.get(name).await;
         if let Some(cached) = &previous {
             if self.serves(cached.freshness(), space, stamp_name) {
                 return Ok(cached.clone());
             }
         }
+        // Boxed, like a key's load.
+        Box::pin(self.load_stamped(cache, space, name, stamp_name, load, make, previous)).await
+    }
+
+    /// [`Self::stamped_or_load`] once the cache did not serve `name`.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_stamped<K, Q, V, T, L, F>(
+        &self,
+        cache: &moka::future::Cache<K, Arc<V>>,
+        space: Space,
+        name: &Q,
+        stamp_name: &(impl Hash + ?Sized),
+        load: L,
+        make: impl Fn(T, Freshness) -> V,
+        mut previous: Option<Arc<V>>,
+    ) -> Result<Arc<V>>
+    where
+        K: Hash + Eq + Send + Sync + std::borrow::Borrow<Q> + 'static,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        V: Stamped + Send + Sync + 'static,
+        L: Fn() -> F,
+        F: Future<Output = Result<T>>,
+    {
         for _ in 0..LOAD_ATTEMPTS {
             if let Some(stale) = previous.take() {
                 remove_if_still(cache, name, &stale).await;
@@ -667,6 +720,29 @@ mod tests {
             None,
             "a new hash must be verified anew"
         );
+    }
+
+    #[tokio::test]
+    async fn keys_with_equal_scopes_share_one_copy_of_them() {
+        use crate::domain::Scope;
+        let cache = cache(true);
+        let scopes = || ScopeSet::new(vec![Scope::parse("posts:read").unwrap()]);
+        let mut cached = Vec::new();
+        for raw_id in ["0123456789abcdef", "fedcba9876543210"] {
+            let id = KeyId::parse(raw_id).unwrap();
+            let lookup = cache
+                .get_or_load(&id, || async {
+                    let (mut key, hash) = record("h", false).unwrap();
+                    key.id = id.clone();
+                    key.scopes = scopes();
+                    Ok(Some((key, hash)))
+                })
+                .await
+                .unwrap();
+            cached.push(lookup.found.as_ref().unwrap().0.scopes.clone());
+        }
+        assert_eq!(cached[0], scopes());
+        assert!(cached[0].is_shared_with(&cached[1]));
     }
 
     #[tokio::test]

@@ -207,8 +207,9 @@ pub struct SecretHasher {
     costs: Argon2Costs,
     /// Where every argon2 run happens, within the budget.
     pool: Argon2Pool,
-    /// Per-process HMAC key: digests mean nothing elsewhere.
-    digest_key: [u8; 32],
+    /// HMAC-SHA256 keyed with a per-process random key (digests mean nothing
+    /// elsewhere), its key schedule done once: each digest clones it.
+    digest_mac: Hmac<Sha256>,
     /// Runs in flight, so concurrent checks of one key share one.
     flights: Arc<Flights>,
     /// Root key id → its hash and verified digest.
@@ -223,10 +224,12 @@ impl SecretHasher {
             .map_err(|e| Error::Internal(format!("cannot start the argon2 threads: {e}")))?;
         let mut digest_key = [0u8; 32];
         OsRng.fill_bytes(&mut digest_key);
+        let digest_mac =
+            Hmac::<Sha256>::new_from_slice(&digest_key).expect("HMAC takes any key length");
         Ok(SecretHasher {
             costs,
             pool,
-            digest_key,
+            digest_mac,
             flights: Arc::default(),
             root_keys: moka::sync::Cache::builder()
                 .max_capacity(ROOT_KEY_MEMO)
@@ -353,8 +356,7 @@ impl SecretHasher {
 
     /// The keyed digest of a presented key: what caches may hold instead of it.
     fn digest(&self, kind: KeyKind, id: &KeyId, secret: &Secret) -> SecretDigest {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.digest_key).expect("HMAC takes any key length");
+        let mut mac = self.digest_mac.clone();
         mac.update(kind.prefix().as_bytes());
         mac.update(id.as_str().as_bytes());
         mac.update(b"_");
@@ -367,11 +369,17 @@ fn overloaded(_: Overloaded) -> Error {
     Error::Overloaded
 }
 
+/// Working memory an argon2 thread keeps from run to run: enough for the
+/// API-key cost (256 KiB), the runs a server makes most.
+const KEPT_WORKING_MEMORY_BLOCKS: usize = 1024;
+
 thread_local! {
-    /// Each argon2 thread's working memory, kept from run to run. Allocating
-    /// it afresh per run would leave the allocator holding many copies (19 MiB
-    /// each at OWASP's cost: hundreds of MB after a few dozen runs); kept, it
-    /// is at most one buffer of the largest cost per thread of the pool.
+    /// Each argon2 thread's working memory, up to [`KEPT_WORKING_MEMORY_BLOCKS`],
+    /// kept from run to run so that verifying API keys allocates nothing. A
+    /// run at a greater cost (a root key's 19 MiB) has memory of its own,
+    /// returned when it ends: kept, it would stay resident for the life of
+    /// the process after a single root-key check (the bootstrap key's hash
+    /// at start does one), per thread of the pool.
     static WORKING_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -382,8 +390,12 @@ fn argon2_into(
     salt: &[u8],
     out: &mut [u8],
 ) -> argon2::Result<()> {
+    let blocks = argon2.params().block_count();
+    if blocks > KEPT_WORKING_MEMORY_BLOCKS {
+        let mut memory = vec![Block::default(); blocks];
+        return argon2.hash_password_into_with_memory(secret.expose(), salt, out, &mut memory);
+    }
     WORKING_MEMORY.with_borrow_mut(|memory| {
-        let blocks = argon2.params().block_count();
         if memory.len() < blocks {
             memory.resize(blocks, Block::default());
         }

@@ -111,7 +111,7 @@ impl KeyAuthority {
             return Ok(Verdict::refused(ValidationCode::Malformed));
         };
         match self.imported_key(&digest).await? {
-            Some(api_key) => self.admit(&api_key, request).await,
+            Some(api_key) => self.admit(api_key, request).await,
             None => Ok(Verdict::refused(ValidationCode::NotFound)),
         }
     }

@@ -5,6 +5,7 @@
 //! required scopes are all checked; each must be covered by some grant.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest scope accepted.
 pub const MAX_SCOPE_LEN: usize = 64;
@@ -95,13 +96,15 @@ fn is_part(part: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
 }
 
-/// The scopes granted to a key, in the order they were given.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScopeSet(Vec<Scope>);
+/// The scopes granted to a key, in the order they were given. Shared, not
+/// copied: a clone is a reference count, and the key cache keeps one copy of
+/// each distinct set however many keys hold it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(Arc<[Scope]>);
 
 impl ScopeSet {
     pub fn new(scopes: Vec<Scope>) -> Self {
-        ScopeSet(scopes)
+        ScopeSet(scopes.into())
     }
 
     /// The first required scope that no grant covers, if any.
@@ -121,6 +124,11 @@ impl ScopeSet {
 
     pub fn to_strings(&self) -> Vec<String> {
         self.0.iter().map(Scope::to_string).collect()
+    }
+
+    /// Whether both are the one shared copy (not merely equal).
+    pub fn is_shared_with(&self, other: &ScopeSet) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

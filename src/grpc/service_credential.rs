@@ -82,9 +82,12 @@ where
             match guard {
                 DataPlaneGuard::Open => {}
                 DataPlaneGuard::RootKey(gate) => {
-                    if let Err(refused) =
-                        gate.authorize_service(request.headers(), permission).await
-                    {
+                    // Boxed: its state (a root key's lookup and verification)
+                    // is large, and inline it would be copied on every call,
+                    // with a credential or without.
+                    let authorized =
+                        Box::pin(gate.authorize_service(request.headers(), permission));
+                    if let Err(refused) = authorized.await {
                         return Ok(Status::from(refused).into_http());
                     }
                 }

@@ -28,11 +28,37 @@ struct State {
     limits: HashMap<String, (LimitState, i64)>,
     /// Quota balances; they never expire.
     quotas: HashMap<String, QuotaState>,
-    /// Usage counters by bucket key, with their expiry.
-    counters: HashMap<String, (HashMap<ValidationCode, u64>, i64)>,
-    /// Recent-requests logs, newest first, with their expiry.
-    logs: HashMap<String, (VecDeque<RecentRequest>, i64)>,
+    /// Usage by key (its usage base): found with one lookup of a name the
+    /// decision already holds, so counting a validation allocates nothing.
+    usage: HashMap<String, KeyUsageState>,
     last_sweep_us: i64,
+}
+
+/// One key's usage counters and recent-requests log.
+#[derive(Default)]
+struct KeyUsageState {
+    /// Validations by code per bucket, with the bucket's expiry.
+    buckets: HashMap<(Granularity, i64), (HashMap<ValidationCode, u64>, i64)>,
+    /// Newest first.
+    log: VecDeque<RecentRequest>,
+    log_expires: i64,
+}
+
+impl KeyUsageState {
+    fn count(&mut self, granularity: Granularity, index: i64, code: ValidationCode, expires: i64) {
+        let (counts, at) = self.buckets.entry((granularity, index)).or_default();
+        *counts.entry(code).or_default() += 1;
+        *at = expires;
+    }
+
+    /// Whether anything is left once what expired by `now` is dropped.
+    fn sweep(&mut self, now: i64) -> bool {
+        self.buckets.retain(|_, (_, expires)| *expires > now);
+        if self.log_expires <= now {
+            self.log.clear();
+        }
+        !self.buckets.is_empty() || !self.log.is_empty()
+    }
 }
 
 fn now_us() -> i64 {
@@ -48,8 +74,7 @@ impl State {
         }
         self.last_sweep_us = now;
         self.limits.retain(|_, (_, expires)| *expires > now);
-        self.counters.retain(|_, (_, expires)| *expires > now);
-        self.logs.retain(|_, (_, expires)| *expires > now);
+        self.usage.retain(|_, usage| usage.sweep(now));
     }
 
     fn decide(&mut self, decision: &Decision, now: i64) -> Outcome {
@@ -96,30 +121,41 @@ impl State {
         if verdict == Verdict::Admitted {
             // A shadow or collective limit that is over is not charged.
             for (key, _, e) in evaluations.iter().filter(|(_, _, e)| e.allowed) {
-                self.limits
-                    .insert((*key).clone(), (e.next, e.expires_at_us));
+                let state = (e.next, e.expires_at_us);
+                match self.limits.get_mut(key.as_str()) {
+                    Some(stored) => *stored = state,
+                    None => {
+                        self.limits.insert((*key).clone(), state);
+                    }
+                }
             }
         }
         if let Some(usage) = &decision.usage {
             let code = verdict.code(usage.code);
             let secs = now.div_euclid(1_000_000);
+            if !self.usage.contains_key(usage.base.as_str()) {
+                self.usage
+                    .insert(usage.base.clone(), KeyUsageState::default());
+            }
+            let state = self
+                .usage
+                .get_mut(usage.base.as_str())
+                .expect("inserted above");
             for (granularity, ttl) in [
                 (Granularity::Hour, usage.retention.hourly_secs),
                 (Granularity::Day, usage.retention.daily_secs),
             ] {
-                let key = bucket_key(&usage.base, granularity, secs / granularity.seconds());
-                let (counts, expires) = self.counters.entry(key).or_default();
-                *counts.entry(code).or_default() += 1;
-                *expires = now.saturating_add(ttl.saturating_mul(1_000_000));
+                let expires = now.saturating_add(ttl.saturating_mul(1_000_000));
+                state.count(granularity, secs / granularity.seconds(), code, expires);
             }
-            let (log, expires) = self.logs.entry(format!("{}:log", usage.base)).or_default();
-            log.push_front(RecentRequest {
+            state.log.push_front(RecentRequest {
                 context: usage.context.clone(),
                 code,
                 at_ms: now / 1000,
             });
-            log.truncate(usage.retention.recent_requests as usize);
-            *expires = now.saturating_add(usage.retention.daily_secs.saturating_mul(1_000_000));
+            state.log.truncate(usage.retention.recent_requests as usize);
+            state.log_expires =
+                now.saturating_add(usage.retention.daily_secs.saturating_mul(1_000_000));
         }
         Outcome {
             verdict,
@@ -128,10 +164,6 @@ impl State {
             quota_balance,
         }
     }
-}
-
-fn bucket_key(base: &str, granularity: Granularity, index: i64) -> String {
-    format!("{base}:{}:{index}", granularity.code())
 }
 
 #[tonic::async_trait]
@@ -151,13 +183,12 @@ impl RateLimitStore for MemoryStore {
     ) -> Result<KeyUsage, StoreError> {
         let state = self.state.lock().expect("limiter lock poisoned");
         let now = now_us();
-        let live = |expires: &i64| *expires > now;
+        let usage = state.usage.get(base);
         let buckets = (first..=last)
             .map(|index| {
-                let mut counts: Vec<(ValidationCode, u64)> = state
-                    .counters
-                    .get(&bucket_key(base, granularity, index))
-                    .filter(|(_, expires)| live(expires))
+                let mut counts: Vec<(ValidationCode, u64)> = usage
+                    .and_then(|usage| usage.buckets.get(&(granularity, index)))
+                    .filter(|(_, expires)| *expires > now)
                     .map(|(counts, _)| counts.iter().map(|(c, n)| (*c, *n)).collect())
                     .unwrap_or_default();
                 counts.sort_by_key(|(code, _)| code.as_str());
@@ -167,28 +198,28 @@ impl RateLimitStore for MemoryStore {
                 }
             })
             .collect();
-        let recent = state
-            .logs
-            .get(&format!("{base}:log"))
-            .filter(|(_, expires)| live(expires))
-            .map(|(log, _)| log.iter().take(recent as usize).cloned().collect())
+        let recent = usage
+            .filter(|usage| usage.log_expires > now)
+            .map(|usage| usage.log.iter().take(recent as usize).cloned().collect())
             .unwrap_or_default();
         Ok(KeyUsage { buckets, recent })
     }
 
     async fn import_usage(&self, base: &str, usage: &ImportedUsage) -> Result<(), StoreError> {
         let mut state = self.state.lock().expect("lock poisoned");
+        let key = state.usage.entry(base.to_owned()).or_default();
         for count in &usage.counts {
-            let key = bucket_key(base, count.granularity, count.index);
-            let (counts, expires) = state.counters.entry(key).or_default();
+            let (counts, expires) = key
+                .buckets
+                .entry((count.granularity, count.index))
+                .or_default();
             *counts.entry(count.code).or_default() += count.count;
             *expires = (*expires).max(count.expires_at_secs * 1_000_000);
         }
         if !usage.recent.is_empty() {
-            let (log, expires) = state.logs.entry(format!("{base}:log")).or_default();
-            log.extend(usage.recent.iter().cloned());
-            log.truncate(usage.log_length as usize);
-            *expires = (*expires).max(usage.log_expires_at_secs * 1_000_000);
+            key.log.extend(usage.recent.iter().cloned());
+            key.log.truncate(usage.log_length as usize);
+            key.log_expires = key.log_expires.max(usage.log_expires_at_secs * 1_000_000);
         }
         Ok(())
     }

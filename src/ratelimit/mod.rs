@@ -32,6 +32,8 @@ pub use limiter::{
 };
 pub use store::{Enforcement, LimitStatus, Verdict};
 
+use std::fmt;
+
 use crate::domain::limit::Subject;
 use crate::domain::{KeyId, Limit};
 
@@ -55,12 +57,9 @@ impl Keyspace {
         })
     }
 
-    fn key(&self, tag: &str, rest: &str) -> String {
+    /// One allocation per name: a Validate names several on every call.
+    fn key(&self, tag: fmt::Arguments<'_>, rest: fmt::Arguments<'_>) -> String {
         format!("{}:{{{tag}}}:{rest}", self.prefix)
-    }
-
-    fn limit_rest(scope: &str, limit: &Limit) -> String {
-        format!("{scope}rl:{}:{}", limit.algorithm.code(), limit.window_ms)
     }
 
     /// A CheckRateLimit counter. The limit is part of its name: callers
@@ -68,8 +67,8 @@ impl Keyspace {
     /// cost cannot spend an identifier's count for callers with a small one.
     fn subject_limit(&self, subject: &Subject, limit: &Limit) -> String {
         self.key(
-            &format!("n:{}:{}", subject.namespace, subject.identifier),
-            &format!("{}:{}", Self::limit_rest("", limit), limit.limit),
+            format_args!("n:{}:{}", subject.namespace, subject.identifier),
+            format_args!("{}:{}", LimitName(limit), limit.limit),
         )
     }
 
@@ -77,8 +76,8 @@ impl Keyspace {
     /// that changes it keeps the count.
     fn key_limit(&self, owner_id: &str, key: &KeyId, limit: &Limit) -> String {
         self.key(
-            &owner_tag(owner_id),
-            &Self::limit_rest(&format!("k:{key}:"), limit),
+            format_args!("o:{owner_id}"),
+            format_args!("k:{key}:{}", LimitName(limit)),
         )
     }
 
@@ -87,26 +86,34 @@ impl Keyspace {
     /// shard's load). Like a key's, its value is not part of the name.
     fn descriptor_limit(&self, domain: &str, counter: &str, limit: &Limit) -> String {
         self.key(
-            &format!("e:{domain}"),
-            &format!("{}:{counter}", Self::limit_rest("", limit)),
+            format_args!("e:{domain}"),
+            format_args!("{}:{counter}", LimitName(limit)),
         )
     }
 
     fn owner_limit(&self, owner_id: &str, limit: &Limit) -> String {
-        self.key(&owner_tag(owner_id), &Self::limit_rest("o:", limit))
+        self.key(
+            format_args!("o:{owner_id}"),
+            format_args!("o:{}", LimitName(limit)),
+        )
     }
 
     fn quota(&self, owner_id: &str, key: &KeyId) -> String {
-        self.key(&owner_tag(owner_id), &format!("k:{key}:quota"))
+        self.key(format_args!("o:{owner_id}"), format_args!("k:{key}:quota"))
     }
 
     fn usage_base(&self, owner_id: &str, key: &KeyId) -> String {
-        self.key(&owner_tag(owner_id), &format!("k:{key}:usage"))
+        self.key(format_args!("o:{owner_id}"), format_args!("k:{key}:usage"))
     }
 }
 
-fn owner_tag(owner_id: &str) -> String {
-    format!("o:{owner_id}")
+/// A limit's part of its counter's name: `rl:<algorithm>:<window ms>`.
+struct LimitName<'a>(&'a Limit);
+
+impl fmt::Display for LimitName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rl:{}:{}", self.0.algorithm.code(), self.0.window_ms)
+    }
 }
 
 #[cfg(test)]

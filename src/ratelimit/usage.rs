@@ -41,7 +41,7 @@ fn truncate(raw: &str, max_chars: usize) -> String {
 }
 
 /// Bucket size of a usage query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Granularity {
     Hour,
     Day,
