@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use apikeyd::cli::ImportArgs;
 use apikeyd::config::{DatabaseUrl, Settings};
-use apikeyd::import::ImportArgs;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
 const SEED_SCHEMA: &str = include_str!("../tests/fixtures/seed-prisma-schema.sql");

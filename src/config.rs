@@ -5,17 +5,21 @@
 //! both); figment lays them over the file and the defaults.
 
 mod database_target;
-mod redis_target;
+pub mod redis_target;
+pub mod secret_url;
 
 pub use database_target::DatabaseTarget;
 pub use redis_target::RedisTarget;
+pub use secret_url::{DatabaseUrl, RedisUrl, SecretUrl, redact_url};
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -25,8 +29,11 @@ use crate::domain::limit::seed_tiers;
 use crate::domain::{Algorithm, Limit, Tiers};
 use crate::envoy::ratelimit_config::RateLimitConfig;
 use crate::envoy::routes::{RouteRule, RouteTable};
-use crate::ratelimit::FailurePolicy;
+use crate::ratelimit::memory::MemoryStore;
+use crate::ratelimit::redis::RedisStore;
+use crate::ratelimit::store::RateLimitStore;
 use crate::ratelimit::usage::Retention;
+use crate::ratelimit::{FailurePolicy, Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::{Argon2Cost, Argon2Costs};
 
 /// Every setting the service reads. In a TOML file the keys are these field
@@ -374,6 +381,28 @@ impl Settings {
         )))
     }
 
+    /// Redis when a URL is configured, else the in-process store.
+    pub fn limiter(&self) -> anyhow::Result<RateLimiter> {
+        let limiter = LimiterSettings {
+            policy: self.redis_failure_policy,
+            default_wait: Duration::from_millis(self.redis_timeout_ms.max(1)),
+            probe_timeout: Duration::from_millis(self.redis_probe_timeout_ms.max(1)),
+            retention: self.usage_retention(),
+        };
+        let store: Arc<dyn RateLimitStore> = match self.redis_target()? {
+            Some(target) => Arc::new(
+                RedisStore::new(&target, limiter.probe_timeout)
+                    .with_context(|| format!("invalid Redis URL {target}"))?,
+            ),
+            None => Arc::new(MemoryStore::default()),
+        };
+        Ok(RateLimiter::new(
+            store,
+            Keyspace::new(&self.redis_key_prefix)?,
+            limiter,
+        ))
+    }
+
     /// The configured tiers, checked.
     pub fn tiers(&self) -> anyhow::Result<Tiers> {
         let mut tiers = BTreeMap::new();
@@ -417,74 +446,6 @@ impl Settings {
     }
 }
 
-/// A URL (or comma-separated URLs) whose passwords never reach a log line:
-/// `Display` and `Debug` print `postgres://user:***@host/db`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
-
-pub type DatabaseUrl = SecretUrl;
-pub type RedisUrl = SecretUrl;
-
-impl SecretUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for SecretUrl {
-    fn from(url: &str) -> Self {
-        SecretUrl(url.to_owned())
-    }
-}
-
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted: Vec<String> = self.0.split(',').map(|u| redact_url(u.trim())).collect();
-        f.write_str(&redacted.join(","))
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUrl({self})")
-    }
-}
-
-/// Query parameters that carry a secret (libpq's `password` and `sslpassword`).
-const SECRET_QUERY_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
-
-/// `scheme://user:password@host/…?sslpassword=…` →
-/// `scheme://user:***@host/…?sslpassword=***`.
-pub fn redact_url(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return "<unparseable URL>".to_owned();
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    let is_secret = |name: &str| {
-        SECRET_QUERY_PARAMETERS
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(name))
-    };
-    if url.query_pairs().any(|(name, _)| is_secret(&name)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if is_secret(&name) {
-                    "***".into()
-                } else {
-                    value
-                };
-                (name.into_owned(), value.into_owned())
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
-}
-
 /// Who may call Validate and CheckRateLimit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -507,84 +468,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "apikeyd",
-    version,
-    about = "A key authority: issues API keys, keeps them hashed, and validates them over gRPC."
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub settings: SettingsArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gRPC server (migrating the database first).
-    Serve,
-    /// Apply database migrations and exit.
-    Migrate,
-    /// Manage root keys, the credentials of the management API.
-    #[command(subcommand)]
-    RootKey(RootKeyCommand),
-    /// Import the keys of another store (found by the SHA-256 of the whole
-    /// key) into the database; running it again imports nothing twice.
-    Import(crate::import::ImportArgs),
-    /// Inspect the configuration.
-    #[command(subcommand)]
-    Config(ConfigCommand),
-    /// Manage API keys on a running server, as a client of its gRPC API.
-    Keys(crate::client::args::KeysArgs),
-    /// Ask a running server's general-purpose rate limiter.
-    Ratelimit(crate::client::args::RatelimitArgs),
-    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
-    Validate(crate::client::args::ValidateArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Load the configuration (defaults, file, environment, flags), explain
-    /// what is wrong with it, or print the effective settings with secrets
-    /// redacted. Exits 0 when it is usable, 2 when not.
-    Check,
-}
-
-/// Root keys, directly in the database (for bootstrap and recovery): these
-/// commands need no root key, only the settings `serve` uses.
-#[derive(Debug, Subcommand)]
-pub enum RootKeyCommand {
-    /// Create a root key and print it, alone, on the last line of stdout.
-    Create {
-        /// A label for the key, e.g. "billing-service".
-        #[arg(long)]
-        name: String,
-        /// Permissions to grant (repeatable): keys:read, keys:write, root_keys:read,
-        /// root_keys:write, audit:read, validate, ratelimit, or wildcards such as keys:* and *.
-        #[arg(long = "permission", default_value = "*")]
-        permissions: Vec<String>,
-        /// Owners whose keys it reaches (repeatable): an owner id (tenant-42) or a
-        /// prefix ending in * (tenant-*); none for every owner.
-        #[arg(long = "owner-scope")]
-        owner_scope: Vec<String>,
-        /// Days until it expires (1 to 365); unset for a key that never expires.
-        #[arg(long)]
-        expires_in_days: Option<u32>,
-    },
-    /// List root keys (never their secrets), newest first.
-    List {
-        /// Also list revoked root keys.
-        #[arg(long)]
-        include_revoked: bool,
-    },
-    /// Revoke a root key now: it is refused from its next call on.
-    Revoke {
-        /// The root key's id (the 16 characters after rk_).
-        id: String,
-    },
 }
 
 /// Settings as flags; each is also an `APIKEYD_*` environment variable. An
@@ -1042,11 +925,5 @@ mod tests {
             redis_ca.contains("redis_ca_cert: needs a rediss://"),
             "{redis_ca}"
         );
-    }
-
-    #[test]
-    fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
     }
 }

@@ -10,7 +10,6 @@
 mod jsonl;
 mod seed;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::authority::{
     AuthorityPolicy, ImportActor, ImportRow, ImportRun, ImportSummary, KeyAuthority,
 };
+use crate::cli::ImportArgs;
 use crate::config::Settings;
 use crate::domain::import::{RowOutcome, RowResult};
 use crate::invalidation::InvalidationBus;
@@ -28,41 +28,8 @@ use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 
-/// Keys written per transaction: large enough to be fast, small enough
-/// that an interrupted import loses little work.
-const DEFAULT_BATCH: u16 = 500;
 /// The longest wait for Redis to take the import's invalidation at the end.
 const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
-
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["from_seed", "from_jsonl"])))]
-pub struct ImportArgs {
-    /// PostgreSQL URL of a store made by the seed design (its `ApiKey`
-    /// table), read in one read-only transaction. From the environment, a
-    /// password in it stays out of the process list.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "APIKEYD_IMPORT_SEED_URL",
-        hide_env_values = true
-    )]
-    pub from_seed: Option<String>,
-    /// A file of one JSON object per line: sha256, owner_id, name, scopes,
-    /// and optionally prefix, environment, enabled, metadata, tier,
-    /// created_at, expires_at, last_used_at, revoked_at.
-    #[arg(long, value_name = "FILE")]
-    pub from_jsonl: Option<PathBuf>,
-    /// Also import the seed's `ApiKeyUsage` rows into each imported key's
-    /// usage counters and recent requests (needs --redis-url, where usage lives).
-    #[arg(long, requires = "from_seed")]
-    pub usage: bool,
-    /// Check and count every row, write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Keys written per transaction.
-    #[arg(long, default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub batch_size: u16,
-}
 
 /// Where rows come from.
 enum Source {
@@ -194,7 +161,7 @@ impl Importer {
                 Duration::from_secs(1),
                 Duration::from_secs(1),
             )),
-            Arc::new(crate::startup::build_limiter(settings)?),
+            Arc::new(settings.limiter()?),
             Arc::new(settings.tiers().context("invalid tiers")?),
             AuthorityPolicy {
                 max_active_keys_per_owner: settings.max_active_keys_per_owner,

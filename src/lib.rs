@@ -62,10 +62,15 @@
 //!   files change, mutual TLS with a client CA, the handshakes off the
 //!   accept loop, and the identity a client certificate names.
 //! - [`startup`]: wiring, serving, health, draining.
-//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings (where
-//!   Redis is, TLS included, in [`config::RedisTarget`]), logs, signals and
-//!   the command line; [`client`]: the operator's commands
-//!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
+//! - [`config`]: settings (defaults, file, `APIKEYD_*`, flags) and what
+//!   derives from them: the database ([`config::DatabaseTarget`]), Redis, TLS
+//!   included ([`config::RedisTarget`]), the limiter; passwords in URLs
+//!   redacted ([`config::SecretUrl`]).
+//! - [`cli`]: the command tree (every subcommand's arguments, no behaviour);
+//!   [`commands`]: parse, load settings, dispatch, and `root-key` straight
+//!   to the database; [`client`]: the operator's commands (`keys`,
+//!   `ratelimit check`, `validate`), a gRPC client of the API.
+//! - [`telemetry`], [`shutdown`]: logs and metrics, signals.
 
 pub mod access;
 pub mod argon2_pool;
@@ -74,6 +79,7 @@ pub mod authority;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod console;
 pub mod domain;

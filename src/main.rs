@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    apikeyd::cli::main().await
+    apikeyd::commands::main().await
 }

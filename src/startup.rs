@@ -49,10 +49,7 @@ use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::leak_report::LeakReports;
 use crate::leak_report::github::SigningKeySource;
-use crate::ratelimit::memory::MemoryStore;
-use crate::ratelimit::redis::RedisStore;
-use crate::ratelimit::store::RateLimitStore;
-use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use crate::root_keys::RootKeys;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
@@ -179,7 +176,7 @@ impl Application {
                 None
             }
         };
-        let limiter = Arc::new(build_limiter(&settings)?);
+        let limiter = Arc::new(settings.limiter()?);
         let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
         let authority = Arc::new(
             KeyAuthority::new(
@@ -700,28 +697,6 @@ fn http_routes(
         .merge(crate::http::leaked_keys::router(leaks))
         .merge(crate::http::router(api))
         .merge(crate::console::routes(console))
-}
-
-/// Redis when a URL is configured, else the in-process store.
-pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
-    let limiter = LimiterSettings {
-        policy: settings.redis_failure_policy,
-        default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),
-        probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
-        retention: settings.usage_retention(),
-    };
-    let store: Arc<dyn RateLimitStore> = match settings.redis_target()? {
-        Some(target) => Arc::new(
-            RedisStore::new(&target, limiter.probe_timeout)
-                .with_context(|| format!("invalid Redis URL {target}"))?,
-        ),
-        None => Arc::new(MemoryStore::default()),
-    };
-    Ok(RateLimiter::new(
-        store,
-        Keyspace::new(&settings.redis_key_prefix)?,
-        limiter,
-    ))
 }
 
 /// Mirrors the limiter's reachability into the `redis` health entry.

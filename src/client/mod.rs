@@ -6,7 +6,6 @@
 //! and `ratelimit check`, the answer is yes); 1 the server refused it, said
 //! no, or could not be reached; 2 the command line is unusable.
 
-pub mod args;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +16,7 @@ use chrono::Utc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
-use self::args::{
+use crate::cli::client_args::{
     Algorithm, CheckArgs, ClientArgs, CreateArgs, Environment, Granularity, KeysArgs, KeysCommand,
     Output, RatelimitArgs, RatelimitCommand, UpdateArgs, ValidateArgs,
 };
