@@ -165,14 +165,14 @@ async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Resul
 /// Publishes a change to the replicas' caches when they share Redis, waiting
 /// until Redis has taken it (or a few seconds: then their TTL bounds it).
 async fn tell_replicas(settings: &Settings, change: Invalidation) -> anyhow::Result<()> {
-    let Some(target) = settings.redis_target()? else {
+    let Some(target) = settings.redis.target()? else {
         return Ok(());
     };
     let bus = Arc::new(
         InvalidationBus::connect(
             &target,
-            &settings.redis_key_prefix,
-            Duration::from_millis(settings.redis_timeout_ms),
+            &settings.redis.key_prefix,
+            settings.redis.timeout(),
         )
         .with_context(|| format!("invalid Redis URL {target}"))?,
     );
@@ -221,7 +221,8 @@ fn check_config(settings: &Settings) -> ExitCode {
 
 async fn connect(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
     settings
-        .database()
+        .database
+        .target()
         .map_err(anyhow::Error::msg)?
         .connect()
         .await

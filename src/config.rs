@@ -37,14 +37,16 @@ use crate::ratelimit::{FailurePolicy, Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::{Argon2Cost, Argon2Costs};
 
 /// Every setting the service reads. In a TOML file the keys are these field
-/// names, e.g. `grpc_addr = "0.0.0.0:50051"`.
+/// names, e.g. `grpc_addr = "0.0.0.0:50051"`; a section's keys sit at the
+/// top level too (`redis_url`, `tls_cert`), named as its fields are renamed.
+/// Unknown keys are refused by [`Settings::load`] (serde's
+/// `deny_unknown_fields` does not combine with `flatten`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub database_url: Option<DatabaseUrl>,
+    #[serde(flatten)]
+    pub database: DatabaseSettings,
     pub max_active_keys_per_owner: u32,
     pub api_key_argon2_memory_kib: u32,
     pub api_key_argon2_iterations: u32,
@@ -63,15 +65,8 @@ pub struct Settings {
     pub key_cache_degraded_ttl_secs: u64,
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
-    pub redis_url: Option<RedisUrl>,
-    pub redis_cluster: bool,
-    pub redis_timeout_ms: u64,
-    pub redis_probe_timeout_ms: u64,
-    pub redis_failure_policy: FailurePolicy,
-    pub redis_key_prefix: String,
-    /// PEM CA certificates that sign the Redis server's certificate
-    /// (`rediss://`); unset for the system's roots.
-    pub redis_ca_cert: Option<PathBuf>,
+    #[serde(flatten)]
+    pub redis: RedisSettings,
     pub usage_hourly_retention_hours: u32,
     pub usage_daily_retention_days: u32,
     pub recent_requests_kept: u32,
@@ -91,14 +86,188 @@ pub struct Settings {
     /// GitHub's secret-scanning signing keys, as GitHub publishes them; when
     /// set, `POST /v1/leaked-keys` takes its reports.
     pub leak_report_keys: Option<PathBuf>,
-    /// TLS on both listeners: the PEM certificate chain and key (both or
-    /// neither), read again when they change.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA certificates that sign client certificates: mutual TLS.
-    pub tls_client_ca: Option<PathBuf>,
+    #[serde(flatten)]
+    pub tls: TlsSettings,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
+}
+
+/// Where the database is: the keys `data_dir` and `database_url`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatabaseSettings {
+    /// The embedded SQLite database (without `database_url`) and the
+    /// bootstrap root key's file.
+    pub data_dir: PathBuf,
+    #[serde(rename = "database_url")]
+    pub url: Option<DatabaseUrl>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            data_dir: PathBuf::from("./data"),
+            url: None,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// Which database `database_url` and `data_dir` name, interpreted once
+    /// here for the server, the command line and the import.
+    pub fn target(&self) -> Result<DatabaseTarget, String> {
+        DatabaseTarget::parse(self.url.as_ref(), &self.data_dir)
+    }
+}
+
+/// Where Redis is and how the limiter and the invalidations use it: the
+/// keys `redis_*`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedisSettings {
+    /// Unset: the in-process limiter (one replica) and no invalidations.
+    #[serde(rename = "redis_url")]
+    pub url: Option<RedisUrl>,
+    #[serde(rename = "redis_cluster")]
+    pub cluster: bool,
+    #[serde(rename = "redis_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(rename = "redis_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+    #[serde(rename = "redis_failure_policy")]
+    pub failure_policy: FailurePolicy,
+    #[serde(rename = "redis_key_prefix")]
+    pub key_prefix: String,
+    /// PEM CA certificates that sign the Redis server's certificate
+    /// (`rediss://`); unset for the system's roots.
+    #[serde(rename = "redis_ca_cert")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            cluster: false,
+            timeout_ms: 500,
+            probe_timeout_ms: 1_000,
+            failure_policy: FailurePolicy::Open,
+            key_prefix: "apikeyd".to_owned(),
+            ca_cert: None,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Where Redis is, when it is configured; reads `redis_ca_cert`.
+    pub fn target(&self) -> anyhow::Result<Option<RedisTarget>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let root_cert = match &self.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("redis_ca_cert: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        Ok(Some(RedisTarget::new(url.clone(), self.cluster, root_cert)))
+    }
+
+    /// The longest wait for a Redis answer of a call without a deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The limiter: on Redis when a URL is configured, else in-process;
+    /// usage counters kept as `retention` says.
+    pub fn limiter(&self, retention: Retention) -> anyhow::Result<RateLimiter> {
+        let limiter = LimiterSettings {
+            policy: self.failure_policy,
+            default_wait: Duration::from_millis(self.timeout_ms.max(1)),
+            probe_timeout: Duration::from_millis(self.probe_timeout_ms.max(1)),
+            retention,
+        };
+        let store: Arc<dyn RateLimitStore> = match self.target()? {
+            Some(target) => Arc::new(
+                RedisStore::new(&target, limiter.probe_timeout)
+                    .with_context(|| format!("invalid Redis URL {target}"))?,
+            ),
+            None => Arc::new(MemoryStore::default()),
+        };
+        Ok(RateLimiter::new(
+            store,
+            Keyspace::new(&self.key_prefix)?,
+            limiter,
+        ))
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if let Some(path) = &self.ca_cert {
+            let tls = self
+                .url
+                .as_ref()
+                .is_some_and(|url| url.expose().trim_start().starts_with("rediss://"));
+            if !tls {
+                problems.push(
+                    "redis_ca_cert: needs a rediss:// redis_url (TLS); unset it, or use rediss://"
+                        .to_owned(),
+                );
+            } else if let Err(e) = std::fs::read(path) {
+                problems.push(format!(
+                    "redis_ca_cert: cannot read {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+        if self.timeout_ms == 0 || self.probe_timeout_ms == 0 {
+            problems
+                .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
+        }
+    }
+}
+
+/// TLS on both listeners: the keys `tls_cert`, `tls_key`, `tls_client_ca`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TlsSettings {
+    /// The PEM certificate chain and key (both or neither), read again when
+    /// they change.
+    #[serde(rename = "tls_cert")]
+    pub cert: Option<PathBuf>,
+    #[serde(rename = "tls_key")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: mutual TLS.
+    #[serde(rename = "tls_client_ca")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The listeners' TLS files: `None` without TLS, an explanation when
+    /// only some of them are given.
+    pub fn files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            })),
+            (None, None) if self.client_ca.is_none() => Ok(None),
+            (None, None) => Err(
+                "tls_client_ca: mutual TLS needs tls_cert and tls_key too (the server's own certificate)"
+                    .to_owned(),
+            ),
+            _ => Err("tls_cert and tls_key: give both (the PEM certificate chain and its key) or neither".to_owned()),
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        match self.files() {
+            Ok(Some(files)) => {
+                if let Err(e) = crate::tls::ServerTls::load(files) {
+                    problems.push(format!("tls_cert / tls_key / tls_client_ca: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
+        }
+    }
 }
 
 /// What the web console offers; a `[console]` table in the settings file.
@@ -132,8 +301,7 @@ impl Default for Settings {
         Settings {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8080).into(),
-            data_dir: PathBuf::from("./data"),
-            database_url: None,
+            database: DatabaseSettings::default(),
             max_active_keys_per_owner: 10,
             api_key_argon2_memory_kib: api_keys.memory_kib,
             api_key_argon2_iterations: api_keys.iterations,
@@ -151,13 +319,7 @@ impl Default for Settings {
             key_cache_degraded_ttl_secs: 10,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
-            redis_url: None,
-            redis_cluster: false,
-            redis_timeout_ms: 500,
-            redis_probe_timeout_ms: 1_000,
-            redis_failure_policy: FailurePolicy::Open,
-            redis_key_prefix: "apikeyd".to_owned(),
-            redis_ca_cert: None,
+            redis: RedisSettings::default(),
             usage_hourly_retention_hours: 48,
             usage_daily_retention_days: 90,
             recent_requests_kept: 100,
@@ -181,9 +343,7 @@ impl Default for Settings {
             envoy_routes: Vec::new(),
             envoy_ratelimit_config: None,
             leak_report_keys: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
+            tls: TlsSettings::default(),
             console: ConsoleSettings::default(),
         }
     }
@@ -259,7 +419,7 @@ impl Settings {
                 self.grpc_addr
             ));
         }
-        if let Err(problem) = self.database() {
+        if let Err(problem) = self.database.target() {
             problems.push(problem);
         }
         if let Err(e) = self.tiers() {
@@ -278,42 +438,14 @@ impl Settings {
                 problems.push(format!("leak_report_keys: {e}"));
             }
         }
-        match self.tls_files() {
-            Ok(Some(files)) => {
-                if let Err(e) = crate::tls::ServerTls::load(files) {
-                    problems.push(format!("tls_cert / tls_key / tls_client_ca: {e}"));
-                }
-            }
-            Ok(None) => {}
-            Err(problem) => problems.push(problem),
-        }
-        if self.data_plane_auth == DataPlaneAuth::Mtls && self.tls_client_ca.is_none() {
+        self.tls.problems(&mut problems);
+        if self.data_plane_auth == DataPlaneAuth::Mtls && self.tls.client_ca.is_none() {
             problems.push(
                 "data_plane_auth = mtls needs tls_client_ca (and tls_cert, tls_key): the CA that signs the callers' certificates"
                     .to_owned(),
             );
         }
-        if let Some(path) = &self.redis_ca_cert {
-            let tls = self
-                .redis_url
-                .as_ref()
-                .is_some_and(|url| url.expose().trim_start().starts_with("rediss://"));
-            if !tls {
-                problems.push(
-                    "redis_ca_cert: needs a rediss:// redis_url (TLS); unset it, or use rediss://"
-                        .to_owned(),
-                );
-            } else if let Err(e) = std::fs::read(path) {
-                problems.push(format!(
-                    "redis_ca_cert: cannot read {}: {e}",
-                    path.display()
-                ));
-            }
-        }
-        if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
-            problems
-                .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
-        }
+        self.redis.problems(&mut problems);
         for scope in &self.console.scopes {
             if let Err(e) = crate::domain::Scope::parse(scope) {
                 problems.push(format!("console.scopes: {e}"));
@@ -325,10 +457,10 @@ impl Settings {
     /// The effective settings, one `key = value` per line, secrets redacted.
     pub fn describe(&self) -> String {
         let mut value = serde_json::to_value(self).expect("settings serialise");
-        if let Some(url) = &self.database_url {
+        if let Some(url) = &self.database.url {
             value["database_url"] = serde_json::Value::String(url.to_string());
         }
-        if let Some(url) = &self.redis_url {
+        if let Some(url) = &self.redis.url {
             value["redis_url"] = serde_json::Value::String(url.to_string());
         }
         value
@@ -340,67 +472,9 @@ impl Settings {
             .join("\n")
     }
 
-    /// The listeners' TLS files: `None` without TLS, an explanation when
-    /// only some of them are given.
-    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            })),
-            (None, None) if self.tls_client_ca.is_none() => Ok(None),
-            (None, None) => Err(
-                "tls_client_ca: mutual TLS needs tls_cert and tls_key too (the server's own certificate)"
-                    .to_owned(),
-            ),
-            _ => Err("tls_cert and tls_key: give both (the PEM certificate chain and its key) or neither".to_owned()),
-        }
-    }
-
-    /// Which database `database_url` and `data_dir` name.
-    pub fn database(&self) -> Result<DatabaseTarget, String> {
-        DatabaseTarget::parse(self.database_url.as_ref(), &self.data_dir)
-    }
-
-    /// Where Redis is, when it is configured; reads `redis_ca_cert`.
-    pub fn redis_target(&self) -> anyhow::Result<Option<RedisTarget>> {
-        let Some(url) = &self.redis_url else {
-            return Ok(None);
-        };
-        let root_cert = match &self.redis_ca_cert {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("redis_ca_cert: cannot read {}: {e}", path.display())
-            })?),
-            None => None,
-        };
-        Ok(Some(RedisTarget::new(
-            url.clone(),
-            self.redis_cluster,
-            root_cert,
-        )))
-    }
-
-    /// Redis when a URL is configured, else the in-process store.
+    /// The limiter, from the Redis section and the usage retention.
     pub fn limiter(&self) -> anyhow::Result<RateLimiter> {
-        let limiter = LimiterSettings {
-            policy: self.redis_failure_policy,
-            default_wait: Duration::from_millis(self.redis_timeout_ms.max(1)),
-            probe_timeout: Duration::from_millis(self.redis_probe_timeout_ms.max(1)),
-            retention: self.usage_retention(),
-        };
-        let store: Arc<dyn RateLimitStore> = match self.redis_target()? {
-            Some(target) => Arc::new(
-                RedisStore::new(&target, limiter.probe_timeout)
-                    .with_context(|| format!("invalid Redis URL {target}"))?,
-            ),
-            None => Arc::new(MemoryStore::default()),
-        };
-        Ok(RateLimiter::new(
-            store,
-            Keyspace::new(&self.redis_key_prefix)?,
-            limiter,
-        ))
+        self.redis.limiter(self.usage_retention())
     }
 
     /// The configured tiers, checked.
@@ -439,10 +513,23 @@ impl Settings {
         if let Some(path) = &flags.config {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment
-            .merge(Serialized::defaults(flags))
-            .extract()
-            .map_err(Box::new)
+        let figment = figment.merge(Serialized::defaults(flags));
+        refuse_unknown_keys(&figment)?;
+        figment.extract().map_err(Box::new)
+    }
+}
+
+/// A key that is no setting (a typo like `grpc_adr`) is an error, not
+/// silently ignored: what `deny_unknown_fields` did before the sections were
+/// flattened into the same top-level keys.
+fn refuse_unknown_keys(figment: &Figment) -> Result<(), Box<figment::Error>> {
+    let known = serde_json::to_value(Settings::default()).expect("settings serialise");
+    let given: figment::value::Dict = figment.extract().map_err(Box::new)?;
+    match given.keys().find(|key| known.get(key.as_str()).is_none()) {
+        Some(key) => Err(Box::new(figment::Error::from(format!(
+            "unknown field: found `{key}`, expected one of the keys `apikeyd config check` prints"
+        )))),
+        None => Ok(()),
     }
 }
 
@@ -722,7 +809,10 @@ mod tests {
         let settings = Settings {
             root_key_argon2_memory_kib: 1,
             max_active_keys_per_owner: 0,
-            database_url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
+            database: DatabaseSettings {
+                url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
+                ..DatabaseSettings::default()
+            },
             ..Settings::default()
         };
         let problems = settings.problems().join("\n");
@@ -885,13 +975,19 @@ mod tests {
         let problems = |settings: Settings| settings.problems().join("\n");
 
         let half = problems(Settings {
-            tls_cert: Some(dir.path().join("tls.crt")),
+            tls: TlsSettings {
+                cert: Some(dir.path().join("tls.crt")),
+                ..TlsSettings::default()
+            },
             ..Settings::default()
         });
         assert!(half.contains("tls_cert and tls_key: give both"), "{half}");
 
         let ca_alone = problems(Settings {
-            tls_client_ca: Some(dir.path().join("ca.crt")),
+            tls: TlsSettings {
+                client_ca: Some(dir.path().join("ca.crt")),
+                ..TlsSettings::default()
+            },
             ..Settings::default()
         });
         assert!(
@@ -900,8 +996,11 @@ mod tests {
         );
 
         let missing = problems(Settings {
-            tls_cert: Some(dir.path().join("tls.crt")),
-            tls_key: Some(dir.path().join("tls.key")),
+            tls: TlsSettings {
+                cert: Some(dir.path().join("tls.crt")),
+                key: Some(dir.path().join("tls.key")),
+                client_ca: None,
+            },
             ..Settings::default()
         });
         assert!(missing.contains("cannot read"), "{missing}");
@@ -917,8 +1016,11 @@ mod tests {
         );
 
         let redis_ca = problems(Settings {
-            redis_url: Some(RedisUrl::from("redis://cache:6379")),
-            redis_ca_cert: Some(dir.path().join("redis-ca.crt")),
+            redis: RedisSettings {
+                url: Some(RedisUrl::from("redis://cache:6379")),
+                ca_cert: Some(dir.path().join("redis-ca.crt")),
+                ..RedisSettings::default()
+            },
             ..Settings::default()
         });
         assert!(

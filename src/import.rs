@@ -71,7 +71,7 @@ impl Source {
 /// Runs `apikeyd import`; fails (after the summary) when a row was refused,
 /// so that scripts notice keys left behind.
 pub async fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<()> {
-    if args.usage && settings.redis_url.is_none() {
+    if args.usage && settings.redis.url.is_none() {
         anyhow::bail!(
             "--usage needs --redis-url (APIKEYD_REDIS_URL): usage counters live in Redis; \
              without it each server keeps them in its own memory, where an import cannot reach"
@@ -125,7 +125,8 @@ struct Importer {
 impl Importer {
     async fn connect(settings: &Settings) -> anyhow::Result<Importer> {
         let db = settings
-            .database()
+            .database
+            .target()
             .map_err(anyhow::Error::msg)?
             .connect()
             .await
@@ -133,13 +134,13 @@ impl Importer {
         store::prepare(&db, None)
             .await
             .context("cannot migrate apikeyd's database")?;
-        let bus = match settings.redis_target()? {
+        let bus = match settings.redis.target()? {
             Some(target) => {
                 let bus = Arc::new(
                     InvalidationBus::connect(
                         &target,
-                        &settings.redis_key_prefix,
-                        Duration::from_millis(settings.redis_timeout_ms),
+                        &settings.redis.key_prefix,
+                        settings.redis.timeout(),
                     )
                     .with_context(|| format!("invalid Redis URL {target}"))?,
                 );

@@ -113,7 +113,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let database = settings.database().map_err(anyhow::Error::msg)?;
+        let database = settings.database.target().map_err(anyhow::Error::msg)?;
         let db = database
             .connect()
             .await
@@ -129,7 +129,7 @@ impl Application {
             .await
             .context("cannot migrate the database")?;
         if let Some(path) =
-            crate::bootstrap::bootstrap_root_key(&db, &hasher, &settings.data_dir).await?
+            crate::bootstrap::bootstrap_root_key(&db, &hasher, &settings.database.data_dir).await?
         {
             tracing::warn!(
                 path = %path.display(),
@@ -137,7 +137,7 @@ impl Application {
                  keep it somewhere safe and delete the file"
             );
         }
-        let tls = match settings.tls_files().map_err(anyhow::Error::msg)? {
+        let tls = match settings.tls.files().map_err(anyhow::Error::msg)? {
             Some(files) => Some(Arc::new(
                 ServerTls::load(files).context("cannot set up TLS")?,
             )),
@@ -161,13 +161,13 @@ impl Application {
         // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
-        let redis = settings.redis_target()?;
+        let redis = settings.redis.target()?;
         let invalidation_bus = match &redis {
             Some(target) => Some(Arc::new(
                 InvalidationBus::connect(
                     target,
-                    &settings.redis_key_prefix,
-                    Duration::from_millis(settings.redis_timeout_ms),
+                    &settings.redis.key_prefix,
+                    settings.redis.timeout(),
                 )
                 .with_context(|| format!("invalid Redis URL {target}"))?,
             )),
@@ -411,12 +411,12 @@ impl Application {
                 Some(_) => "on",
             },
             database = %self.database,
-            limiter = %self.settings.redis_url.as_ref().map_or_else(
+            limiter = %self.settings.redis.url.as_ref().map_or_else(
                 || "in-process (this replica only)".to_owned(),
                 |url| format!(
                     "redis{} at {url}, fail-{}",
-                    if self.settings.redis_cluster { " cluster" } else { "" },
-                    match self.settings.redis_failure_policy {
+                    if self.settings.redis.cluster { " cluster" } else { "" },
+                    match self.settings.redis.failure_policy {
                         crate::ratelimit::FailurePolicy::Open => "open",
                         crate::ratelimit::FailurePolicy::Closed => "closed",
                     }

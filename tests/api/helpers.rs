@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use apikeyd::config::{DatabaseUrl, Settings};
+use apikeyd::config::{DatabaseSettings, DatabaseUrl, Settings};
 use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, ValidationCode};
@@ -59,8 +59,10 @@ pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -
     Settings {
         grpc_addr: ([127, 0, 0, 1], 0).into(),
         http_addr: ([127, 0, 0, 1], 0).into(),
-        data_dir: data_dir.to_owned(),
-        database_url: database_url.as_deref().map(DatabaseUrl::from),
+        database: DatabaseSettings {
+            data_dir: data_dir.to_owned(),
+            url: database_url.as_deref().map(DatabaseUrl::from),
+        },
         api_key_argon2_memory_kib: 1024,
         api_key_argon2_iterations: 1,
         root_key_argon2_memory_kib: 1024,
