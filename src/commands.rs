@@ -115,8 +115,8 @@ async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Resul
                 },
             };
             let hasher = Arc::new(SecretHasher::new(
-                settings.argon2_costs(),
-                settings.argon2_budget(),
+                settings.argon2.costs(),
+                settings.argon2.budget(),
             )?);
             let (key, row) = root_keys::mint(&hasher, new, None, now).await?;
             let mut event = AuditEvent::new("cli root-key create", "cli", now);

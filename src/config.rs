@@ -48,15 +48,8 @@ pub struct Settings {
     #[serde(flatten)]
     pub database: DatabaseSettings,
     pub max_active_keys_per_owner: u32,
-    pub api_key_argon2_memory_kib: u32,
-    pub api_key_argon2_iterations: u32,
-    pub api_key_argon2_parallelism: u32,
-    pub root_key_argon2_memory_kib: u32,
-    pub root_key_argon2_iterations: u32,
-    pub root_key_argon2_parallelism: u32,
-    /// Unset: the CPUs this process may use (its cgroup quota).
-    pub argon2_max_in_flight: Option<u32>,
-    pub argon2_max_queued: u32,
+    #[serde(flatten)]
+    pub argon2: Argon2Settings,
     pub grpc_max_concurrent_streams: u32,
     pub grpc_max_request_bytes: u32,
     pub grpc_default_deadline_ms: u64,
@@ -90,6 +83,95 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
+}
+
+/// What hashing and verifying keys costs, and how many may run at once: the
+/// keys `api_key_argon2_*`, `root_key_argon2_*` and `argon2_max_*`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Argon2Settings {
+    #[serde(rename = "api_key_argon2_memory_kib")]
+    pub api_key_memory_kib: u32,
+    #[serde(rename = "api_key_argon2_iterations")]
+    pub api_key_iterations: u32,
+    #[serde(rename = "api_key_argon2_parallelism")]
+    pub api_key_parallelism: u32,
+    #[serde(rename = "root_key_argon2_memory_kib")]
+    pub root_key_memory_kib: u32,
+    #[serde(rename = "root_key_argon2_iterations")]
+    pub root_key_iterations: u32,
+    #[serde(rename = "root_key_argon2_parallelism")]
+    pub root_key_parallelism: u32,
+    /// Unset: the CPUs this process may use (its cgroup quota).
+    #[serde(rename = "argon2_max_in_flight")]
+    pub max_in_flight: Option<u32>,
+    #[serde(rename = "argon2_max_queued")]
+    pub max_queued: u32,
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        let Argon2Costs {
+            api_keys,
+            root_keys,
+        } = Argon2Costs::default();
+        Argon2Settings {
+            api_key_memory_kib: api_keys.memory_kib,
+            api_key_iterations: api_keys.iterations,
+            api_key_parallelism: api_keys.parallelism,
+            root_key_memory_kib: root_keys.memory_kib,
+            root_key_iterations: root_keys.iterations,
+            root_key_parallelism: root_keys.parallelism,
+            max_in_flight: None,
+            max_queued: 256,
+        }
+    }
+}
+
+impl Argon2Settings {
+    pub fn costs(&self) -> Argon2Costs {
+        Argon2Costs {
+            api_keys: Argon2Cost {
+                memory_kib: self.api_key_memory_kib,
+                iterations: self.api_key_iterations,
+                parallelism: self.api_key_parallelism,
+            },
+            root_keys: Argon2Cost {
+                memory_kib: self.root_key_memory_kib,
+                iterations: self.root_key_iterations,
+                parallelism: self.root_key_parallelism,
+            },
+        }
+    }
+
+    /// How many argon2 runs may be in flight and queued.
+    pub fn budget(&self) -> Argon2Budget {
+        Argon2Budget {
+            max_in_flight: self
+                .max_in_flight
+                .and_then(|n| std::num::NonZeroUsize::new(usize::try_from(n).ok()?))
+                .unwrap_or_else(default_max_in_flight),
+            max_queued: usize::try_from(self.max_queued).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        let costs = self.costs();
+        for (kind, cost) in [("api_key", costs.api_keys), ("root_key", costs.root_keys)] {
+            if let Err(e) =
+                argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            {
+                problems.push(format!(
+                    "{kind}_argon2_memory_kib / {kind}_argon2_iterations / {kind}_argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
+                ));
+            }
+        }
+        if self.max_in_flight == Some(0) {
+            problems.push(
+                "argon2_max_in_flight: must be at least 1 (unset it to follow the CPU quota)"
+                    .to_owned(),
+            );
+        }
+    }
 }
 
 /// Where the database is: the keys `data_dir` and `database_url`.
@@ -294,23 +376,12 @@ fn sliding_window() -> Algorithm {
 
 impl Default for Settings {
     fn default() -> Self {
-        let Argon2Costs {
-            api_keys,
-            root_keys,
-        } = Argon2Costs::default();
         Settings {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8080).into(),
             database: DatabaseSettings::default(),
             max_active_keys_per_owner: 10,
-            api_key_argon2_memory_kib: api_keys.memory_kib,
-            api_key_argon2_iterations: api_keys.iterations,
-            api_key_argon2_parallelism: api_keys.parallelism,
-            root_key_argon2_memory_kib: root_keys.memory_kib,
-            root_key_argon2_iterations: root_keys.iterations,
-            root_key_argon2_parallelism: root_keys.parallelism,
-            argon2_max_in_flight: None,
-            argon2_max_queued: 256,
+            argon2: Argon2Settings::default(),
             grpc_max_concurrent_streams: 256,
             grpc_max_request_bytes: 64 * 1024,
             grpc_default_deadline_ms: 30_000,
@@ -350,51 +421,10 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn argon2_costs(&self) -> Argon2Costs {
-        Argon2Costs {
-            api_keys: Argon2Cost {
-                memory_kib: self.api_key_argon2_memory_kib,
-                iterations: self.api_key_argon2_iterations,
-                parallelism: self.api_key_argon2_parallelism,
-            },
-            root_keys: Argon2Cost {
-                memory_kib: self.root_key_argon2_memory_kib,
-                iterations: self.root_key_argon2_iterations,
-                parallelism: self.root_key_argon2_parallelism,
-            },
-        }
-    }
-
-    /// How many argon2 runs may be in flight and queued.
-    pub fn argon2_budget(&self) -> Argon2Budget {
-        Argon2Budget {
-            max_in_flight: self
-                .argon2_max_in_flight
-                .and_then(|n| std::num::NonZeroUsize::new(usize::try_from(n).ok()?))
-                .unwrap_or_else(default_max_in_flight),
-            max_queued: usize::try_from(self.argon2_max_queued).unwrap_or(usize::MAX),
-        }
-    }
-
     /// What is wrong with these settings, in sentences; empty when usable.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let costs = self.argon2_costs();
-        for (kind, cost) in [("api_key", costs.api_keys), ("root_key", costs.root_keys)] {
-            if let Err(e) =
-                argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
-            {
-                problems.push(format!(
-                    "{kind}_argon2_memory_kib / {kind}_argon2_iterations / {kind}_argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
-                ));
-            }
-        }
-        if self.argon2_max_in_flight == Some(0) {
-            problems.push(
-                "argon2_max_in_flight: must be at least 1 (unset it to follow the CPU quota)"
-                    .to_owned(),
-            );
-        }
+        self.argon2.problems(&mut problems);
         if self.grpc_max_concurrent_streams == 0 {
             problems.push("grpc_max_concurrent_streams: must be at least 1".to_owned());
         }
@@ -807,7 +837,10 @@ mod tests {
     #[test]
     fn problems_are_explained_and_secrets_never_described() {
         let settings = Settings {
-            root_key_argon2_memory_kib: 1,
+            argon2: Argon2Settings {
+                root_key_memory_kib: 1,
+                ..Argon2Settings::default()
+            },
             max_active_keys_per_owner: 0,
             database: DatabaseSettings {
                 url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),

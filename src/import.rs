@@ -153,8 +153,8 @@ impl Importer {
             KeyStore::new(db),
             // An import hashes nothing: imported keys keep their digests.
             Arc::new(SecretHasher::new(
-                settings.argon2_costs(),
-                settings.argon2_budget(),
+                settings.argon2.costs(),
+                settings.argon2.budget(),
             )?),
             Arc::new(LastUsedTracker::default()),
             Arc::new(KeyCache::new(

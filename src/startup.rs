@@ -118,8 +118,8 @@ impl Application {
             .connect()
             .await
             .context("cannot connect to the database")?;
-        let argon2_budget = settings.argon2_budget();
-        let hasher = Arc::new(SecretHasher::new(settings.argon2_costs(), argon2_budget)?);
+        let argon2_budget = settings.argon2.budget();
+        let hasher = Arc::new(SecretHasher::new(settings.argon2.costs(), argon2_budget)?);
         tracing::info!(
             max_in_flight = argon2_budget.max_in_flight,
             max_queued = argon2_budget.max_queued,

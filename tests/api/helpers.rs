@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use apikeyd::config::{DatabaseSettings, DatabaseUrl, Settings};
+use apikeyd::config::{Argon2Settings, DatabaseSettings, DatabaseUrl, Settings};
 use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, ValidationCode};
@@ -63,10 +63,13 @@ pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -
             data_dir: data_dir.to_owned(),
             url: database_url.as_deref().map(DatabaseUrl::from),
         },
-        api_key_argon2_memory_kib: 1024,
-        api_key_argon2_iterations: 1,
-        root_key_argon2_memory_kib: 1024,
-        root_key_argon2_iterations: 1,
+        argon2: Argon2Settings {
+            api_key_memory_kib: 1024,
+            api_key_iterations: 1,
+            root_key_memory_kib: 1024,
+            root_key_iterations: 1,
+            ..Argon2Settings::default()
+        },
         last_used_flush_secs: 1,
         shutdown_grace_secs: 5,
         ..Settings::default()
