@@ -47,7 +47,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     #[serde(flatten)]
     pub database: DatabaseSettings,
-    pub max_active_keys_per_owner: u32,
+    #[serde(flatten)]
+    pub limits: LimitSettings,
     #[serde(flatten)]
     pub argon2: Argon2Settings,
     pub grpc_max_concurrent_streams: u32,
@@ -60,15 +61,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     #[serde(flatten)]
     pub redis: RedisSettings,
-    pub usage_hourly_retention_hours: u32,
-    pub usage_daily_retention_days: u32,
-    pub recent_requests_kept: u32,
-    pub default_tier: String,
     pub data_plane_auth: DataPlaneAuth,
     pub audit_retention_days: u32,
-    /// Tier name → its limits (file only), e.g.
-    /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
-    pub tiers: BTreeMap<String, Vec<TierLimit>>,
     /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
     /// that set no `context_extensions` (file only), e.g.
     /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
@@ -352,6 +346,90 @@ impl TlsSettings {
     }
 }
 
+/// Who may hold how many keys, the tiers' limits and how long usage is kept:
+/// the keys `max_active_keys_per_owner`, `default_tier`, `tiers` and
+/// `usage_*` / `recent_requests_kept`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LimitSettings {
+    /// Unrevoked keys one owner may hold at once.
+    pub max_active_keys_per_owner: u32,
+    pub default_tier: String,
+    /// Tier name → its limits (file only), e.g.
+    /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
+    pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    #[serde(rename = "usage_hourly_retention_hours")]
+    pub hourly_retention_hours: u32,
+    #[serde(rename = "usage_daily_retention_days")]
+    pub daily_retention_days: u32,
+    pub recent_requests_kept: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_active_keys_per_owner: 10,
+            default_tier: "free".to_owned(),
+            tiers: seed_tiers()
+                .into_iter()
+                .map(|(name, limits)| {
+                    let limits = limits
+                        .iter()
+                        .map(|l| TierLimit {
+                            limit: l.limit,
+                            window_secs: l.window_ms / 1000,
+                            algorithm: l.algorithm,
+                        })
+                        .collect();
+                    (name, limits)
+                })
+                .collect(),
+            hourly_retention_hours: 48,
+            daily_retention_days: 90,
+            recent_requests_kept: 100,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The configured tiers, checked.
+    pub fn tiers(&self) -> anyhow::Result<Tiers> {
+        let mut tiers = BTreeMap::new();
+        for (name, limits) in &self.tiers {
+            let limits = limits
+                .iter()
+                .map(|l| {
+                    Limit::parse(
+                        "tiers",
+                        l.limit,
+                        l.window_secs.saturating_mul(1000),
+                        l.algorithm,
+                    )
+                })
+                .collect::<crate::error::Result<Vec<_>>>()
+                .map_err(|e| anyhow::anyhow!("tier {name:?}: {e}"))?;
+            tiers.insert(name.clone(), limits);
+        }
+        Tiers::new(tiers, self.default_tier.clone())
+    }
+
+    pub fn usage_retention(&self) -> Retention {
+        Retention {
+            hourly_secs: i64::from(self.hourly_retention_hours.max(1)) * 3_600,
+            daily_secs: i64::from(self.daily_retention_days.max(1)) * 86_400,
+            recent_requests: self.recent_requests_kept,
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.max_active_keys_per_owner == 0 {
+            problems.push("max_active_keys_per_owner: must be at least 1".to_owned());
+        }
+        if let Err(e) = self.tiers() {
+            problems.push(format!("tiers: {e}"));
+        }
+    }
+}
+
 /// What the web console offers; a `[console]` table in the settings file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,7 +458,7 @@ impl Default for Settings {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8080).into(),
             database: DatabaseSettings::default(),
-            max_active_keys_per_owner: 10,
+            limits: LimitSettings::default(),
             argon2: Argon2Settings::default(),
             grpc_max_concurrent_streams: 256,
             grpc_max_request_bytes: 64 * 1024,
@@ -391,26 +469,8 @@ impl Default for Settings {
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
             redis: RedisSettings::default(),
-            usage_hourly_retention_hours: 48,
-            usage_daily_retention_days: 90,
-            recent_requests_kept: 100,
-            default_tier: "free".to_owned(),
             data_plane_auth: DataPlaneAuth::None,
             audit_retention_days: 365,
-            tiers: seed_tiers()
-                .into_iter()
-                .map(|(name, limits)| {
-                    let limits = limits
-                        .iter()
-                        .map(|l| TierLimit {
-                            limit: l.limit,
-                            window_secs: l.window_ms / 1000,
-                            algorithm: l.algorithm,
-                        })
-                        .collect();
-                    (name, limits)
-                })
-                .collect(),
             envoy_routes: Vec::new(),
             envoy_ratelimit_config: None,
             leak_report_keys: None,
@@ -437,9 +497,7 @@ impl Settings {
         if self.grpc_default_deadline_ms == 0 {
             problems.push("grpc_default_deadline_ms: must be at least 1".to_owned());
         }
-        if self.max_active_keys_per_owner == 0 {
-            problems.push("max_active_keys_per_owner: must be at least 1".to_owned());
-        }
+        self.limits.problems(&mut problems);
         if self.last_used_flush_secs == 0 {
             problems.push("last_used_flush_secs: must be at least 1".to_owned());
         }
@@ -451,9 +509,6 @@ impl Settings {
         }
         if let Err(problem) = self.database.target() {
             problems.push(problem);
-        }
-        if let Err(e) = self.tiers() {
-            problems.push(format!("tiers: {e}"));
         }
         if let Err(e) = RouteTable::parse(&self.envoy_routes) {
             problems.push(format!("{e}"));
@@ -504,36 +559,7 @@ impl Settings {
 
     /// The limiter, from the Redis section and the usage retention.
     pub fn limiter(&self) -> anyhow::Result<RateLimiter> {
-        self.redis.limiter(self.usage_retention())
-    }
-
-    /// The configured tiers, checked.
-    pub fn tiers(&self) -> anyhow::Result<Tiers> {
-        let mut tiers = BTreeMap::new();
-        for (name, limits) in &self.tiers {
-            let limits = limits
-                .iter()
-                .map(|l| {
-                    Limit::parse(
-                        "tiers",
-                        l.limit,
-                        l.window_secs.saturating_mul(1000),
-                        l.algorithm,
-                    )
-                })
-                .collect::<crate::error::Result<Vec<_>>>()
-                .map_err(|e| anyhow::anyhow!("tier {name:?}: {e}"))?;
-            tiers.insert(name.clone(), limits);
-        }
-        Tiers::new(tiers, self.default_tier.clone())
-    }
-
-    pub fn usage_retention(&self) -> Retention {
-        Retention {
-            hourly_secs: i64::from(self.usage_hourly_retention_hours.max(1)) * 3_600,
-            daily_secs: i64::from(self.usage_daily_retention_days.max(1)) * 86_400,
-            recent_requests: self.recent_requests_kept,
-        }
+        self.redis.limiter(self.limits.usage_retention())
     }
 
     /// Lays `flags` (flags and environment, as clap read them) over the
@@ -817,7 +843,7 @@ mod tests {
         };
         let settings = Settings::load(&flags).unwrap();
         assert_eq!(settings.grpc_addr, "0.0.0.0:6000".parse().unwrap());
-        assert_eq!(settings.max_active_keys_per_owner, 7);
+        assert_eq!(settings.limits.max_active_keys_per_owner, 7);
         assert_eq!(settings.last_used_flush_secs, 5);
     }
 
@@ -841,7 +867,10 @@ mod tests {
                 root_key_memory_kib: 1,
                 ..Argon2Settings::default()
             },
-            max_active_keys_per_owner: 0,
+            limits: LimitSettings {
+                max_active_keys_per_owner: 0,
+                ..LimitSettings::default()
+            },
             database: DatabaseSettings {
                 url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
                 ..DatabaseSettings::default()
@@ -928,6 +957,7 @@ mod tests {
     fn tiers_come_from_the_file_and_default_to_the_seeds() {
         assert_eq!(
             Settings::default()
+                .limits
                 .tiers()
                 .unwrap()
                 .resolve(&crate::domain::LimitSource::Tier("pro".into()))[0]
@@ -945,7 +975,7 @@ mod tests {
             config: Some(file),
             ..Default::default()
         };
-        let tiers = Settings::load(&flags).unwrap().tiers().unwrap();
+        let tiers = Settings::load(&flags).unwrap().limits.tiers().unwrap();
         let source = crate::domain::LimitSource::Tier("basic".into());
         let basic = tiers.resolve(&source);
         assert_eq!(basic.len(), 2);

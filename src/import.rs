@@ -163,9 +163,9 @@ impl Importer {
                 Duration::from_secs(1),
             )),
             Arc::new(settings.limiter()?),
-            Arc::new(settings.tiers().context("invalid tiers")?),
+            Arc::new(settings.limits.tiers().context("invalid tiers")?),
             AuthorityPolicy {
-                max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                max_active_keys_per_owner: settings.limits.max_active_keys_per_owner,
             },
         )
         .publishing_to(bus.as_ref().map(|(bus, _)| bus.clone()));

@@ -177,7 +177,7 @@ impl Application {
             }
         };
         let limiter = Arc::new(settings.limiter()?);
-        let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
+        let tiers = Arc::new(settings.limits.tiers().context("invalid tiers")?);
         let authority = Arc::new(
             KeyAuthority::new(
                 store.clone(),
@@ -187,7 +187,7 @@ impl Application {
                 limiter.clone(),
                 tiers,
                 AuthorityPolicy {
-                    max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                    max_active_keys_per_owner: settings.limits.max_active_keys_per_owner,
                 },
             )
             .publishing_to(invalidation_bus.clone()),
