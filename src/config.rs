@@ -43,21 +43,17 @@ use crate::secrets::{Argon2Cost, Argon2Costs};
 /// `deny_unknown_fields` does not combine with `flatten`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Settings {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    #[serde(flatten)]
+    pub server: ServerSettings,
     #[serde(flatten)]
     pub database: DatabaseSettings,
     #[serde(flatten)]
     pub limits: LimitSettings,
     #[serde(flatten)]
     pub argon2: Argon2Settings,
-    pub grpc_max_concurrent_streams: u32,
-    pub grpc_max_request_bytes: u32,
-    pub grpc_default_deadline_ms: u64,
     pub last_used_flush_secs: u64,
     pub key_cache_max_mib: u64,
     pub key_cache_degraded_ttl_secs: u64,
-    pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
     #[serde(flatten)]
     pub redis: RedisSettings,
@@ -77,6 +73,68 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
+}
+
+/// The listeners and how they serve calls: the keys `grpc_addr`,
+/// `http_addr`, `grpc_max_*`, `grpc_default_deadline_ms` and
+/// `shutdown_grace_secs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerSettings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    #[serde(rename = "grpc_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    #[serde(rename = "grpc_max_request_bytes")]
+    pub max_request_bytes: u32,
+    #[serde(rename = "grpc_default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            http_addr: ([127, 0, 0, 1], 8080).into(),
+            max_concurrent_streams: 256,
+            max_request_bytes: 64 * 1024,
+            default_deadline_ms: 30_000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The deadline of a call that sets none (a longer one is cut to it).
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// What in-flight calls get to finish after SIGTERM.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.max_concurrent_streams == 0 {
+            problems.push("grpc_max_concurrent_streams: must be at least 1".to_owned());
+        }
+        if self.max_request_bytes < 1024 {
+            problems.push(
+                "grpc_max_request_bytes: must be at least 1024 (a Validate request alone can need that)"
+                    .to_owned(),
+            );
+        }
+        if self.default_deadline_ms == 0 {
+            problems.push("grpc_default_deadline_ms: must be at least 1".to_owned());
+        }
+        if self.grpc_addr.port() != 0 && self.grpc_addr == self.http_addr {
+            problems.push(format!(
+                "grpc_addr and http_addr are both {}; give each its own port",
+                self.grpc_addr
+            ));
+        }
+    }
 }
 
 /// What hashing and verifying keys costs, and how many may run at once: the
@@ -455,18 +513,13 @@ fn sliding_window() -> Algorithm {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            grpc_addr: ([127, 0, 0, 1], 50051).into(),
-            http_addr: ([127, 0, 0, 1], 8080).into(),
+            server: ServerSettings::default(),
             database: DatabaseSettings::default(),
             limits: LimitSettings::default(),
             argon2: Argon2Settings::default(),
-            grpc_max_concurrent_streams: 256,
-            grpc_max_request_bytes: 64 * 1024,
-            grpc_default_deadline_ms: 30_000,
             last_used_flush_secs: 5,
             key_cache_max_mib: 128,
             key_cache_degraded_ttl_secs: 10,
-            shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
             redis: RedisSettings::default(),
             data_plane_auth: DataPlaneAuth::None,
@@ -485,27 +538,10 @@ impl Settings {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         self.argon2.problems(&mut problems);
-        if self.grpc_max_concurrent_streams == 0 {
-            problems.push("grpc_max_concurrent_streams: must be at least 1".to_owned());
-        }
-        if self.grpc_max_request_bytes < 1024 {
-            problems.push(
-                "grpc_max_request_bytes: must be at least 1024 (a Validate request alone can need that)"
-                    .to_owned(),
-            );
-        }
-        if self.grpc_default_deadline_ms == 0 {
-            problems.push("grpc_default_deadline_ms: must be at least 1".to_owned());
-        }
+        self.server.problems(&mut problems);
         self.limits.problems(&mut problems);
         if self.last_used_flush_secs == 0 {
             problems.push("last_used_flush_secs: must be at least 1".to_owned());
-        }
-        if self.grpc_addr.port() != 0 && self.grpc_addr == self.http_addr {
-            problems.push(format!(
-                "grpc_addr and http_addr are both {}; give each its own port",
-                self.grpc_addr
-            ));
         }
         if let Err(problem) = self.database.target() {
             problems.push(problem);
@@ -842,7 +878,7 @@ mod tests {
             ..Default::default()
         };
         let settings = Settings::load(&flags).unwrap();
-        assert_eq!(settings.grpc_addr, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(settings.server.grpc_addr, "0.0.0.0:6000".parse().unwrap());
         assert_eq!(settings.limits.max_active_keys_per_owner, 7);
         assert_eq!(settings.last_used_flush_secs, 5);
     }

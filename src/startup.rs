@@ -143,12 +143,12 @@ impl Application {
             )),
             None => None,
         };
-        let listener = TcpListener::bind(settings.grpc_addr)
+        let listener = TcpListener::bind(settings.server.grpc_addr)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
-        let http_listener = TcpListener::bind(settings.http_addr)
+            .with_context(|| format!("cannot listen on {}", settings.server.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.server.http_addr)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+            .with_context(|| format!("cannot listen on {}", settings.server.http_addr))?;
         metrics::prometheus();
         let store = KeyStore::new(db.clone());
         let last_used = Arc::new(LastUsedTracker::default());
@@ -255,7 +255,7 @@ impl Application {
         let grpc_router = self.grpc_router(api, metrics_layer, health_service)?;
         self.log_serving();
         let leftovers = self.leftovers();
-        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let grace = self.settings.server.shutdown_grace();
         let mut http = serve_http(self.http_listener, self.tls.clone(), http_app, &drain);
         let mut grpc = serve_grpc(self.listener, self.tls, grpc_router, &drain);
 
@@ -360,10 +360,8 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         Ok(Server::builder()
-            .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
-            .timeout(Duration::from_millis(
-                self.settings.grpc_default_deadline_ms,
-            ))
+            .max_concurrent_streams(self.settings.server.max_concurrent_streams)
+            .timeout(self.settings.server.default_deadline())
             .trace_fn(tracing_context::rpc_span)
             .layer(metrics_layer)
             .add_routes(api)
@@ -623,7 +621,7 @@ impl Application {
     /// HTTP/JSON by delegation to these same services.
     fn api_services(&self) -> Routes {
         let max_request =
-            usize::try_from(self.settings.grpc_max_request_bytes).unwrap_or(usize::MAX);
+            usize::try_from(self.settings.server.max_request_bytes).unwrap_or(usize::MAX);
         Routes::new(
             KeyServiceServer::new(KeyApi {
                 authority: self.authority.clone(),

@@ -152,7 +152,7 @@ fn server(args: &ClientArgs, settings: &Settings) -> Result<Server, Failure> {
         Some(addr) if addr.contains("://") => addr.clone(),
         Some(addr) => format!("http://{addr}"),
         None => {
-            let mut local = settings.grpc_addr;
+            let mut local = settings.server.grpc_addr;
             if local.ip().is_unspecified() {
                 local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
@@ -621,7 +621,10 @@ mod tests {
     #[test]
     fn the_default_server_is_the_local_one() {
         let settings = Settings {
-            grpc_addr: "0.0.0.0:6000".parse().unwrap(),
+            server: crate::config::ServerSettings {
+                grpc_addr: "0.0.0.0:6000".parse().unwrap(),
+                ..Default::default()
+            },
             ..Settings::default()
         };
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use apikeyd::config::{Argon2Settings, DatabaseSettings, DatabaseUrl, Settings};
+use apikeyd::config::{Argon2Settings, DatabaseSettings, DatabaseUrl, ServerSettings, Settings};
 use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, ValidationCode};
@@ -57,8 +57,12 @@ fn random_suffix() -> String {
 /// cheap argon2 cost so that tests creating many keys stay fast.
 pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -> Settings {
     Settings {
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        http_addr: ([127, 0, 0, 1], 0).into(),
+        server: ServerSettings {
+            grpc_addr: ([127, 0, 0, 1], 0).into(),
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            shutdown_grace_secs: 5,
+            ..ServerSettings::default()
+        },
         database: DatabaseSettings {
             data_dir: data_dir.to_owned(),
             url: database_url.as_deref().map(DatabaseUrl::from),
@@ -71,7 +75,6 @@ pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -
             ..Argon2Settings::default()
         },
         last_used_flush_secs: 1,
-        shutdown_grace_secs: 5,
         ..Settings::default()
     }
 }
