@@ -59,13 +59,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub data_plane_auth: DataPlaneAuth,
     pub audit_retention_days: u32,
-    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
-    /// that set no `context_extensions` (file only), e.g.
-    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
-    pub envoy_routes: Vec<RouteRule>,
-    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
-    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
-    pub envoy_ratelimit_config: Option<PathBuf>,
+    #[serde(flatten)]
+    pub envoy: EnvoySettings,
     /// GitHub's secret-scanning signing keys, as GitHub publishes them; when
     /// set, `POST /v1/leaked-keys` takes its reports.
     pub leak_report_keys: Option<PathBuf>,
@@ -488,6 +483,39 @@ impl LimitSettings {
     }
 }
 
+/// What Envoy's ext_authz and ratelimit services are told: the keys
+/// `envoy_routes` and `envoy_ratelimit_config`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EnvoySettings {
+    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
+    /// that set no `context_extensions` (file only), e.g.
+    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
+    #[serde(rename = "envoy_routes")]
+    pub routes: Vec<RouteRule>,
+    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
+    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
+    #[serde(rename = "envoy_ratelimit_config")]
+    pub ratelimit_config: Option<PathBuf>,
+}
+
+impl EnvoySettings {
+    /// The ext_authz route table, checked.
+    pub fn route_table(&self) -> anyhow::Result<RouteTable> {
+        RouteTable::parse(&self.routes)
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if let Err(e) = self.route_table() {
+            problems.push(format!("{e}"));
+        }
+        if let Some(path) = &self.ratelimit_config {
+            if let Err(e) = RateLimitConfig::load(path) {
+                problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
+        }
+    }
+}
+
 /// What the web console offers; a `[console]` table in the settings file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -524,8 +552,7 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             data_plane_auth: DataPlaneAuth::None,
             audit_retention_days: 365,
-            envoy_routes: Vec::new(),
-            envoy_ratelimit_config: None,
+            envoy: EnvoySettings::default(),
             leak_report_keys: None,
             tls: TlsSettings::default(),
             console: ConsoleSettings::default(),
@@ -546,14 +573,7 @@ impl Settings {
         if let Err(problem) = self.database.target() {
             problems.push(problem);
         }
-        if let Err(e) = RouteTable::parse(&self.envoy_routes) {
-            problems.push(format!("{e}"));
-        }
-        if let Some(path) = &self.envoy_ratelimit_config {
-            if let Err(e) = RateLimitConfig::load(path) {
-                problems.push(format!("envoy_ratelimit_config: {e}"));
-            }
-        }
+        self.envoy.problems(&mut problems);
         if let Some(path) = &self.leak_report_keys {
             if let Err(e) = crate::leak_report::github::SigningKeySource::load(path) {
                 problems.push(format!("leak_report_keys: {e}"));
@@ -935,7 +955,10 @@ mod tests {
         )
         .unwrap();
         let settings = Settings {
-            envoy_ratelimit_config: Some(file.clone()),
+            envoy: EnvoySettings {
+                ratelimit_config: Some(file.clone()),
+                ..EnvoySettings::default()
+            },
             ..Settings::default()
         };
         let problems = settings.problems().join("\n");

@@ -196,8 +196,8 @@ impl Application {
         let root_keys = Arc::new(
             RootKeys::new(db.clone(), hasher, gate.clone()).publishing_to(invalidation_bus.clone()),
         );
-        let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
-        let envoy_ratelimit = match &settings.envoy_ratelimit_config {
+        let envoy_routes = Arc::new(settings.envoy.route_table()?);
+        let envoy_ratelimit = match &settings.envoy.ratelimit_config {
             Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
             None => None,
         };
