@@ -51,9 +51,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     #[serde(flatten)]
     pub argon2: Argon2Settings,
-    pub last_used_flush_secs: u64,
-    pub key_cache_max_mib: u64,
-    pub key_cache_degraded_ttl_secs: u64,
+    #[serde(flatten)]
+    pub hot_path: HotPathSettings,
     pub log_format: LogFormat,
     #[serde(flatten)]
     pub redis: RedisSettings,
@@ -128,6 +127,35 @@ impl ServerSettings {
                 "grpc_addr and http_addr are both {}; give each its own port",
                 self.grpc_addr
             ));
+        }
+    }
+}
+
+/// Validate's hot path off the database: the keys `key_cache_max_mib`,
+/// `key_cache_degraded_ttl_secs` and `last_used_flush_secs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HotPathSettings {
+    pub key_cache_max_mib: u64,
+    /// The longest a cached key is trusted while invalidations may be missed.
+    pub key_cache_degraded_ttl_secs: u64,
+    /// Seconds between batched writes of `last_used_at`.
+    pub last_used_flush_secs: u64,
+}
+
+impl Default for HotPathSettings {
+    fn default() -> Self {
+        HotPathSettings {
+            key_cache_max_mib: 128,
+            key_cache_degraded_ttl_secs: 10,
+            last_used_flush_secs: 5,
+        }
+    }
+}
+
+impl HotPathSettings {
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.last_used_flush_secs == 0 {
+            problems.push("last_used_flush_secs: must be at least 1".to_owned());
         }
     }
 }
@@ -545,9 +573,7 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             limits: LimitSettings::default(),
             argon2: Argon2Settings::default(),
-            last_used_flush_secs: 5,
-            key_cache_max_mib: 128,
-            key_cache_degraded_ttl_secs: 10,
+            hot_path: HotPathSettings::default(),
             log_format: LogFormat::Text,
             redis: RedisSettings::default(),
             data_plane_auth: DataPlaneAuth::None,
@@ -567,9 +593,7 @@ impl Settings {
         self.argon2.problems(&mut problems);
         self.server.problems(&mut problems);
         self.limits.problems(&mut problems);
-        if self.last_used_flush_secs == 0 {
-            problems.push("last_used_flush_secs: must be at least 1".to_owned());
-        }
+        self.hot_path.problems(&mut problems);
         if let Err(problem) = self.database.target() {
             problems.push(problem);
         }
@@ -900,7 +924,7 @@ mod tests {
         let settings = Settings::load(&flags).unwrap();
         assert_eq!(settings.server.grpc_addr, "0.0.0.0:6000".parse().unwrap());
         assert_eq!(settings.limits.max_active_keys_per_owner, 7);
-        assert_eq!(settings.last_used_flush_secs, 5);
+        assert_eq!(settings.hot_path.last_used_flush_secs, 5);
     }
 
     #[test]

@@ -153,9 +153,9 @@ impl Application {
         let store = KeyStore::new(db.clone());
         let last_used = Arc::new(LastUsedTracker::default());
         let key_cache = Arc::new(KeyCache::new(
-            settings.key_cache_max_mib * 1024 * 1024,
+            settings.hot_path.key_cache_max_mib * 1024 * 1024,
             KEY_CACHE_TTL,
-            Duration::from_secs(settings.key_cache_degraded_ttl_secs),
+            Duration::from_secs(settings.hot_path.key_cache_degraded_ttl_secs),
         ));
         // With Redis, replicas tell each other what changed and the
         // follower decides how far the cache is trusted. Without it, one
@@ -285,7 +285,7 @@ impl Application {
             tokio::spawn(flush_last_used_periodically(
                 self.last_used.clone(),
                 self.store.clone(),
-                Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
+                Duration::from_secs(self.settings.hot_path.last_used_flush_secs.max(1)),
             )),
             tokio::spawn(crate::audit::prune_periodically(
                 self.db.clone(),

@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use apikeyd::config::{Argon2Settings, DatabaseSettings, DatabaseUrl, ServerSettings, Settings};
+use apikeyd::config::{
+    Argon2Settings, DatabaseSettings, DatabaseUrl, HotPathSettings, ServerSettings, Settings,
+};
 use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, ValidationCode};
@@ -74,7 +76,10 @@ pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -
             root_key_iterations: 1,
             ..Argon2Settings::default()
         },
-        last_used_flush_secs: 1,
+        hot_path: HotPathSettings {
+            last_used_flush_secs: 1,
+            ..HotPathSettings::default()
+        },
         ..Settings::default()
     }
 }
