@@ -62,10 +62,12 @@
 //!   files change, mutual TLS with a client CA, the handshakes off the
 //!   accept loop, and the identity a client certificate names.
 //! - [`startup`]: wiring, serving, health, draining.
-//! - [`config`]: settings (defaults, file, `APIKEYD_*`, flags) and what
-//!   derives from them: the database ([`config::DatabaseTarget`]), Redis, TLS
-//!   included ([`config::RedisTarget`]), the limiter; passwords in URLs
-//!   redacted ([`config::SecretUrl`]).
+//! - [`config`]: settings (defaults, file, `APIKEYD_*`, flags), in sections
+//!   (server, database, limits, argon2, hot path, Redis, Envoy, TLS) that
+//!   each derive what they describe: the database
+//!   ([`config::DatabaseTarget`]), Redis, TLS included
+//!   ([`config::RedisTarget`]), the limiter; the keys stay flat. Passwords
+//!   in URLs are redacted ([`config::SecretUrl`]).
 //! - [`cli`]: the command tree (every subcommand's arguments, no behaviour);
 //!   [`commands`]: parse, load settings, dispatch, and `root-key` straight
 //!   to the database; [`client`]: the operator's commands (`keys`,
