@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use apikeyd::config::{DatabaseUrl, Settings};
-use apikeyd::import::ImportArgs;
+use apikeyd::cli::ImportArgs;
+use apikeyd::config::{DatabaseSettings, DatabaseUrl, Settings};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
 const SEED_SCHEMA: &str = include_str!("../tests/fixtures/seed-prisma-schema.sql");
@@ -51,8 +51,10 @@ async fn run(seed: &Fresh, keys: &Fresh, rows: u64) -> anyhow::Result<()> {
     );
     let data_dir = tempfile::tempdir()?;
     let settings = || Settings {
-        database_url: Some(DatabaseUrl::from(keys.url.as_str())),
-        data_dir: data_dir.path().to_owned(),
+        database: DatabaseSettings {
+            data_dir: data_dir.path().to_owned(),
+            url: Some(DatabaseUrl::from(keys.url.as_str())),
+        },
         ..Settings::default()
     };
     let args = || ImportArgs {

@@ -1,226 +1,134 @@
-//! The `apikeyd` command: parse, load settings, dispatch.
+//! The command tree of `apikeyd`: every subcommand and its arguments as
+//! clap reads them. Only the shape of the command line lives here (no
+//! behaviour), so the modules that act on a command import its arguments
+//! without importing each other; [`crate::commands`] dispatches.
 
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+pub mod client_args;
 
-use anyhow::Context;
-use clap::Parser;
+use std::path::PathBuf;
 
-use crate::config::{Cli, Command, ConfigCommand, RootKeyCommand, Settings};
-use crate::domain::audit::AuditEvent;
-use crate::domain::key_settings::{self, ExpiryChange};
-use crate::domain::{self, KeyId, RootKey};
-use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::root_keys::{self, NewRootKey};
-use crate::secrets::SecretHasher;
-use crate::startup::Application;
-use crate::store::RootKeyPageQuery;
-use crate::{audit, client, import, shutdown, store, telemetry};
+use clap::{Parser, Subcommand};
 
-pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::load(&cli.settings) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("apikeyd: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // Client commands call a running server; the server's settings give
-    // them only its local address and data directory.
-    let command = match cli.command {
-        Command::Keys(args) => return client::keys(args, &settings).await,
-        Command::Ratelimit(args) => return client::ratelimit(args, &settings).await,
-        Command::Validate(args) => return client::validate(args, &settings).await,
-        command => command,
-    };
-    if let Command::Config(ConfigCommand::Check) = command {
-        return check_config(&settings);
-    }
-    let problems = settings.problems();
-    if !problems.is_empty() {
-        eprintln!(
-            "apikeyd: invalid configuration:\n  {}",
-            problems.join("\n  ")
-        );
-        return ExitCode::from(2);
-    }
-    let telemetry = telemetry::init(settings.log_format);
-    let outcome = run(command, settings).await;
-    // Flushing waits on the exporter task, so it must not hold a runtime worker.
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("apikeyd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+use crate::config::SettingsArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apikeyd",
+    version,
+    about = "A key authority: issues API keys, keeps them hashed, and validates them over gRPC."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    match command {
-        Command::Serve => {
-            let app = Application::build(settings).await?;
-            app.run_until_stopped(shutdown::terminate_or_interrupt())
-                .await
-        }
-        Command::Migrate => {
-            let db = connect(&settings).await?;
-            store::prepare(&db, None)
-                .await
-                .context("migration failed")?;
-            tracing::info!("database schema is up to date");
-            Ok(())
-        }
-        Command::Config(ConfigCommand::Check)
-        | Command::Keys(_)
-        | Command::Ratelimit(_)
-        | Command::Validate(_) => unreachable!("handled before logging starts"),
-        Command::Import(args) => import::run(args, settings).await,
-        Command::RootKey(command) => root_key(command, &settings).await,
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (migrating the database first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage root keys, the credentials of the management API.
+    #[command(subcommand)]
+    RootKey(RootKeyCommand),
+    /// Import the keys of another store (found by the SHA-256 of the whole
+    /// key) into the database; running it again imports nothing twice.
+    Import(ImportArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage API keys on a running server, as a client of its gRPC API.
+    Keys(client_args::KeysArgs),
+    /// Ask a running server's general-purpose rate limiter.
+    Ratelimit(client_args::RatelimitArgs),
+    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
+    Validate(client_args::ValidateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration (defaults, file, environment, flags), explain
+    /// what is wrong with it, or print the effective settings with secrets
+    /// redacted. Exits 0 when it is usable, 2 when not.
+    Check,
+}
+
+/// Root keys, directly in the database (for bootstrap and recovery): these
+/// commands need no root key, only the settings `serve` uses.
+#[derive(Debug, Subcommand)]
+pub enum RootKeyCommand {
+    /// Create a root key and print it, alone, on the last line of stdout.
+    Create {
+        /// A label for the key, e.g. "billing-service".
+        #[arg(long)]
+        name: String,
+        /// Permissions to grant (repeatable): keys:read, keys:write, root_keys:read,
+        /// root_keys:write, audit:read, validate, ratelimit, or wildcards such as keys:* and *.
+        #[arg(long = "permission", default_value = "*")]
+        permissions: Vec<String>,
+        /// Owners whose keys it reaches (repeatable): an owner id (tenant-42) or a
+        /// prefix ending in * (tenant-*); none for every owner.
+        #[arg(long = "owner-scope")]
+        owner_scope: Vec<String>,
+        /// Days until it expires (1 to 365); unset for a key that never expires.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List root keys (never their secrets), newest first.
+    List {
+        /// Also list revoked root keys.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke a root key now: it is refused from its next call on.
+    Revoke {
+        /// The root key's id (the 16 characters after rk_).
+        id: String,
+    },
+}
+
+/// Keys written per transaction: large enough to be fast, small enough
+/// that an interrupted import loses little work.
+const DEFAULT_BATCH: u16 = 500;
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_seed", "from_jsonl"])))]
+pub struct ImportArgs {
+    /// PostgreSQL URL of a store made by the seed design (its `ApiKey`
+    /// table), read in one read-only transaction. From the environment, a
+    /// password in it stays out of the process list.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "APIKEYD_IMPORT_SEED_URL",
+        hide_env_values = true
+    )]
+    pub from_seed: Option<String>,
+    /// A file of one JSON object per line: sha256, owner_id, name, scopes,
+    /// and optionally prefix, environment, enabled, metadata, tier,
+    /// created_at, expires_at, last_used_at, revoked_at.
+    #[arg(long, value_name = "FILE")]
+    pub from_jsonl: Option<PathBuf>,
+    /// Also import the seed's `ApiKeyUsage` rows into each imported key's
+    /// usage counters and recent requests (needs --redis-url, where usage lives).
+    #[arg(long, requires = "from_seed")]
+    pub usage: bool,
+    /// Check and count every row, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keys written per transaction.
+    #[arg(long, default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
-}
-
-/// `apikeyd root-key …`: straight to the database, each change audited
-/// (peer `cli`, no root key).
-async fn root_key(command: RootKeyCommand, settings: &Settings) -> anyhow::Result<()> {
-    let db = connect(settings).await?;
-    store::prepare(&db, None)
-        .await
-        .context("migration failed")?;
-    let now = domain::now();
-    match command {
-        RootKeyCommand::Create {
-            name,
-            permissions,
-            owner_scope,
-            expires_in_days,
-        } => {
-            let new = NewRootKey {
-                name: key_settings::parse_name(&name)?,
-                permissions: key_settings::parse_permissions("--permission", &permissions)?,
-                owner_scope: key_settings::parse_owner_scope("--owner-scope", &owner_scope)?,
-                expiry: match expires_in_days {
-                    Some(days) => ExpiryChange::InDays(key_settings::parse_expiry_days(
-                        "--expires-in-days",
-                        days,
-                    )?),
-                    None => ExpiryChange::Never,
-                },
-            };
-            let hasher = Arc::new(SecretHasher::new(
-                settings.argon2_costs(),
-                settings.argon2_budget(),
-            )?);
-            let (key, row) = root_keys::mint(&hasher, new, None, now).await?;
-            let mut event = AuditEvent::new("cli root-key create", "cli", now);
-            root_keys::describe_new(&mut event, &row);
-            let id = row.id.clone();
-            store::insert_root_key_audited(&db, row, &event).await?;
-            audit::log(&event, true);
-            eprintln!("created root key {id}; it is shown once, below:");
-            println!("{key}");
-        }
-        RootKeyCommand::List { include_revoked } => {
-            let query = RootKeyPageQuery {
-                include_revoked,
-                after: None,
-                batch: 500,
-            };
-            println!("id\tname\tpermissions\towner_scope\tcreated_at\texpires_at\trevoked_at");
-            store::scan_root_keys(&db, query, now, |key| {
-                println!("{}", listing_line(&key));
-                true
-            })
-            .await?;
-        }
-        RootKeyCommand::Revoke { id } => {
-            let id = KeyId::parse(&id).with_context(|| {
-                format!(
-                    "{} is not a root key id (16 letters and digits)",
-                    domain::quote(&id)
-                )
-            })?;
-            let mut event = AuditEvent::new("cli root-key revoke", "cli", now);
-            event.set_target_root_key(&id);
-            event.set_field("revoked", "true");
-            let revoked = store::revoke_root_key_audited(&db, &id, now, &event).await?;
-            audit::log(&event, true);
-            tell_replicas(settings, Invalidation::RootKey(id)).await?;
-            eprintln!(
-                "revoked root key {} ({}); it is refused from its next call on",
-                revoked.id, revoked.name
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Publishes a change to the replicas' caches when they share Redis, waiting
-/// until Redis has taken it (or a few seconds: then their TTL bounds it).
-async fn tell_replicas(settings: &Settings, change: Invalidation) -> anyhow::Result<()> {
-    let Some(target) = settings.redis_target()? else {
-        return Ok(());
-    };
-    let bus = Arc::new(
-        InvalidationBus::connect(
-            &target,
-            &settings.redis_key_prefix,
-            Duration::from_millis(settings.redis_timeout_ms),
-        )
-        .with_context(|| format!("invalid Redis URL {target}"))?,
-    );
-    bus.publish(change);
-    let publisher = bus.spawn_publisher();
-    bus.finish(publisher, REPLICA_NOTICE_WAIT).await;
-    Ok(())
-}
-
-/// The longest `root-key revoke` waits for Redis to take the invalidation.
-const REPLICA_NOTICE_WAIT: Duration = Duration::from_secs(3);
-
-/// One tab-separated line of `root-key list`; never a secret.
-fn listing_line(key: &RootKey) -> String {
-    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
-        at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
-    };
-    let scope = key.owner_scope.to_strings();
-    format!(
-        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-        key.id,
-        key.name.replace(['\t', '\n'], " "),
-        key.permissions.to_strings().join(","),
-        if scope.is_empty() {
-            "*".to_owned()
-        } else {
-            scope.join(",")
-        },
-        key.created_at.to_rfc3339(),
-        time(key.expires_at),
-        time(key.revoked_at),
-    )
-}
-
-fn check_config(settings: &Settings) -> ExitCode {
-    let problems = settings.problems();
-    if problems.is_empty() {
-        println!("{}", settings.describe());
-        eprintln!("configuration is valid");
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("configuration is not usable:\n  {}", problems.join("\n  "));
-        ExitCode::from(2)
-    }
-}
-
-async fn connect(settings: &Settings) -> anyhow::Result<sea_orm::DatabaseConnection> {
-    settings
-        .database()
-        .map_err(anyhow::Error::msg)?
-        .connect()
-        .await
-        .context("cannot connect to the database")
 }

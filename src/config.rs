@@ -5,17 +5,21 @@
 //! both); figment lays them over the file and the defaults.
 
 mod database_target;
-mod redis_target;
+pub mod redis_target;
+pub mod secret_url;
 
 pub use database_target::DatabaseTarget;
 pub use redis_target::RedisTarget;
+pub use secret_url::{DatabaseUrl, RedisUrl, SecretUrl, redact_url};
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -25,73 +29,519 @@ use crate::domain::limit::seed_tiers;
 use crate::domain::{Algorithm, Limit, Tiers};
 use crate::envoy::ratelimit_config::RateLimitConfig;
 use crate::envoy::routes::{RouteRule, RouteTable};
-use crate::ratelimit::FailurePolicy;
+use crate::ratelimit::memory::MemoryStore;
+use crate::ratelimit::redis::RedisStore;
+use crate::ratelimit::store::RateLimitStore;
 use crate::ratelimit::usage::Retention;
+use crate::ratelimit::{FailurePolicy, Keyspace, LimiterSettings, RateLimiter};
 use crate::secrets::{Argon2Cost, Argon2Costs};
 
 /// Every setting the service reads. In a TOML file the keys are these field
-/// names, e.g. `grpc_addr = "0.0.0.0:50051"`.
+/// names, e.g. `grpc_addr = "0.0.0.0:50051"`; a section's keys sit at the
+/// top level too (`redis_url`, `tls_cert`), named as its fields are renamed.
+/// Unknown keys are refused by [`Settings::load`] (serde's
+/// `deny_unknown_fields` does not combine with `flatten`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub database_url: Option<DatabaseUrl>,
-    pub max_active_keys_per_owner: u32,
-    pub api_key_argon2_memory_kib: u32,
-    pub api_key_argon2_iterations: u32,
-    pub api_key_argon2_parallelism: u32,
-    pub root_key_argon2_memory_kib: u32,
-    pub root_key_argon2_iterations: u32,
-    pub root_key_argon2_parallelism: u32,
-    /// Unset: the CPUs this process may use (its cgroup quota).
-    pub argon2_max_in_flight: Option<u32>,
-    pub argon2_max_queued: u32,
-    pub grpc_max_concurrent_streams: u32,
-    pub grpc_max_request_bytes: u32,
-    pub grpc_default_deadline_ms: u64,
-    pub last_used_flush_secs: u64,
-    pub key_cache_max_mib: u64,
-    pub key_cache_degraded_ttl_secs: u64,
-    pub shutdown_grace_secs: u64,
+    #[serde(flatten)]
+    pub server: ServerSettings,
+    #[serde(flatten)]
+    pub database: DatabaseSettings,
+    #[serde(flatten)]
+    pub limits: LimitSettings,
+    #[serde(flatten)]
+    pub argon2: Argon2Settings,
+    #[serde(flatten)]
+    pub hot_path: HotPathSettings,
     pub log_format: LogFormat,
-    pub redis_url: Option<RedisUrl>,
-    pub redis_cluster: bool,
-    pub redis_timeout_ms: u64,
-    pub redis_probe_timeout_ms: u64,
-    pub redis_failure_policy: FailurePolicy,
-    pub redis_key_prefix: String,
-    /// PEM CA certificates that sign the Redis server's certificate
-    /// (`rediss://`); unset for the system's roots.
-    pub redis_ca_cert: Option<PathBuf>,
-    pub usage_hourly_retention_hours: u32,
-    pub usage_daily_retention_days: u32,
-    pub recent_requests_kept: u32,
-    pub default_tier: String,
+    #[serde(flatten)]
+    pub redis: RedisSettings,
     pub data_plane_auth: DataPlaneAuth,
     pub audit_retention_days: u32,
-    /// Tier name → its limits (file only), e.g.
-    /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
-    pub tiers: BTreeMap<String, Vec<TierLimit>>,
-    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
-    /// that set no `context_extensions` (file only), e.g.
-    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
-    pub envoy_routes: Vec<RouteRule>,
-    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
-    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
-    pub envoy_ratelimit_config: Option<PathBuf>,
+    #[serde(flatten)]
+    pub envoy: EnvoySettings,
     /// GitHub's secret-scanning signing keys, as GitHub publishes them; when
     /// set, `POST /v1/leaked-keys` takes its reports.
     pub leak_report_keys: Option<PathBuf>,
-    /// TLS on both listeners: the PEM certificate chain and key (both or
-    /// neither), read again when they change.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA certificates that sign client certificates: mutual TLS.
-    pub tls_client_ca: Option<PathBuf>,
+    #[serde(flatten)]
+    pub tls: TlsSettings,
     /// The web console (file only), e.g. `[console] scopes = ["posts:read"]`.
     pub console: ConsoleSettings,
+}
+
+/// The listeners and how they serve calls: the keys `grpc_addr`,
+/// `http_addr`, `grpc_max_*`, `grpc_default_deadline_ms` and
+/// `shutdown_grace_secs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerSettings {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    #[serde(rename = "grpc_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    #[serde(rename = "grpc_max_request_bytes")]
+    pub max_request_bytes: u32,
+    #[serde(rename = "grpc_default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            http_addr: ([127, 0, 0, 1], 8080).into(),
+            max_concurrent_streams: 256,
+            max_request_bytes: 64 * 1024,
+            default_deadline_ms: 30_000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The deadline of a call that sets none (a longer one is cut to it).
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// What in-flight calls get to finish after SIGTERM.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.max_concurrent_streams == 0 {
+            problems.push("grpc_max_concurrent_streams: must be at least 1".to_owned());
+        }
+        if self.max_request_bytes < 1024 {
+            problems.push(
+                "grpc_max_request_bytes: must be at least 1024 (a Validate request alone can need that)"
+                    .to_owned(),
+            );
+        }
+        if self.default_deadline_ms == 0 {
+            problems.push("grpc_default_deadline_ms: must be at least 1".to_owned());
+        }
+        if self.grpc_addr.port() != 0 && self.grpc_addr == self.http_addr {
+            problems.push(format!(
+                "grpc_addr and http_addr are both {}; give each its own port",
+                self.grpc_addr
+            ));
+        }
+    }
+}
+
+/// Validate's hot path off the database: the keys `key_cache_max_mib`,
+/// `key_cache_degraded_ttl_secs` and `last_used_flush_secs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HotPathSettings {
+    pub key_cache_max_mib: u64,
+    /// The longest a cached key is trusted while invalidations may be missed.
+    pub key_cache_degraded_ttl_secs: u64,
+    /// Seconds between batched writes of `last_used_at`.
+    pub last_used_flush_secs: u64,
+}
+
+impl Default for HotPathSettings {
+    fn default() -> Self {
+        HotPathSettings {
+            key_cache_max_mib: 128,
+            key_cache_degraded_ttl_secs: 10,
+            last_used_flush_secs: 5,
+        }
+    }
+}
+
+impl HotPathSettings {
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.last_used_flush_secs == 0 {
+            problems.push("last_used_flush_secs: must be at least 1".to_owned());
+        }
+    }
+}
+
+/// What hashing and verifying keys costs, and how many may run at once: the
+/// keys `api_key_argon2_*`, `root_key_argon2_*` and `argon2_max_*`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Argon2Settings {
+    #[serde(rename = "api_key_argon2_memory_kib")]
+    pub api_key_memory_kib: u32,
+    #[serde(rename = "api_key_argon2_iterations")]
+    pub api_key_iterations: u32,
+    #[serde(rename = "api_key_argon2_parallelism")]
+    pub api_key_parallelism: u32,
+    #[serde(rename = "root_key_argon2_memory_kib")]
+    pub root_key_memory_kib: u32,
+    #[serde(rename = "root_key_argon2_iterations")]
+    pub root_key_iterations: u32,
+    #[serde(rename = "root_key_argon2_parallelism")]
+    pub root_key_parallelism: u32,
+    /// Unset: the CPUs this process may use (its cgroup quota).
+    #[serde(rename = "argon2_max_in_flight")]
+    pub max_in_flight: Option<u32>,
+    #[serde(rename = "argon2_max_queued")]
+    pub max_queued: u32,
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        let Argon2Costs {
+            api_keys,
+            root_keys,
+        } = Argon2Costs::default();
+        Argon2Settings {
+            api_key_memory_kib: api_keys.memory_kib,
+            api_key_iterations: api_keys.iterations,
+            api_key_parallelism: api_keys.parallelism,
+            root_key_memory_kib: root_keys.memory_kib,
+            root_key_iterations: root_keys.iterations,
+            root_key_parallelism: root_keys.parallelism,
+            max_in_flight: None,
+            max_queued: 256,
+        }
+    }
+}
+
+impl Argon2Settings {
+    pub fn costs(&self) -> Argon2Costs {
+        Argon2Costs {
+            api_keys: Argon2Cost {
+                memory_kib: self.api_key_memory_kib,
+                iterations: self.api_key_iterations,
+                parallelism: self.api_key_parallelism,
+            },
+            root_keys: Argon2Cost {
+                memory_kib: self.root_key_memory_kib,
+                iterations: self.root_key_iterations,
+                parallelism: self.root_key_parallelism,
+            },
+        }
+    }
+
+    /// How many argon2 runs may be in flight and queued.
+    pub fn budget(&self) -> Argon2Budget {
+        Argon2Budget {
+            max_in_flight: self
+                .max_in_flight
+                .and_then(|n| std::num::NonZeroUsize::new(usize::try_from(n).ok()?))
+                .unwrap_or_else(default_max_in_flight),
+            max_queued: usize::try_from(self.max_queued).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        let costs = self.costs();
+        for (kind, cost) in [("api_key", costs.api_keys), ("root_key", costs.root_keys)] {
+            if let Err(e) =
+                argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            {
+                problems.push(format!(
+                    "{kind}_argon2_memory_kib / {kind}_argon2_iterations / {kind}_argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
+                ));
+            }
+        }
+        if self.max_in_flight == Some(0) {
+            problems.push(
+                "argon2_max_in_flight: must be at least 1 (unset it to follow the CPU quota)"
+                    .to_owned(),
+            );
+        }
+    }
+}
+
+/// Where the database is: the keys `data_dir` and `database_url`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatabaseSettings {
+    /// The embedded SQLite database (without `database_url`) and the
+    /// bootstrap root key's file.
+    pub data_dir: PathBuf,
+    #[serde(rename = "database_url")]
+    pub url: Option<DatabaseUrl>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            data_dir: PathBuf::from("./data"),
+            url: None,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// Which database `database_url` and `data_dir` name, interpreted once
+    /// here for the server, the command line and the import.
+    pub fn target(&self) -> Result<DatabaseTarget, String> {
+        DatabaseTarget::parse(self.url.as_ref(), &self.data_dir)
+    }
+}
+
+/// Where Redis is and how the limiter and the invalidations use it: the
+/// keys `redis_*`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedisSettings {
+    /// Unset: the in-process limiter (one replica) and no invalidations.
+    #[serde(rename = "redis_url")]
+    pub url: Option<RedisUrl>,
+    #[serde(rename = "redis_cluster")]
+    pub cluster: bool,
+    #[serde(rename = "redis_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(rename = "redis_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+    #[serde(rename = "redis_failure_policy")]
+    pub failure_policy: FailurePolicy,
+    #[serde(rename = "redis_key_prefix")]
+    pub key_prefix: String,
+    /// PEM CA certificates that sign the Redis server's certificate
+    /// (`rediss://`); unset for the system's roots.
+    #[serde(rename = "redis_ca_cert")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            cluster: false,
+            timeout_ms: 500,
+            probe_timeout_ms: 1_000,
+            failure_policy: FailurePolicy::Open,
+            key_prefix: "apikeyd".to_owned(),
+            ca_cert: None,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Where Redis is, when it is configured; reads `redis_ca_cert`.
+    pub fn target(&self) -> anyhow::Result<Option<RedisTarget>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let root_cert = match &self.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("redis_ca_cert: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        Ok(Some(RedisTarget::new(url.clone(), self.cluster, root_cert)))
+    }
+
+    /// The longest wait for a Redis answer of a call without a deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The limiter: on Redis when a URL is configured, else in-process;
+    /// usage counters kept as `retention` says.
+    pub fn limiter(&self, retention: Retention) -> anyhow::Result<RateLimiter> {
+        let limiter = LimiterSettings {
+            policy: self.failure_policy,
+            default_wait: Duration::from_millis(self.timeout_ms.max(1)),
+            probe_timeout: Duration::from_millis(self.probe_timeout_ms.max(1)),
+            retention,
+        };
+        let store: Arc<dyn RateLimitStore> = match self.target()? {
+            Some(target) => Arc::new(
+                RedisStore::new(&target, limiter.probe_timeout)
+                    .with_context(|| format!("invalid Redis URL {target}"))?,
+            ),
+            None => Arc::new(MemoryStore::default()),
+        };
+        Ok(RateLimiter::new(
+            store,
+            Keyspace::new(&self.key_prefix)?,
+            limiter,
+        ))
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if let Some(path) = &self.ca_cert {
+            let tls = self
+                .url
+                .as_ref()
+                .is_some_and(|url| url.expose().trim_start().starts_with("rediss://"));
+            if !tls {
+                problems.push(
+                    "redis_ca_cert: needs a rediss:// redis_url (TLS); unset it, or use rediss://"
+                        .to_owned(),
+                );
+            } else if let Err(e) = std::fs::read(path) {
+                problems.push(format!(
+                    "redis_ca_cert: cannot read {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+        if self.timeout_ms == 0 || self.probe_timeout_ms == 0 {
+            problems
+                .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
+        }
+    }
+}
+
+/// TLS on both listeners: the keys `tls_cert`, `tls_key`, `tls_client_ca`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TlsSettings {
+    /// The PEM certificate chain and key (both or neither), read again when
+    /// they change.
+    #[serde(rename = "tls_cert")]
+    pub cert: Option<PathBuf>,
+    #[serde(rename = "tls_key")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: mutual TLS.
+    #[serde(rename = "tls_client_ca")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The listeners' TLS files: `None` without TLS, an explanation when
+    /// only some of them are given.
+    pub fn files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            })),
+            (None, None) if self.client_ca.is_none() => Ok(None),
+            (None, None) => Err(
+                "tls_client_ca: mutual TLS needs tls_cert and tls_key too (the server's own certificate)"
+                    .to_owned(),
+            ),
+            _ => Err("tls_cert and tls_key: give both (the PEM certificate chain and its key) or neither".to_owned()),
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        match self.files() {
+            Ok(Some(files)) => {
+                if let Err(e) = crate::tls::ServerTls::load(files) {
+                    problems.push(format!("tls_cert / tls_key / tls_client_ca: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
+        }
+    }
+}
+
+/// Who may hold how many keys, the tiers' limits and how long usage is kept:
+/// the keys `max_active_keys_per_owner`, `default_tier`, `tiers` and
+/// `usage_*` / `recent_requests_kept`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LimitSettings {
+    /// Unrevoked keys one owner may hold at once.
+    pub max_active_keys_per_owner: u32,
+    pub default_tier: String,
+    /// Tier name → its limits (file only), e.g.
+    /// `pro = [{ limit = 1000, window_secs = 3600, algorithm = "sliding_window" }]`.
+    pub tiers: BTreeMap<String, Vec<TierLimit>>,
+    #[serde(rename = "usage_hourly_retention_hours")]
+    pub hourly_retention_hours: u32,
+    #[serde(rename = "usage_daily_retention_days")]
+    pub daily_retention_days: u32,
+    pub recent_requests_kept: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_active_keys_per_owner: 10,
+            default_tier: "free".to_owned(),
+            tiers: seed_tiers()
+                .into_iter()
+                .map(|(name, limits)| {
+                    let limits = limits
+                        .iter()
+                        .map(|l| TierLimit {
+                            limit: l.limit,
+                            window_secs: l.window_ms / 1000,
+                            algorithm: l.algorithm,
+                        })
+                        .collect();
+                    (name, limits)
+                })
+                .collect(),
+            hourly_retention_hours: 48,
+            daily_retention_days: 90,
+            recent_requests_kept: 100,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The configured tiers, checked.
+    pub fn tiers(&self) -> anyhow::Result<Tiers> {
+        let mut tiers = BTreeMap::new();
+        for (name, limits) in &self.tiers {
+            let limits = limits
+                .iter()
+                .map(|l| {
+                    Limit::parse(
+                        "tiers",
+                        l.limit,
+                        l.window_secs.saturating_mul(1000),
+                        l.algorithm,
+                    )
+                })
+                .collect::<crate::error::Result<Vec<_>>>()
+                .map_err(|e| anyhow::anyhow!("tier {name:?}: {e}"))?;
+            tiers.insert(name.clone(), limits);
+        }
+        Tiers::new(tiers, self.default_tier.clone())
+    }
+
+    pub fn usage_retention(&self) -> Retention {
+        Retention {
+            hourly_secs: i64::from(self.hourly_retention_hours.max(1)) * 3_600,
+            daily_secs: i64::from(self.daily_retention_days.max(1)) * 86_400,
+            recent_requests: self.recent_requests_kept,
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if self.max_active_keys_per_owner == 0 {
+            problems.push("max_active_keys_per_owner: must be at least 1".to_owned());
+        }
+        if let Err(e) = self.tiers() {
+            problems.push(format!("tiers: {e}"));
+        }
+    }
+}
+
+/// What Envoy's ext_authz and ratelimit services are told: the keys
+/// `envoy_routes` and `envoy_ratelimit_config`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EnvoySettings {
+    /// Scopes and cost of requests Envoy's ext_authz asks about, for routes
+    /// that set no `context_extensions` (file only), e.g.
+    /// `[[envoy_routes]] path_prefix = "/v1/posts", methods = ["POST"], scopes = ["posts:write"]`.
+    #[serde(rename = "envoy_routes")]
+    pub routes: Vec<RouteRule>,
+    /// envoyproxy/ratelimit's YAML configuration (a file or a directory of
+    /// them) for `envoy.service.ratelimit.v3.RateLimitService`.
+    #[serde(rename = "envoy_ratelimit_config")]
+    pub ratelimit_config: Option<PathBuf>,
+}
+
+impl EnvoySettings {
+    /// The ext_authz route table, checked.
+    pub fn route_table(&self) -> anyhow::Result<RouteTable> {
+        RouteTable::parse(&self.routes)
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        if let Err(e) = self.route_table() {
+            problems.push(format!("{e}"));
+        }
+        if let Some(path) = &self.ratelimit_config {
+            if let Err(e) = RateLimitConfig::load(path) {
+                problems.push(format!("envoy_ratelimit_config: {e}"));
+            }
+        }
+    }
 }
 
 /// What the web console offers; a `[console]` table in the settings file.
@@ -118,195 +568,49 @@ fn sliding_window() -> Algorithm {
 
 impl Default for Settings {
     fn default() -> Self {
-        let Argon2Costs {
-            api_keys,
-            root_keys,
-        } = Argon2Costs::default();
         Settings {
-            grpc_addr: ([127, 0, 0, 1], 50051).into(),
-            http_addr: ([127, 0, 0, 1], 8080).into(),
-            data_dir: PathBuf::from("./data"),
-            database_url: None,
-            max_active_keys_per_owner: 10,
-            api_key_argon2_memory_kib: api_keys.memory_kib,
-            api_key_argon2_iterations: api_keys.iterations,
-            api_key_argon2_parallelism: api_keys.parallelism,
-            root_key_argon2_memory_kib: root_keys.memory_kib,
-            root_key_argon2_iterations: root_keys.iterations,
-            root_key_argon2_parallelism: root_keys.parallelism,
-            argon2_max_in_flight: None,
-            argon2_max_queued: 256,
-            grpc_max_concurrent_streams: 256,
-            grpc_max_request_bytes: 64 * 1024,
-            grpc_default_deadline_ms: 30_000,
-            last_used_flush_secs: 5,
-            key_cache_max_mib: 128,
-            key_cache_degraded_ttl_secs: 10,
-            shutdown_grace_secs: 10,
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            limits: LimitSettings::default(),
+            argon2: Argon2Settings::default(),
+            hot_path: HotPathSettings::default(),
             log_format: LogFormat::Text,
-            redis_url: None,
-            redis_cluster: false,
-            redis_timeout_ms: 500,
-            redis_probe_timeout_ms: 1_000,
-            redis_failure_policy: FailurePolicy::Open,
-            redis_key_prefix: "apikeyd".to_owned(),
-            redis_ca_cert: None,
-            usage_hourly_retention_hours: 48,
-            usage_daily_retention_days: 90,
-            recent_requests_kept: 100,
-            default_tier: "free".to_owned(),
+            redis: RedisSettings::default(),
             data_plane_auth: DataPlaneAuth::None,
             audit_retention_days: 365,
-            tiers: seed_tiers()
-                .into_iter()
-                .map(|(name, limits)| {
-                    let limits = limits
-                        .iter()
-                        .map(|l| TierLimit {
-                            limit: l.limit,
-                            window_secs: l.window_ms / 1000,
-                            algorithm: l.algorithm,
-                        })
-                        .collect();
-                    (name, limits)
-                })
-                .collect(),
-            envoy_routes: Vec::new(),
-            envoy_ratelimit_config: None,
+            envoy: EnvoySettings::default(),
             leak_report_keys: None,
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
+            tls: TlsSettings::default(),
             console: ConsoleSettings::default(),
         }
     }
 }
 
 impl Settings {
-    pub fn argon2_costs(&self) -> Argon2Costs {
-        Argon2Costs {
-            api_keys: Argon2Cost {
-                memory_kib: self.api_key_argon2_memory_kib,
-                iterations: self.api_key_argon2_iterations,
-                parallelism: self.api_key_argon2_parallelism,
-            },
-            root_keys: Argon2Cost {
-                memory_kib: self.root_key_argon2_memory_kib,
-                iterations: self.root_key_argon2_iterations,
-                parallelism: self.root_key_argon2_parallelism,
-            },
-        }
-    }
-
-    /// How many argon2 runs may be in flight and queued.
-    pub fn argon2_budget(&self) -> Argon2Budget {
-        Argon2Budget {
-            max_in_flight: self
-                .argon2_max_in_flight
-                .and_then(|n| std::num::NonZeroUsize::new(usize::try_from(n).ok()?))
-                .unwrap_or_else(default_max_in_flight),
-            max_queued: usize::try_from(self.argon2_max_queued).unwrap_or(usize::MAX),
-        }
-    }
-
     /// What is wrong with these settings, in sentences; empty when usable.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let costs = self.argon2_costs();
-        for (kind, cost) in [("api_key", costs.api_keys), ("root_key", costs.root_keys)] {
-            if let Err(e) =
-                argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
-            {
-                problems.push(format!(
-                    "{kind}_argon2_memory_kib / {kind}_argon2_iterations / {kind}_argon2_parallelism: {e} (memory must be at least 8 × parallelism KiB, iterations at least 1)"
-                ));
-            }
-        }
-        if self.argon2_max_in_flight == Some(0) {
-            problems.push(
-                "argon2_max_in_flight: must be at least 1 (unset it to follow the CPU quota)"
-                    .to_owned(),
-            );
-        }
-        if self.grpc_max_concurrent_streams == 0 {
-            problems.push("grpc_max_concurrent_streams: must be at least 1".to_owned());
-        }
-        if self.grpc_max_request_bytes < 1024 {
-            problems.push(
-                "grpc_max_request_bytes: must be at least 1024 (a Validate request alone can need that)"
-                    .to_owned(),
-            );
-        }
-        if self.grpc_default_deadline_ms == 0 {
-            problems.push("grpc_default_deadline_ms: must be at least 1".to_owned());
-        }
-        if self.max_active_keys_per_owner == 0 {
-            problems.push("max_active_keys_per_owner: must be at least 1".to_owned());
-        }
-        if self.last_used_flush_secs == 0 {
-            problems.push("last_used_flush_secs: must be at least 1".to_owned());
-        }
-        if self.grpc_addr.port() != 0 && self.grpc_addr == self.http_addr {
-            problems.push(format!(
-                "grpc_addr and http_addr are both {}; give each its own port",
-                self.grpc_addr
-            ));
-        }
-        if let Err(problem) = self.database() {
+        self.argon2.problems(&mut problems);
+        self.server.problems(&mut problems);
+        self.limits.problems(&mut problems);
+        self.hot_path.problems(&mut problems);
+        if let Err(problem) = self.database.target() {
             problems.push(problem);
         }
-        if let Err(e) = self.tiers() {
-            problems.push(format!("tiers: {e}"));
-        }
-        if let Err(e) = RouteTable::parse(&self.envoy_routes) {
-            problems.push(format!("{e}"));
-        }
-        if let Some(path) = &self.envoy_ratelimit_config {
-            if let Err(e) = RateLimitConfig::load(path) {
-                problems.push(format!("envoy_ratelimit_config: {e}"));
-            }
-        }
+        self.envoy.problems(&mut problems);
         if let Some(path) = &self.leak_report_keys {
             if let Err(e) = crate::leak_report::github::SigningKeySource::load(path) {
                 problems.push(format!("leak_report_keys: {e}"));
             }
         }
-        match self.tls_files() {
-            Ok(Some(files)) => {
-                if let Err(e) = crate::tls::ServerTls::load(files) {
-                    problems.push(format!("tls_cert / tls_key / tls_client_ca: {e}"));
-                }
-            }
-            Ok(None) => {}
-            Err(problem) => problems.push(problem),
-        }
-        if self.data_plane_auth == DataPlaneAuth::Mtls && self.tls_client_ca.is_none() {
+        self.tls.problems(&mut problems);
+        if self.data_plane_auth == DataPlaneAuth::Mtls && self.tls.client_ca.is_none() {
             problems.push(
                 "data_plane_auth = mtls needs tls_client_ca (and tls_cert, tls_key): the CA that signs the callers' certificates"
                     .to_owned(),
             );
         }
-        if let Some(path) = &self.redis_ca_cert {
-            let tls = self
-                .redis_url
-                .as_ref()
-                .is_some_and(|url| url.expose().trim_start().starts_with("rediss://"));
-            if !tls {
-                problems.push(
-                    "redis_ca_cert: needs a rediss:// redis_url (TLS); unset it, or use rediss://"
-                        .to_owned(),
-                );
-            } else if let Err(e) = std::fs::read(path) {
-                problems.push(format!(
-                    "redis_ca_cert: cannot read {}: {e}",
-                    path.display()
-                ));
-            }
-        }
-        if self.redis_timeout_ms == 0 || self.redis_probe_timeout_ms == 0 {
-            problems
-                .push("redis_timeout_ms and redis_probe_timeout_ms: must be at least 1".to_owned());
-        }
+        self.redis.problems(&mut problems);
         for scope in &self.console.scopes {
             if let Err(e) = crate::domain::Scope::parse(scope) {
                 problems.push(format!("console.scopes: {e}"));
@@ -318,10 +622,10 @@ impl Settings {
     /// The effective settings, one `key = value` per line, secrets redacted.
     pub fn describe(&self) -> String {
         let mut value = serde_json::to_value(self).expect("settings serialise");
-        if let Some(url) = &self.database_url {
+        if let Some(url) = &self.database.url {
             value["database_url"] = serde_json::Value::String(url.to_string());
         }
-        if let Some(url) = &self.redis_url {
+        if let Some(url) = &self.redis.url {
             value["redis_url"] = serde_json::Value::String(url.to_string());
         }
         value
@@ -333,84 +637,19 @@ impl Settings {
             .join("\n")
     }
 
-    /// The listeners' TLS files: `None` without TLS, an explanation when
-    /// only some of them are given.
-    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            })),
-            (None, None) if self.tls_client_ca.is_none() => Ok(None),
-            (None, None) => Err(
-                "tls_client_ca: mutual TLS needs tls_cert and tls_key too (the server's own certificate)"
-                    .to_owned(),
-            ),
-            _ => Err("tls_cert and tls_key: give both (the PEM certificate chain and its key) or neither".to_owned()),
-        }
-    }
-
-    /// Which database `database_url` and `data_dir` name.
-    pub fn database(&self) -> Result<DatabaseTarget, String> {
-        DatabaseTarget::parse(self.database_url.as_ref(), &self.data_dir)
-    }
-
-    /// Where Redis is, when it is configured; reads `redis_ca_cert`.
-    pub fn redis_target(&self) -> anyhow::Result<Option<RedisTarget>> {
-        let Some(url) = &self.redis_url else {
-            return Ok(None);
-        };
-        let root_cert = match &self.redis_ca_cert {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                anyhow::anyhow!("redis_ca_cert: cannot read {}: {e}", path.display())
-            })?),
-            None => None,
-        };
-        Ok(Some(RedisTarget::new(
-            url.clone(),
-            self.redis_cluster,
-            root_cert,
-        )))
-    }
-
-    /// The configured tiers, checked.
-    pub fn tiers(&self) -> anyhow::Result<Tiers> {
-        let mut tiers = BTreeMap::new();
-        for (name, limits) in &self.tiers {
-            let limits = limits
-                .iter()
-                .map(|l| {
-                    Limit::parse(
-                        "tiers",
-                        l.limit,
-                        l.window_secs.saturating_mul(1000),
-                        l.algorithm,
-                    )
-                })
-                .collect::<crate::error::Result<Vec<_>>>()
-                .map_err(|e| anyhow::anyhow!("tier {name:?}: {e}"))?;
-            tiers.insert(name.clone(), limits);
-        }
-        Tiers::new(tiers, self.default_tier.clone())
-    }
-
-    pub fn usage_retention(&self) -> Retention {
-        Retention {
-            hourly_secs: i64::from(self.usage_hourly_retention_hours.max(1)) * 3_600,
-            daily_secs: i64::from(self.usage_daily_retention_days.max(1)) * 86_400,
-            recent_requests: self.recent_requests_kept,
-        }
+    /// The limiter, from the Redis section and the usage retention.
+    pub fn limiter(&self) -> anyhow::Result<RateLimiter> {
+        self.redis.limiter(self.limits.usage_retention())
     }
 
     /// The settings a TOML document gives, over the defaults: what
     /// [`Settings::load`] makes of a configuration file when no flag or
     /// variable is set.
     pub fn from_toml(text: &str) -> Result<Settings, Box<figment::Error>> {
-        Figment::from(Serialized::defaults(Settings::default()))
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(Box::new)
+        let figment =
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(text));
+        refuse_unknown_keys(&figment)?;
+        figment.extract().map_err(Box::new)
     }
 
     /// Lays `flags` (flags and environment, as clap read them) over the
@@ -420,79 +659,24 @@ impl Settings {
         if let Some(path) = &flags.config {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment
-            .merge(Serialized::defaults(flags))
-            .extract()
-            .map_err(Box::new)
+        let figment = figment.merge(Serialized::defaults(flags));
+        refuse_unknown_keys(&figment)?;
+        figment.extract().map_err(Box::new)
     }
 }
 
-/// A URL (or comma-separated URLs) whose passwords never reach a log line:
-/// `Display` and `Debug` print `postgres://user:***@host/db`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
-
-pub type DatabaseUrl = SecretUrl;
-pub type RedisUrl = SecretUrl;
-
-impl SecretUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
+/// A key that is no setting (a typo like `grpc_adr`) is an error, not
+/// silently ignored: what `deny_unknown_fields` did before the sections were
+/// flattened into the same top-level keys.
+fn refuse_unknown_keys(figment: &Figment) -> Result<(), Box<figment::Error>> {
+    let known = serde_json::to_value(Settings::default()).expect("settings serialise");
+    let given: figment::value::Dict = figment.extract().map_err(Box::new)?;
+    match given.keys().find(|key| known.get(key.as_str()).is_none()) {
+        Some(key) => Err(Box::new(figment::Error::from(format!(
+            "unknown field: found `{key}`, expected one of the keys `apikeyd config check` prints"
+        )))),
+        None => Ok(()),
     }
-}
-
-impl From<&str> for SecretUrl {
-    fn from(url: &str) -> Self {
-        SecretUrl(url.to_owned())
-    }
-}
-
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted: Vec<String> = self.0.split(',').map(|u| redact_url(u.trim())).collect();
-        f.write_str(&redacted.join(","))
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUrl({self})")
-    }
-}
-
-/// Query parameters that carry a secret (libpq's `password` and `sslpassword`).
-const SECRET_QUERY_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
-
-/// `scheme://user:password@host/…?sslpassword=…` →
-/// `scheme://user:***@host/…?sslpassword=***`.
-pub fn redact_url(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return "<unparseable URL>".to_owned();
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    let is_secret = |name: &str| {
-        SECRET_QUERY_PARAMETERS
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(name))
-    };
-    if url.query_pairs().any(|(name, _)| is_secret(&name)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if is_secret(&name) {
-                    "***".into()
-                } else {
-                    value
-                };
-                (name.into_owned(), value.into_owned())
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
 }
 
 /// Who may call Validate and CheckRateLimit.
@@ -517,84 +701,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "apikeyd",
-    version,
-    about = "A key authority: issues API keys, keeps them hashed, and validates them over gRPC."
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub settings: SettingsArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gRPC server (migrating the database first).
-    Serve,
-    /// Apply database migrations and exit.
-    Migrate,
-    /// Manage root keys, the credentials of the management API.
-    #[command(subcommand)]
-    RootKey(RootKeyCommand),
-    /// Import the keys of another store (found by the SHA-256 of the whole
-    /// key) into the database; running it again imports nothing twice.
-    Import(crate::import::ImportArgs),
-    /// Inspect the configuration.
-    #[command(subcommand)]
-    Config(ConfigCommand),
-    /// Manage API keys on a running server, as a client of its gRPC API.
-    Keys(crate::client::args::KeysArgs),
-    /// Ask a running server's general-purpose rate limiter.
-    Ratelimit(crate::client::args::RatelimitArgs),
-    /// Ask a running server whether an API key is good (exit 0 when valid, 1 when not).
-    Validate(crate::client::args::ValidateArgs),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Load the configuration (defaults, file, environment, flags), explain
-    /// what is wrong with it, or print the effective settings with secrets
-    /// redacted. Exits 0 when it is usable, 2 when not.
-    Check,
-}
-
-/// Root keys, directly in the database (for bootstrap and recovery): these
-/// commands need no root key, only the settings `serve` uses.
-#[derive(Debug, Subcommand)]
-pub enum RootKeyCommand {
-    /// Create a root key and print it, alone, on the last line of stdout.
-    Create {
-        /// A label for the key, e.g. "billing-service".
-        #[arg(long)]
-        name: String,
-        /// Permissions to grant (repeatable): keys:read, keys:write, root_keys:read,
-        /// root_keys:write, audit:read, validate, ratelimit, or wildcards such as keys:* and *.
-        #[arg(long = "permission", default_value = "*")]
-        permissions: Vec<String>,
-        /// Owners whose keys it reaches (repeatable): an owner id (tenant-42) or a
-        /// prefix ending in * (tenant-*); none for every owner.
-        #[arg(long = "owner-scope")]
-        owner_scope: Vec<String>,
-        /// Days until it expires (1 to 365); unset for a key that never expires.
-        #[arg(long)]
-        expires_in_days: Option<u32>,
-    },
-    /// List root keys (never their secrets), newest first.
-    List {
-        /// Also list revoked root keys.
-        #[arg(long)]
-        include_revoked: bool,
-    },
-    /// Revoke a root key now: it is refused from its next call on.
-    Revoke {
-        /// The root key's id (the 16 characters after rk_).
-        id: String,
-    },
 }
 
 /// Settings as flags; each is also an `APIKEYD_*` environment variable. An
@@ -826,9 +932,9 @@ mod tests {
             ..Default::default()
         };
         let settings = Settings::load(&flags).unwrap();
-        assert_eq!(settings.grpc_addr, "0.0.0.0:6000".parse().unwrap());
-        assert_eq!(settings.max_active_keys_per_owner, 7);
-        assert_eq!(settings.last_used_flush_secs, 5);
+        assert_eq!(settings.server.grpc_addr, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(settings.limits.max_active_keys_per_owner, 7);
+        assert_eq!(settings.hot_path.last_used_flush_secs, 5);
     }
 
     #[test]
@@ -847,9 +953,18 @@ mod tests {
     #[test]
     fn problems_are_explained_and_secrets_never_described() {
         let settings = Settings {
-            root_key_argon2_memory_kib: 1,
-            max_active_keys_per_owner: 0,
-            database_url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
+            argon2: Argon2Settings {
+                root_key_memory_kib: 1,
+                ..Argon2Settings::default()
+            },
+            limits: LimitSettings {
+                max_active_keys_per_owner: 0,
+                ..LimitSettings::default()
+            },
+            database: DatabaseSettings {
+                url: Some(DatabaseUrl::from("mysql://root:hunter2@db/keys")),
+                ..DatabaseSettings::default()
+            },
             ..Settings::default()
         };
         let problems = settings.problems().join("\n");
@@ -874,7 +989,10 @@ mod tests {
         )
         .unwrap();
         let settings = Settings {
-            envoy_ratelimit_config: Some(file.clone()),
+            envoy: EnvoySettings {
+                ratelimit_config: Some(file.clone()),
+                ..EnvoySettings::default()
+            },
             ..Settings::default()
         };
         let problems = settings.problems().join("\n");
@@ -932,6 +1050,7 @@ mod tests {
     fn tiers_come_from_the_file_and_default_to_the_seeds() {
         assert_eq!(
             Settings::default()
+                .limits
                 .tiers()
                 .unwrap()
                 .resolve(&crate::domain::LimitSource::Tier("pro".into()))[0]
@@ -949,7 +1068,7 @@ mod tests {
             config: Some(file),
             ..Default::default()
         };
-        let tiers = Settings::load(&flags).unwrap().tiers().unwrap();
+        let tiers = Settings::load(&flags).unwrap().limits.tiers().unwrap();
         let source = crate::domain::LimitSource::Tier("basic".into());
         let basic = tiers.resolve(&source);
         assert_eq!(basic.len(), 2);
@@ -1012,13 +1131,19 @@ mod tests {
         let problems = |settings: Settings| settings.problems().join("\n");
 
         let half = problems(Settings {
-            tls_cert: Some(dir.path().join("tls.crt")),
+            tls: TlsSettings {
+                cert: Some(dir.path().join("tls.crt")),
+                ..TlsSettings::default()
+            },
             ..Settings::default()
         });
         assert!(half.contains("tls_cert and tls_key: give both"), "{half}");
 
         let ca_alone = problems(Settings {
-            tls_client_ca: Some(dir.path().join("ca.crt")),
+            tls: TlsSettings {
+                client_ca: Some(dir.path().join("ca.crt")),
+                ..TlsSettings::default()
+            },
             ..Settings::default()
         });
         assert!(
@@ -1027,8 +1152,11 @@ mod tests {
         );
 
         let missing = problems(Settings {
-            tls_cert: Some(dir.path().join("tls.crt")),
-            tls_key: Some(dir.path().join("tls.key")),
+            tls: TlsSettings {
+                cert: Some(dir.path().join("tls.crt")),
+                key: Some(dir.path().join("tls.key")),
+                client_ca: None,
+            },
             ..Settings::default()
         });
         assert!(missing.contains("cannot read"), "{missing}");
@@ -1044,19 +1172,16 @@ mod tests {
         );
 
         let redis_ca = problems(Settings {
-            redis_url: Some(RedisUrl::from("redis://cache:6379")),
-            redis_ca_cert: Some(dir.path().join("redis-ca.crt")),
+            redis: RedisSettings {
+                url: Some(RedisUrl::from("redis://cache:6379")),
+                ca_cert: Some(dir.path().join("redis-ca.crt")),
+                ..RedisSettings::default()
+            },
             ..Settings::default()
         });
         assert!(
             redis_ca.contains("redis_ca_cert: needs a rediss://"),
             "{redis_ca}"
         );
-    }
-
-    #[test]
-    fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
     }
 }

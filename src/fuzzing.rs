@@ -108,18 +108,18 @@ pub fn config(data: &[u8]) {
     if let Ok(mut settings) = Settings::from_toml(text) {
         // Files named in the input are not read: a fuzzer must not open
         // /dev/zero. Their loaders are fuzzed below, from the input itself.
-        settings.envoy_ratelimit_config = None;
+        settings.envoy.ratelimit_config = None;
         settings.leak_report_keys = None;
         let _ = settings.problems();
-        let _ = settings.tiers();
-        let _ = settings.argon2_budget();
-        let _ = settings.usage_retention();
+        let _ = settings.limits.tiers();
+        let _ = settings.argon2.budget();
+        let _ = settings.limits.usage_retention();
         let _ = settings.describe();
         // `describe` prints each URL of a list through `redact_url`: what it
         // prints must parse to a URL whose password and secret query
         // parameters are `***` (or be the placeholder for a URL that does
         // not parse).
-        for url in [&settings.database_url, &settings.redis_url]
+        for url in [&settings.database.url, &settings.redis.url]
             .into_iter()
             .flatten()
         {

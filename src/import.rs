@@ -10,7 +10,6 @@
 mod jsonl;
 mod seed;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::authority::{
     AuthorityPolicy, ImportActor, ImportRow, ImportRun, ImportSummary, KeyAuthority,
 };
+use crate::cli::ImportArgs;
 use crate::config::Settings;
 use crate::domain::import::{RowOutcome, RowResult};
 use crate::invalidation::InvalidationBus;
@@ -28,41 +28,8 @@ use crate::last_used::LastUsedTracker;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
 
-/// Keys written per transaction: large enough to be fast, small enough
-/// that an interrupted import loses little work.
-const DEFAULT_BATCH: u16 = 500;
 /// The longest wait for Redis to take the import's invalidation at the end.
 const INVALIDATION_DRAIN: Duration = Duration::from_secs(2);
-
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["from_seed", "from_jsonl"])))]
-pub struct ImportArgs {
-    /// PostgreSQL URL of a store made by the seed design (its `ApiKey`
-    /// table), read in one read-only transaction. From the environment, a
-    /// password in it stays out of the process list.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "APIKEYD_IMPORT_SEED_URL",
-        hide_env_values = true
-    )]
-    pub from_seed: Option<String>,
-    /// A file of one JSON object per line: sha256, owner_id, name, scopes,
-    /// and optionally prefix, environment, enabled, metadata, tier,
-    /// created_at, expires_at, last_used_at, revoked_at.
-    #[arg(long, value_name = "FILE")]
-    pub from_jsonl: Option<PathBuf>,
-    /// Also import the seed's `ApiKeyUsage` rows into each imported key's
-    /// usage counters and recent requests (needs --redis-url, where usage lives).
-    #[arg(long, requires = "from_seed")]
-    pub usage: bool,
-    /// Check and count every row, write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Keys written per transaction.
-    #[arg(long, default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub batch_size: u16,
-}
 
 /// Where rows come from.
 enum Source {
@@ -104,7 +71,7 @@ impl Source {
 /// Runs `apikeyd import`; fails (after the summary) when a row was refused,
 /// so that scripts notice keys left behind.
 pub async fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<()> {
-    if args.usage && settings.redis_url.is_none() {
+    if args.usage && settings.redis.url.is_none() {
         anyhow::bail!(
             "--usage needs --redis-url (APIKEYD_REDIS_URL): usage counters live in Redis; \
              without it each server keeps them in its own memory, where an import cannot reach"
@@ -158,7 +125,8 @@ struct Importer {
 impl Importer {
     async fn connect(settings: &Settings) -> anyhow::Result<Importer> {
         let db = settings
-            .database()
+            .database
+            .target()
             .map_err(anyhow::Error::msg)?
             .connect()
             .await
@@ -166,13 +134,13 @@ impl Importer {
         store::prepare(&db, None)
             .await
             .context("cannot migrate apikeyd's database")?;
-        let bus = match settings.redis_target()? {
+        let bus = match settings.redis.target()? {
             Some(target) => {
                 let bus = Arc::new(
                     InvalidationBus::connect(
                         &target,
-                        &settings.redis_key_prefix,
-                        Duration::from_millis(settings.redis_timeout_ms),
+                        &settings.redis.key_prefix,
+                        settings.redis.timeout(),
                     )
                     .with_context(|| format!("invalid Redis URL {target}"))?,
                 );
@@ -185,8 +153,8 @@ impl Importer {
             KeyStore::new(db),
             // An import hashes nothing: imported keys keep their digests.
             Arc::new(SecretHasher::new(
-                settings.argon2_costs(),
-                settings.argon2_budget(),
+                settings.argon2.costs(),
+                settings.argon2.budget(),
             )?),
             Arc::new(LastUsedTracker::default()),
             Arc::new(KeyCache::new(
@@ -194,10 +162,10 @@ impl Importer {
                 Duration::from_secs(1),
                 Duration::from_secs(1),
             )),
-            Arc::new(crate::startup::build_limiter(settings)?),
-            Arc::new(settings.tiers().context("invalid tiers")?),
+            Arc::new(settings.limiter()?),
+            Arc::new(settings.limits.tiers().context("invalid tiers")?),
             AuthorityPolicy {
-                max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                max_active_keys_per_owner: settings.limits.max_active_keys_per_owner,
             },
         )
         .publishing_to(bus.as_ref().map(|(bus, _)| bus.clone()));

@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::RedisTarget;
+use crate::config::redis_target::RedisTarget;
 use crate::domain::KeyId;
 use follower::{Follower, Heartbeat};
 use publisher::Publisher;

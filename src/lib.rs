@@ -65,10 +65,17 @@
 //! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/` (key parser,
 //!   scopes, configuration, request validation), replayed over the committed
 //!   corpus by a stable test.
-//! - [`config`], [`telemetry`], [`shutdown`], [`cli`]: settings (where
-//!   Redis is, TLS included, in [`config::RedisTarget`]), logs, signals and
-//!   the command line; [`client`]: the operator's commands
-//!   (`keys`, `ratelimit check`, `validate`), a gRPC client of the API.
+//! - [`config`]: settings (defaults, file, `APIKEYD_*`, flags), in sections
+//!   (server, database, limits, argon2, hot path, Redis, Envoy, TLS) that
+//!   each derive what they describe: the database
+//!   ([`config::DatabaseTarget`]), Redis, TLS included
+//!   ([`config::RedisTarget`]), the limiter; the keys stay flat. Passwords
+//!   in URLs are redacted ([`config::SecretUrl`]).
+//! - [`cli`]: the command tree (every subcommand's arguments, no behaviour);
+//!   [`commands`]: parse, load settings, dispatch, and `root-key` straight
+//!   to the database; [`client`]: the operator's commands (`keys`,
+//!   `ratelimit check`, `validate`), a gRPC client of the API.
+//! - [`telemetry`], [`shutdown`]: logs and metrics, signals.
 
 pub mod access;
 pub mod argon2_pool;
@@ -77,6 +84,7 @@ pub mod authority;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod console;
 pub mod domain;

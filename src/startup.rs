@@ -51,10 +51,7 @@ use crate::key_cache::KeyCache;
 use crate::last_used::LastUsedTracker;
 use crate::leak_report::LeakReports;
 use crate::leak_report::github::SigningKeySource;
-use crate::ratelimit::memory::MemoryStore;
-use crate::ratelimit::redis::RedisStore;
-use crate::ratelimit::store::RateLimitStore;
-use crate::ratelimit::{Keyspace, LimiterSettings, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use crate::root_keys::RootKeys;
 use crate::secrets::SecretHasher;
 use crate::store::{self, KeyStore};
@@ -122,13 +119,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let database = settings.database().map_err(anyhow::Error::msg)?;
+        let database = settings.database.target().map_err(anyhow::Error::msg)?;
         let db = database
             .connect()
             .await
             .context("cannot connect to the database")?;
-        let argon2_budget = settings.argon2_budget();
-        let hasher = Arc::new(SecretHasher::new(settings.argon2_costs(), argon2_budget)?);
+        let argon2_budget = settings.argon2.budget();
+        let hasher = Arc::new(SecretHasher::new(settings.argon2.costs(), argon2_budget)?);
         tracing::info!(
             max_in_flight = argon2_budget.max_in_flight,
             max_queued = argon2_budget.max_queued,
@@ -138,7 +135,7 @@ impl Application {
             .await
             .context("cannot migrate the database")?;
         if let Some(path) =
-            crate::bootstrap::bootstrap_root_key(&db, &hasher, &settings.data_dir).await?
+            crate::bootstrap::bootstrap_root_key(&db, &hasher, &settings.database.data_dir).await?
         {
             tracing::warn!(
                 path = %path.display(),
@@ -146,37 +143,37 @@ impl Application {
                  keep it somewhere safe and delete the file"
             );
         }
-        let tls = match settings.tls_files().map_err(anyhow::Error::msg)? {
+        let tls = match settings.tls.files().map_err(anyhow::Error::msg)? {
             Some(files) => Some(Arc::new(
                 ServerTls::load(files).context("cannot set up TLS")?,
             )),
             None => None,
         };
-        let listener = TcpListener::bind(settings.grpc_addr)
+        let listener = TcpListener::bind(settings.server.grpc_addr)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
-        let http_listener = TcpListener::bind(settings.http_addr)
+            .with_context(|| format!("cannot listen on {}", settings.server.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.server.http_addr)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+            .with_context(|| format!("cannot listen on {}", settings.server.http_addr))?;
         metrics::prometheus();
         let store = KeyStore::new(db.clone());
         let last_used = Arc::new(LastUsedTracker::default());
         let key_cache = Arc::new(KeyCache::new(
-            settings.key_cache_max_mib * 1024 * 1024,
+            settings.hot_path.key_cache_max_mib * 1024 * 1024,
             KEY_CACHE_TTL,
-            Duration::from_secs(settings.key_cache_degraded_ttl_secs),
+            Duration::from_secs(settings.hot_path.key_cache_degraded_ttl_secs),
         ));
         // With Redis, replicas tell each other what changed and the
         // follower decides how far the cache is trusted. Without it, one
         // process owning an SQLite file sees every change itself; replicas
         // sharing a PostgreSQL do not, so their entries stay short-lived.
-        let redis = settings.redis_target()?;
+        let redis = settings.redis.target()?;
         let invalidation_bus = match &redis {
             Some(target) => Some(Arc::new(
                 InvalidationBus::connect(
                     target,
-                    &settings.redis_key_prefix,
-                    Duration::from_millis(settings.redis_timeout_ms),
+                    &settings.redis.key_prefix,
+                    settings.redis.timeout(),
                 )
                 .with_context(|| format!("invalid Redis URL {target}"))?,
             )),
@@ -185,8 +182,8 @@ impl Application {
                 None
             }
         };
-        let limiter = Arc::new(build_limiter(&settings)?);
-        let tiers = Arc::new(settings.tiers().context("invalid tiers")?);
+        let limiter = Arc::new(settings.limiter()?);
+        let tiers = Arc::new(settings.limits.tiers().context("invalid tiers")?);
         let authority = Arc::new(
             KeyAuthority::new(
                 store.clone(),
@@ -196,7 +193,7 @@ impl Application {
                 limiter.clone(),
                 tiers,
                 AuthorityPolicy {
-                    max_active_keys_per_owner: settings.max_active_keys_per_owner,
+                    max_active_keys_per_owner: settings.limits.max_active_keys_per_owner,
                 },
             )
             .publishing_to(invalidation_bus.clone()),
@@ -205,8 +202,8 @@ impl Application {
         let root_keys = Arc::new(
             RootKeys::new(db.clone(), hasher, gate.clone()).publishing_to(invalidation_bus.clone()),
         );
-        let envoy_routes = Arc::new(RouteTable::parse(&settings.envoy_routes)?);
-        let envoy_ratelimit = match &settings.envoy_ratelimit_config {
+        let envoy_routes = Arc::new(settings.envoy.route_table()?);
+        let envoy_ratelimit = match &settings.envoy.ratelimit_config {
             Some(path) => Some(Arc::new(RateLimitConfigSource::load(path)?)),
             None => None,
         };
@@ -264,7 +261,7 @@ impl Application {
         let grpc_router = self.grpc_router(api, metrics_layer, health_service)?;
         self.log_serving();
         let leftovers = self.leftovers();
-        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let grace = self.settings.server.shutdown_grace();
         let mut http = serve_http(self.http_listener, self.tls.clone(), http_app, &drain);
         let mut grpc = serve_grpc(self.listener, self.tls, grpc_router, &drain);
 
@@ -294,7 +291,7 @@ impl Application {
             tokio::spawn(flush_last_used_periodically(
                 self.last_used.clone(),
                 self.store.clone(),
-                Duration::from_secs(self.settings.last_used_flush_secs.max(1)),
+                Duration::from_secs(self.settings.hot_path.last_used_flush_secs.max(1)),
             )),
             tokio::spawn(crate::audit::prune_periodically(
                 self.db.clone(),
@@ -369,14 +366,12 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         Ok(Server::builder()
-            .max_concurrent_streams(self.settings.grpc_max_concurrent_streams)
+            .max_concurrent_streams(self.settings.server.max_concurrent_streams)
             // A peer that stops answering PINGs (gone, or a slowloris past
             // its preface) loses its connection and what it held.
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-            .timeout(Duration::from_millis(
-                self.settings.grpc_default_deadline_ms,
-            ))
+            .timeout(self.settings.server.default_deadline())
             .trace_fn(tracing_context::rpc_span)
             .layer(metrics_layer)
             .add_routes(api)
@@ -424,12 +419,12 @@ impl Application {
                 Some(_) => "on",
             },
             database = %self.database,
-            limiter = %self.settings.redis_url.as_ref().map_or_else(
+            limiter = %self.settings.redis.url.as_ref().map_or_else(
                 || "in-process (this replica only)".to_owned(),
                 |url| format!(
                     "redis{} at {url}, fail-{}",
-                    if self.settings.redis_cluster { " cluster" } else { "" },
-                    match self.settings.redis_failure_policy {
+                    if self.settings.redis.cluster { " cluster" } else { "" },
+                    match self.settings.redis.failure_policy {
                         crate::ratelimit::FailurePolicy::Open => "open",
                         crate::ratelimit::FailurePolicy::Closed => "closed",
                     }
@@ -641,7 +636,7 @@ impl Application {
     /// HTTP/JSON by delegation to these same services.
     fn api_services(&self) -> Routes {
         let max_request =
-            usize::try_from(self.settings.grpc_max_request_bytes).unwrap_or(usize::MAX);
+            usize::try_from(self.settings.server.max_request_bytes).unwrap_or(usize::MAX);
         Routes::new(
             KeyServiceServer::new(KeyApi {
                 authority: self.authority.clone(),
@@ -715,28 +710,6 @@ fn http_routes(
         .merge(crate::http::leaked_keys::router(leaks))
         .merge(crate::http::router(api))
         .merge(crate::console::routes(console))
-}
-
-/// Redis when a URL is configured, else the in-process store.
-pub(crate) fn build_limiter(settings: &Settings) -> anyhow::Result<RateLimiter> {
-    let limiter = LimiterSettings {
-        policy: settings.redis_failure_policy,
-        default_wait: Duration::from_millis(settings.redis_timeout_ms.max(1)),
-        probe_timeout: Duration::from_millis(settings.redis_probe_timeout_ms.max(1)),
-        retention: settings.usage_retention(),
-    };
-    let store: Arc<dyn RateLimitStore> = match settings.redis_target()? {
-        Some(target) => Arc::new(
-            RedisStore::new(&target, limiter.probe_timeout)
-                .with_context(|| format!("invalid Redis URL {target}"))?,
-        ),
-        None => Arc::new(MemoryStore::default()),
-    };
-    Ok(RateLimiter::new(
-        store,
-        Keyspace::new(&settings.redis_key_prefix)?,
-        limiter,
-    ))
 }
 
 /// Mirrors the limiter's reachability into the `redis` health entry.

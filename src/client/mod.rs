@@ -6,7 +6,6 @@
 //! and `ratelimit check`, the answer is yes); 1 the server refused it, said
 //! no, or could not be reached; 2 the command line is unusable.
 
-pub mod args;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +16,7 @@ use chrono::Utc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
-use self::args::{
+use crate::cli::client_args::{
     Algorithm, CheckArgs, ClientArgs, CreateArgs, Environment, Granularity, KeysArgs, KeysCommand,
     Output, RatelimitArgs, RatelimitCommand, UpdateArgs, ValidateArgs,
 };
@@ -148,12 +147,12 @@ struct Server {
 /// `--addr`, else the local server: this machine's `--grpc-addr`, over TLS
 /// when this machine's settings give the server a certificate.
 fn server(args: &ClientArgs, settings: &Settings) -> Result<Server, Failure> {
-    let local_tls = settings.tls_cert.is_some();
+    let local_tls = settings.tls.cert.is_some();
     let uri = match &args.addr {
         Some(addr) if addr.contains("://") => addr.clone(),
         Some(addr) => format!("http://{addr}"),
         None => {
-            let mut local = settings.grpc_addr;
+            let mut local = settings.server.grpc_addr;
             if local.ip().is_unspecified() {
                 local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
@@ -248,7 +247,7 @@ pub async fn keys(args: KeysArgs, settings: &Settings) -> ExitCode {
 
 async fn run_keys(args: KeysArgs, settings: &Settings) -> Result<(), Failure> {
     let server = server(&args.client, settings)?;
-    let root_key = root_key(&args.client, &settings.data_dir)?;
+    let root_key = root_key(&args.client, &settings.database.data_dir)?;
     let mut keys = KeyServiceClient::new(connect(&server).await?);
     let output = args.client.output;
     match args.command {
@@ -494,7 +493,11 @@ async fn run_ratelimit(args: RatelimitArgs, settings: &Settings) -> Result<(), F
     let server = server(&args.client, settings)?;
     let mut limiter = RateLimitServiceClient::new(connect(&server).await?);
     let response = limiter
-        .check_rate_limit(data_plane(request, &args.client, &settings.data_dir)?)
+        .check_rate_limit(data_plane(
+            request,
+            &args.client,
+            &settings.database.data_dir,
+        )?)
         .await?
         .into_inner();
     match args.client.output {
@@ -568,7 +571,11 @@ async fn run_validate(args: ValidateArgs, settings: &Settings) -> Result<(), Fai
         cost: args.cost.unwrap_or(0),
     };
     let response = validation
-        .validate(data_plane(request, &args.client, &settings.data_dir)?)
+        .validate(data_plane(
+            request,
+            &args.client,
+            &settings.database.data_dir,
+        )?)
         .await?
         .into_inner();
     match args.client.output {
@@ -614,7 +621,10 @@ mod tests {
     #[test]
     fn the_default_server_is_the_local_one() {
         let settings = Settings {
-            grpc_addr: "0.0.0.0:6000".parse().unwrap(),
+            server: crate::config::ServerSettings {
+                grpc_addr: "0.0.0.0:6000".parse().unwrap(),
+                ..Default::default()
+            },
             ..Settings::default()
         };
 
@@ -622,7 +632,10 @@ mod tests {
         let given = server(&client_args(Some("10.0.0.5:50051"), None), &settings).unwrap();
         let tls = server(&client_args(Some("https://keys.example"), None), &settings).unwrap();
         let local_tls = Settings {
-            tls_cert: Some("tls.crt".into()),
+            tls: crate::config::TlsSettings {
+                cert: Some("tls.crt".into()),
+                ..Default::default()
+            },
             ..settings
         };
         let local_tls = server(&client_args(None, None), &local_tls).unwrap();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sea_orm::{DatabaseConnection, DbErr};
 
-use super::DatabaseUrl;
+use super::secret_url::DatabaseUrl;
 use crate::store;
 
 #[derive(Clone, Debug)]

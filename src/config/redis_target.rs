@@ -11,14 +11,18 @@ use redis::{Client, RedisResult, TlsCertificates};
 #[derive(Clone)]
 pub struct RedisTarget {
     /// One URL, or for a cluster one or more seed nodes separated by commas.
-    urls: super::RedisUrl,
+    urls: super::secret_url::RedisUrl,
     cluster: bool,
     /// PEM CA certificates for `rediss://` (`--redis-ca-cert`).
     root_cert: Option<Vec<u8>>,
 }
 
 impl RedisTarget {
-    pub fn new(urls: super::RedisUrl, cluster: bool, root_cert: Option<Vec<u8>>) -> RedisTarget {
+    pub fn new(
+        urls: super::secret_url::RedisUrl,
+        cluster: bool,
+        root_cert: Option<Vec<u8>>,
+    ) -> RedisTarget {
         RedisTarget {
             urls,
             cluster,

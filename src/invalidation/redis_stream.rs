@@ -22,7 +22,7 @@ use super::Invalidation;
 use super::stream::{
     Batch, Entry, EntryId, StreamAppender, StreamReader, StreamSource, StreamState,
 };
-use crate::config::RedisTarget;
+use crate::config::redis_target::RedisTarget;
 
 /// Entries kept in the stream (at least; `~` lets Redis trim lazily): a
 /// follower disconnected for fewer changes than this replays instead of

@@ -22,7 +22,7 @@ use super::store::{
 };
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use super::usage_buffer::UsageBuffer;
-use crate::config::RedisTarget;
+use crate::config::redis_target::RedisTarget;
 use crate::domain::{RefillInterval, ValidationCode};
 
 const DECIDE: &str = include_str!("decide.lua");

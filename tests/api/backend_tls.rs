@@ -132,7 +132,7 @@ async fn postgres_over_tls_with_verify_full_works_and_plaintext_or_another_ca_is
     };
 
     let app = spawn_app_with(Backend::Sqlite, |settings| {
-        settings.database_url = Some(verified(&ca_file).as_str().into());
+        settings.database.url = Some(verified(&ca_file).as_str().into());
     })
     .await;
     let (key, _) = app.create_key("acme", &["posts:read"]).await;
@@ -251,9 +251,9 @@ async fn redis_over_tls_with_the_ca_decides_limits_and_plaintext_or_another_ca_g
     };
 
     let app = spawn_app_with(Backend::Sqlite, |settings| {
-        settings.redis_url = Some(redis.url("rediss").as_str().into());
-        settings.redis_ca_cert = Some(ca_file.clone());
-        settings.redis_failure_policy = FailurePolicy::Closed;
+        settings.redis.url = Some(redis.url("rediss").as_str().into());
+        settings.redis.ca_cert = Some(ca_file.clone());
+        settings.redis.failure_policy = FailurePolicy::Closed;
     })
     .await;
     let mut limits = RateLimitServiceClient::new(connect(app.addr).await);
@@ -270,9 +270,9 @@ async fn redis_over_tls_with_the_ca_decides_limits_and_plaintext_or_another_ca_g
         (redis.url("rediss"), Some(other_file), "another CA"),
     ] {
         let app = spawn_app_with(Backend::Sqlite, |settings| {
-            settings.redis_url = Some(url.as_str().into());
-            settings.redis_ca_cert = root;
-            settings.redis_failure_policy = FailurePolicy::Closed;
+            settings.redis.url = Some(url.as_str().into());
+            settings.redis.ca_cert = root;
+            settings.redis.failure_policy = FailurePolicy::Closed;
         })
         .await;
         let mut limits = RateLimitServiceClient::new(connect(app.addr).await);

@@ -231,7 +231,7 @@ on_every_backend! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_table_applies_where_the_route_sets_no_extensions() {
     let app = spawn_app_with(Backend::Sqlite, |settings| {
-        settings.envoy_routes = vec![RouteRule {
+        settings.envoy.routes = vec![RouteRule {
             path_prefix: "/v1/admin".into(),
             methods: vec![],
             scopes: vec!["admin:write".into()],

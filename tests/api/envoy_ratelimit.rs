@@ -47,7 +47,7 @@ pub struct EnvoyLimitedApp {
 pub async fn spawn(limiter: Limiter, config_dir: TempDir) -> EnvoyLimitedApp {
     let path: PathBuf = config_dir.path().to_owned();
     let limited = spawn_limited_app_with(limiter, move |settings| {
-        settings.envoy_ratelimit_config = Some(path);
+        settings.envoy.ratelimit_config = Some(path);
     })
     .await;
     let channel = connect(limited.app.addr).await;

@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use apikeyd::config::{DatabaseUrl, Settings};
+use apikeyd::config::{
+    Argon2Settings, DatabaseSettings, DatabaseUrl, HotPathSettings, ServerSettings, Settings,
+};
 use apikeyd::grpc::pb::key_service_client::KeyServiceClient;
 use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use apikeyd::grpc::pb::{self, ValidationCode};
@@ -57,16 +59,27 @@ fn random_suffix() -> String {
 /// cheap argon2 cost so that tests creating many keys stay fast.
 pub fn test_settings(data_dir: &std::path::Path, database_url: Option<String>) -> Settings {
     Settings {
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        data_dir: data_dir.to_owned(),
-        database_url: database_url.as_deref().map(DatabaseUrl::from),
-        api_key_argon2_memory_kib: 1024,
-        api_key_argon2_iterations: 1,
-        root_key_argon2_memory_kib: 1024,
-        root_key_argon2_iterations: 1,
-        last_used_flush_secs: 1,
-        shutdown_grace_secs: 5,
+        server: ServerSettings {
+            grpc_addr: ([127, 0, 0, 1], 0).into(),
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            shutdown_grace_secs: 5,
+            ..ServerSettings::default()
+        },
+        database: DatabaseSettings {
+            data_dir: data_dir.to_owned(),
+            url: database_url.as_deref().map(DatabaseUrl::from),
+        },
+        argon2: Argon2Settings {
+            api_key_memory_kib: 1024,
+            api_key_iterations: 1,
+            root_key_memory_kib: 1024,
+            root_key_iterations: 1,
+            ..Argon2Settings::default()
+        },
+        hot_path: HotPathSettings {
+            last_used_flush_secs: 1,
+            ..HotPathSettings::default()
+        },
         ..Settings::default()
     }
 }

@@ -305,7 +305,9 @@ on_every_backend! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_past_the_decode_limit_are_refused_and_the_server_keeps_serving() {
     let app = spawn_app(Backend::Sqlite).await;
-    let limit = apikeyd::config::Settings::default().grpc_max_request_bytes as usize;
+    let limit = apikeyd::config::Settings::default()
+        .server
+        .max_request_bytes as usize;
     let mut tried = 0;
     for size in [limit + 1, 2 * limit, 4 << 20] {
         let huge = pb::CreateKeyRequest {
@@ -479,7 +481,7 @@ async fn slow_clients_holding_streams_open_starve_no_one() {
     const STREAMS_EACH: usize = 50;
     const DEADLINE_MS: u64 = 2_000;
     let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.grpc_default_deadline_ms = DEADLINE_MS
+        s.server.default_deadline_ms = DEADLINE_MS
     })
     .await;
     let (key, _) = app.create_key("slowloris", &["*"]).await;

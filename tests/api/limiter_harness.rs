@@ -67,12 +67,12 @@ pub async fn spawn_limited_app_with(
     let prefix_for_settings = prefix.clone();
     let urls_for_settings = urls.clone();
     let app = spawn_app_with(Backend::Sqlite, move |settings| {
-        settings.redis_url = urls_for_settings.as_deref().map(RedisUrl::from);
-        settings.redis_cluster = limiter == Limiter::Cluster;
-        settings.redis_key_prefix = prefix_for_settings;
+        settings.redis.url = urls_for_settings.as_deref().map(RedisUrl::from);
+        settings.redis.cluster = limiter == Limiter::Cluster;
+        settings.redis.key_prefix = prefix_for_settings;
         // Generous: on a loaded two-core CI machine answers come late, and a
         // call without a deadline would fail UNAVAILABLE past this wait.
-        settings.redis_timeout_ms = 2_000;
+        settings.redis.timeout_ms = 2_000;
         adjust(settings);
     })
     .await;

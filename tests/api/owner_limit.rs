@@ -6,7 +6,10 @@ use tonic::Code;
 use crate::helpers::{Backend, TestApp, assert_status, create_request, spawn_app_with};
 
 async fn concurrent_creates_never_exceed_the_limit(backend: Backend) {
-    let app = spawn_app_with(backend, |settings| settings.max_active_keys_per_owner = 10).await;
+    let app = spawn_app_with(backend, |settings| {
+        settings.limits.max_active_keys_per_owner = 10
+    })
+    .await;
 
     let attempts = (0..25).map(|_| {
         let (mut client, request) = (
@@ -30,7 +33,10 @@ async fn concurrent_creates_never_exceed_the_limit(backend: Backend) {
 }
 
 async fn revoking_a_key_frees_a_slot(backend: Backend) {
-    let app = spawn_app_with(backend, |settings| settings.max_active_keys_per_owner = 2).await;
+    let app = spawn_app_with(backend, |settings| {
+        settings.limits.max_active_keys_per_owner = 2
+    })
+    .await;
     let (_, first) = app.create_key("owner", &["*"]).await;
     app.create_key("owner", &["*"]).await;
     let third = app

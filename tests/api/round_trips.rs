@@ -26,8 +26,8 @@ async fn server_with_own_redis() -> (RedisServer, TestApp) {
     let redis = RedisServer::start(false);
     let url = redis.url();
     let app = spawn_app_with(Backend::Sqlite, |settings| {
-        settings.redis_url = Some(RedisUrl::from(url.as_str()));
-        settings.redis_timeout_ms = 2_000;
+        settings.redis.url = Some(RedisUrl::from(url.as_str()));
+        settings.redis.timeout_ms = 2_000;
     })
     .await;
     (redis, app)

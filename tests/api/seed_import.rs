@@ -222,9 +222,9 @@ async fn a_seed_store_imports_and_every_key_keeps_its_answer() {
     let prefix = unique("apikeyd-seed");
     let prefix_for_app = prefix.clone();
     let app = spawn_app_with(Backend::Postgres, move |settings| {
-        settings.redis_url = Some(RedisUrl::from(shared_redis_url().as_str()));
-        settings.redis_key_prefix = prefix_for_app;
-        settings.redis_timeout_ms = 2_000;
+        settings.redis.url = Some(RedisUrl::from(shared_redis_url().as_str()));
+        settings.redis.key_prefix = prefix_for_app;
+        settings.redis.timeout_ms = 2_000;
     })
     .await;
 

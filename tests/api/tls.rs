@@ -28,9 +28,9 @@ async fn tls_app(
     let (cert, key) = ca.server().write(pki.path(), "server");
     let client_ca = client_ca.map(|ca| write_file(pki.path(), "client-ca.crt", &ca.pem()));
     let app = spawn_tls_app(|settings| {
-        settings.tls_cert = Some(cert);
-        settings.tls_key = Some(key);
-        settings.tls_client_ca = client_ca;
+        settings.tls.cert = Some(cert);
+        settings.tls.key = Some(key);
+        settings.tls.client_ca = client_ca;
         settings.data_plane_auth = auth;
     })
     .await;
@@ -216,8 +216,8 @@ async fn a_rotated_certificate_reaches_new_connections_and_a_bad_pair_keeps_the_
     let pki = tempfile::tempdir().unwrap();
     let (cert, key) = first_ca.server().write(pki.path(), "server");
     let app = spawn_tls_app(|settings| {
-        settings.tls_cert = Some(cert.clone());
-        settings.tls_key = Some(key.clone());
+        settings.tls.cert = Some(cert.clone());
+        settings.tls.key = Some(key.clone());
     })
     .await;
     let answers = |ca: String| {
