@@ -239,14 +239,15 @@ pub fn recordable(raw: &str, max_chars: usize) -> String {
     let scanned = truncate(raw, max_chars.saturating_add(MAX_KEY_CHARS));
     // Every key holds `_` (after its prefix): most strings hold none, and
     // are spared the scan (this runs four times per Validate).
-    if !scanned.as_bytes().contains(&b'_') {
-        return truncate(scanned, max_chars).to_owned();
-    }
-    let redacted = KEYS.replace_all(scanned, |found: &regex::Captures<'_>| {
-        let key = &found[0];
-        let public = key.len() - SECRET_LEN - CHECKSUM_LEN;
-        format!("{}{REDACTED}", &key[..public])
-    });
+    let redacted = if scanned.as_bytes().contains(&b'_') {
+        KEYS.replace_all(scanned, |found: &regex::Captures<'_>| {
+            let key = &found[0];
+            let public = key.len() - SECRET_LEN - CHECKSUM_LEN;
+            format!("{}{REDACTED}", &key[..public])
+        })
+    } else {
+        std::borrow::Cow::Borrowed(scanned)
+    };
     truncate(&redacted, max_chars).replace('\0', "\u{fffd}")
 }
 
