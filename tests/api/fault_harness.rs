@@ -478,8 +478,14 @@ impl Tally {
         self.inner.lock().unwrap().errors.clone()
     }
 
-    pub fn wrong_answers(&self) -> Vec<String> {
-        self.inner.lock().unwrap().wrong.clone()
+    /// Fails, quoting the first ten, when any answer was wrong.
+    pub fn assert_no_wrong_answer(&self) {
+        let wrong = &self.inner.lock().unwrap().wrong;
+        assert!(
+            wrong.is_empty(),
+            "wrong answers: {:?}",
+            &wrong[..wrong.len().min(10)]
+        );
     }
 
     pub fn failed_over(&self) -> BTreeMap<String, u64> {

@@ -327,12 +327,7 @@ async fn a_soak_across_three_replicas_has_no_error_flat_memory_and_bounded_redis
         ]);
         println!("  Redis keys under the replicas' prefix: {kinds:?} (allowed {allowed:?})");
 
-        let wrong = tally.wrong_answers();
-        assert!(
-            wrong.is_empty(),
-            "wrong answers: {:?}",
-            &wrong[..wrong.len().min(10)]
-        );
+        tally.assert_no_wrong_answer();
         assert_eq!(tally.errors(), BTreeMap::new(), "zero errors");
         assert!(
             achieved >= rate as f64 * 0.9,
