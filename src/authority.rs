@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::key_cache::KeyCache;
+use crate::key_cache::{FoundKey, KeyCache};
 use crate::last_used::LastUsedTracker;
 use crate::ratelimit::usage::{Granularity, KeyUsage, MAX_BUCKETS, RequestContext};
 use crate::ratelimit::{KeyCall, LimitStatus, RateLimiter};
@@ -75,8 +75,12 @@ pub struct IssuedKey {
 /// What Validate answers.
 pub struct Verdict {
     pub code: ValidationCode,
-    /// Present when the key was found and its secret matched.
-    pub api_key: Option<ApiKey>,
+    /// Present when the key was found and its secret matched: the cached
+    /// record itself, shared, not a copy.
+    pub api_key: Option<FoundKey>,
+    /// The live balance of the key's quota when the limiter answered (the
+    /// record holds the balance last set).
+    pub quota_balance: Option<i64>,
     /// The tightest limit, when limits were checked and the limiter answered
     /// (or refused by its fail-closed policy).
     pub rate_limit: Option<LimitStatus>,
@@ -89,6 +93,7 @@ impl Verdict {
         Verdict {
             code,
             api_key: None,
+            quota_balance: None,
             rate_limit: None,
         }
     }
@@ -483,16 +488,17 @@ impl KeyAuthority {
     /// The checks after a key was found and its secret matched, the same for
     /// every key however it was found: revoked, disabled, expired, scopes,
     /// then limits, quota and usage; a valid use is recorded as the last.
-    async fn admit(&self, mut api_key: ApiKey, request: ValidationRequest<'_>) -> Result<Verdict> {
+    async fn admit(&self, api_key: FoundKey, request: ValidationRequest<'_>) -> Result<Verdict> {
         let now = domain::now();
         let judged = api_key.judge(now, request.required);
-        let (code, rate_limit) = self.count(&mut api_key, judged, request).await?;
+        let (code, rate_limit, quota_balance) = self.count(&api_key, judged, request).await?;
         if code == ValidationCode::Valid {
             self.last_used.record(&api_key.id, now);
         }
         Ok(Verdict {
             code,
             api_key: Some(api_key),
+            quota_balance,
             rate_limit,
         })
     }
@@ -502,7 +508,7 @@ impl KeyAuthority {
     /// …); `None` for a root key, an unknown id, another environment's
     /// prefix or a wrong secret. Validate's lookup: the key cache, then the
     /// hasher's check of the secret (memo, argon2, rehash).
-    pub async fn verified_key(&self, presented: &PresentedKey) -> Result<Option<ApiKey>> {
+    pub async fn verified_key(&self, presented: &PresentedKey) -> Result<Option<FoundKey>> {
         if presented.kind == KeyKind::Root {
             return Ok(None);
         }
@@ -534,7 +540,7 @@ impl KeyAuthority {
                 Box::pin(self.store_rehash(&api_key.id, secret_hash, new_hash)).await;
             }
         }
-        Ok(Some(api_key.clone()))
+        Ok(FoundKey::of(lookup))
     }
 
     /// Revokes a key reported leaked, whose secret the reporter presented
@@ -570,12 +576,13 @@ impl KeyAuthority {
     /// The limiter's part of Validate, for a key found with the right
     /// secret: its own limits and its owner's shared ones, resolved from
     /// tiers, its quota and the request go to the limiter in one call.
+    /// Answers the code, the tightest limit and the quota's live balance.
     async fn count(
         &self,
-        key: &mut ApiKey,
+        key: &ApiKey,
         judged: ValidationCode,
         request: ValidationRequest<'_>,
-    ) -> Result<(ValidationCode, Option<LimitStatus>)> {
+    ) -> Result<(ValidationCode, Option<LimitStatus>, Option<i64>)> {
         let owner_limits = if judged == ValidationCode::Valid {
             let owner = key.owner_id.as_str();
             Some(
@@ -603,10 +610,8 @@ impl KeyAuthority {
                 answer_by: request.answer_by,
             })
             .await?;
-        if let (Some(quota), Some(balance)) = (key.quota.as_mut(), verdict.quota_balance) {
-            quota.remaining = balance;
-        }
-        Ok((verdict.code, verdict.rate_limit))
+        let quota_balance = verdict.quota_balance.filter(|_| key.quota.is_some());
+        Ok((verdict.code, verdict.rate_limit, quota_balance))
     }
 }
 

@@ -15,7 +15,8 @@ use crate::telemetry::metrics::observe_db;
 #[derive(Default)]
 pub struct LastUsedTracker {
     /// The newest use of each key since the last flush.
-    pending: Mutex<HashMap<KeyId, DateTime<Utc>>>,
+    /// foldhash: one lookup per valid Validate; ids are ours, not a caller's.
+    pending: Mutex<HashMap<KeyId, DateTime<Utc>, foldhash::fast::RandomState>>,
 }
 
 impl LastUsedTracker {

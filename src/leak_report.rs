@@ -222,7 +222,7 @@ impl LeakReports {
             "an API key was reported leaked and is revoked"
         );
         Ok(LeakVerdict::TruePositive {
-            key_id: key.id,
+            key_id: key.id.clone(),
             already_revoked: !was_live,
         })
     }

@@ -26,9 +26,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
+use ::metrics::Counter;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use futures_util::FutureExt;
@@ -41,6 +42,7 @@ use subtle::ConstantTimeEq;
 use crate::argon2_pool::{Argon2Budget, Argon2Pool, Overloaded};
 use crate::domain::{KeyId, KeyKind, PresentedKey, Secret};
 use crate::error::{Error, Result};
+use crate::telemetry::metrics;
 
 /// argon2id cost parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -258,8 +260,15 @@ impl SecretHasher {
     ) -> Result<SecretCheck> {
         let digest = self.digest(presented.kind, &presented.id, &presented.secret);
         let remembered = verified.holds(&digest);
-        let result = if remembered { "hit" } else { "miss" };
-        ::metrics::counter!("apikeyd_secret_memo_total", "result" => result).increment(1);
+        static MEMO: LazyLock<[Counter; 2]> = LazyLock::new(|| {
+            metrics::registered(|| {
+                [
+                    ::metrics::counter!("apikeyd_secret_memo_total", "result" => "miss"),
+                    ::metrics::counter!("apikeyd_secret_memo_total", "result" => "hit"),
+                ]
+            })
+        });
+        MEMO[usize::from(remembered)].increment(1);
         if remembered {
             return Ok(SecretCheck::Right { rehashed: None });
         }

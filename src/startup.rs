@@ -39,10 +39,9 @@ use crate::grpc::pb::import_service_server::ImportServiceServer;
 use crate::grpc::pb::key_service_server::KeyServiceServer;
 use crate::grpc::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::root_key_service_server::RootKeyServiceServer;
-use crate::grpc::pb::validation_service_server::ValidationServiceServer;
 use crate::grpc::{
     AuditApi, DataPlaneGuard, ImportApi, KeyApi, RateLimitApi, RootKeyApi, ServiceCredential,
-    ValidationApi, pb,
+    ValidationApi, ValidationServer, pb,
 };
 use crate::http::leaked_keys::LeakEndpoint;
 use crate::http::{ConnectionAddrs, GrpcServices};
@@ -662,10 +661,12 @@ impl Application {
             .max_decoding_message_size(max_request),
         )
         .add_service(data_plane(
-            ValidationServiceServer::new(ValidationApi {
-                authority: self.authority.clone(),
-            })
-            .max_decoding_message_size(max_request),
+            ValidationServer::new(
+                ValidationApi {
+                    authority: self.authority.clone(),
+                },
+                max_request,
+            ),
             self.settings.data_plane_auth,
             &self.gate,
             Permission::Validate,

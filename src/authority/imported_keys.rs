@@ -15,9 +15,10 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::import::{
     ImportRecord, ImportTally, ImportedKey, OwnerOverLimit, RowOutcome, RowResult, UsageHistory,
 };
-use crate::domain::{ApiKey, KeyId, LegacyDigest, MalformedKey, RootKey, ValidationCode};
+use crate::domain::{KeyId, LegacyDigest, MalformedKey, RootKey, ValidationCode};
 use crate::error::Result;
 use crate::invalidation::Invalidation;
+use crate::key_cache::FoundKey;
 use crate::store::{IMPORTED_SECRET_HASH, ImportedKeyRow};
 use crate::telemetry::metrics::observe_db;
 
@@ -124,7 +125,7 @@ impl KeyAuthority {
         &self,
         raw_key: &str,
         not_ours: MalformedKey,
-    ) -> Result<Option<ApiKey>> {
+    ) -> Result<Option<FoundKey>> {
         match LegacyDigest::of_presented(raw_key, not_ours) {
             Some(digest) => self.imported_key(&digest).await,
             None => Ok(None),
@@ -133,7 +134,7 @@ impl KeyAuthority {
 
     /// The imported key whose digest is `digest`: the digest's id (cached,
     /// absences too), compared in constant time, then the record by id.
-    async fn imported_key(&self, digest: &LegacyDigest) -> Result<Option<ApiKey>> {
+    async fn imported_key(&self, digest: &LegacyDigest) -> Result<Option<FoundKey>> {
         let lookup = self
             .keys
             .imported_or_load(digest, || {
@@ -151,9 +152,7 @@ impl KeyAuthority {
             .get_or_load(id, || observe_db("find_key", self.store.find(id)))
             .await?;
         match &record.found {
-            Some((api_key, hash)) if hash.as_ref() == IMPORTED_SECRET_HASH => {
-                Ok(Some(api_key.clone()))
-            }
+            Some((_, hash)) if hash.as_ref() == IMPORTED_SECRET_HASH => Ok(FoundKey::of(record)),
             _ => Ok(None),
         }
     }

@@ -77,17 +77,20 @@ pub enum ValidationCode {
     UsageExceeded,
 }
 
-const CODES: [ValidationCode; 9] = [
-    ValidationCode::Valid,
-    ValidationCode::Malformed,
-    ValidationCode::NotFound,
-    ValidationCode::Revoked,
-    ValidationCode::Disabled,
-    ValidationCode::Expired,
-    ValidationCode::InsufficientScope,
-    ValidationCode::RateLimited,
-    ValidationCode::UsageExceeded,
-];
+impl ValidationCode {
+    /// Every code, in declaration order: `code as usize` is its index.
+    pub const ALL: [ValidationCode; 9] = [
+        ValidationCode::Valid,
+        ValidationCode::Malformed,
+        ValidationCode::NotFound,
+        ValidationCode::Revoked,
+        ValidationCode::Disabled,
+        ValidationCode::Expired,
+        ValidationCode::InsufficientScope,
+        ValidationCode::RateLimited,
+        ValidationCode::UsageExceeded,
+    ];
+}
 
 impl ValidationCode {
     /// The sentence a caller may pass on to its own client.
@@ -121,7 +124,7 @@ impl ValidationCode {
     }
 
     pub fn from_name(name: &str) -> Option<ValidationCode> {
-        CODES.into_iter().find(|code| code.as_str() == name)
+        Self::ALL.into_iter().find(|code| code.as_str() == name)
     }
 }
 
@@ -238,8 +241,15 @@ mod tests {
     }
 
     #[test]
+    fn every_code_sits_at_its_own_index() {
+        for (index, code) in ValidationCode::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, index, "{code:?}");
+        }
+    }
+
+    #[test]
     fn stored_code_names_round_trip() {
-        for code in CODES {
+        for code in ValidationCode::ALL {
             assert_eq!(ValidationCode::from_name(code.as_str()), Some(code));
         }
     }

@@ -65,39 +65,53 @@ impl KeyKind {
 }
 
 /// The public identifier of a key, embedded in the key and used as its row id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(String);
+/// Its base62 characters are held inline: an id is parsed on every Validate
+/// and held by every cached key, and a heap copy of 16 bytes costs more than
+/// the bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; KEY_ID_LEN]);
 
 impl KeyId {
     pub fn generate() -> Self {
-        KeyId(random_base62(KEY_ID_LEN))
+        KeyId(random_base62())
     }
 
     /// Accepts exactly what [`KeyId::generate`] makes, so that an id taken from
     /// a request can never smuggle anything else into a query or a log line.
     pub fn parse(raw: &str) -> Option<KeyId> {
-        (raw.len() == KEY_ID_LEN && raw.bytes().all(is_base62)).then(|| KeyId(raw.to_owned()))
+        let bytes: [u8; KEY_ID_LEN] = raw.as_bytes().try_into().ok()?;
+        bytes.iter().all(|&b| is_base62(b)).then_some(KeyId(bytes))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("a key id is base62")
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 /// The secret part of a key. It has no `Display`, and its `Debug` prints
 /// nothing of it, so it cannot reach a log line by accident.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret([u8; SECRET_LEN]);
 
 impl Secret {
     pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
+        &self.0
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a secret is base62")
     }
 }
 
@@ -118,7 +132,7 @@ pub struct GeneratedKey {
 impl GeneratedKey {
     pub fn generate(kind: KeyKind) -> Self {
         let id = KeyId::generate();
-        let secret = Secret(random_base62(SECRET_LEN));
+        let secret = Secret(random_base62());
         let full = full_key(kind, &id, &secret);
         GeneratedKey {
             kind,
@@ -149,15 +163,15 @@ impl fmt::Debug for GeneratedKey {
 
 /// The printed key: kind, id, secret, and the checksum of all three.
 fn full_key(kind: KeyKind, id: &KeyId, secret: &Secret) -> String {
-    let mut full = format!("{}{}_{}", kind.prefix(), id.0, secret.0);
+    let mut full = format!("{}{}_{}", kind.prefix(), id.as_str(), secret.as_str());
     let checksum = checksum(&full);
-    full.push_str(&checksum);
+    full.push_str(std::str::from_utf8(&checksum).expect("base62 digits are ASCII"));
     full
 }
 
 /// The non-secret start of a key, shown in listings.
 pub fn display_prefix(kind: KeyKind, id: &KeyId) -> String {
-    format!("{}{}", kind.prefix(), id.0)
+    format!("{}{}", kind.prefix(), id.as_str())
 }
 
 /// Why a presented string is not a key apikeyd could have issued.
@@ -204,11 +218,20 @@ impl PresentedKey {
             return Err(MalformedKey::BadShape);
         }
         let (signed, presented_checksum) = raw.split_at(raw.len() - CHECKSUM_LEN);
-        if checksum(signed) != presented_checksum {
+        if checksum(signed) != presented_checksum.as_bytes() {
             return Err(MalformedKey::BadChecksum);
         }
-        let id = KeyId(rest[..KEY_ID_LEN].to_owned());
-        let secret = Secret(rest[KEY_ID_LEN + 1..KEY_ID_LEN + 1 + SECRET_LEN].to_owned());
+        let body = rest.as_bytes();
+        let id = KeyId(
+            body[..KEY_ID_LEN]
+                .try_into()
+                .expect("the shape was checked"),
+        );
+        let secret = Secret(
+            body[KEY_ID_LEN + 1..KEY_ID_LEN + 1 + SECRET_LEN]
+                .try_into()
+                .expect("the shape was checked"),
+        );
         Ok(PresentedKey { kind, id, secret })
     }
 }
@@ -238,7 +261,7 @@ pub fn recordable(raw: &str, max_chars: usize) -> String {
     });
     let scanned = truncate(raw, max_chars.saturating_add(MAX_KEY_CHARS));
     // Every key holds `_` (after its prefix): most strings hold none, and
-    // are spared the scan (this runs four times per Validate).
+    // are spared the scan.
     let redacted = if scanned.as_bytes().contains(&b'_') {
         KEYS.replace_all(scanned, |found: &regex::Captures<'_>| {
             let key = &found[0];
@@ -248,11 +271,21 @@ pub fn recordable(raw: &str, max_chars: usize) -> String {
     } else {
         std::borrow::Cow::Borrowed(scanned)
     };
-    truncate(&redacted, max_chars).replace('\0', "\u{fffd}")
+    let kept = truncate(&redacted, max_chars);
+    if kept.as_bytes().contains(&0) {
+        kept.replace('\0', "\u{fffd}")
+    } else {
+        kept.to_owned()
+    }
 }
 
 /// The first `max_chars` characters of `raw`.
 fn truncate(raw: &str, max_chars: usize) -> &str {
+    // No longer in bytes than the bound means within it in characters: the
+    // common case (this runs eight times per Validate) skips the count.
+    if raw.len() <= max_chars {
+        return raw;
+    }
     match raw.char_indices().nth(max_chars) {
         Some((end, _)) => &raw[..end],
         None => raw,
@@ -264,28 +297,30 @@ fn is_base62(b: u8) -> bool {
 }
 
 /// CRC32 of `signed`, as six base62 digits, most significant first.
-fn checksum(signed: &str) -> String {
+fn checksum(signed: &str) -> [u8; CHECKSUM_LEN] {
     let mut value = u64::from(crc32fast::hash(signed.as_bytes()));
     let mut digits = [b'0'; CHECKSUM_LEN];
     for digit in digits.iter_mut().rev() {
         *digit = BASE62[(value % 62) as usize];
         value /= 62;
     }
-    String::from_utf8(digits.to_vec()).expect("base62 digits are ASCII")
+    digits
 }
 
 /// Uniform base62 characters from the OS CSPRNG. Bytes of 248 and above are
 /// rejected (248 = 4 × 62), so that every character is equally likely.
-fn random_base62(len: usize) -> String {
-    let mut out = String::with_capacity(len);
+fn random_base62<const LEN: usize>() -> [u8; LEN] {
+    let mut out = [0u8; LEN];
+    let mut filled = 0;
     let mut buf = [0u8; 64];
-    while out.len() < len {
+    while filled < LEN {
         OsRng.fill_bytes(&mut buf);
         for &b in buf.iter().filter(|&&b| b < 248) {
-            if out.len() == len {
+            if filled == LEN {
                 break;
             }
-            out.push(BASE62[usize::from(b % 62)] as char);
+            out[filled] = BASE62[usize::from(b % 62)];
+            filled += 1;
         }
     }
     out
@@ -423,7 +458,7 @@ mod tests {
 
     #[test]
     fn checksum_is_fixed_width() {
-        assert_eq!(checksum(""), "000000");
+        assert_eq!(&checksum(""), b"000000");
         assert_eq!(checksum("sk_live_x").len(), CHECKSUM_LEN);
         // u32::MAX needs all six digits.
         let mut value = u64::from(u32::MAX);
@@ -506,7 +541,8 @@ mod tests {
         /// A key as `GeneratedKey` prints one, from any id and secret.
         fn key() -> impl Strategy<Value = (KeyKind, KeyId, Secret, String)> {
             (kind(), "[0-9A-Za-z]{16}", "[0-9A-Za-z]{43}").prop_map(|(kind, id, secret)| {
-                let (id, secret) = (KeyId(id), Secret(secret));
+                let id = KeyId(id.as_bytes().try_into().unwrap());
+                let secret = Secret(secret.as_bytes().try_into().unwrap());
                 let full = full_key(kind, &id, &secret);
                 (kind, id, secret, full)
             })
@@ -554,7 +590,7 @@ mod tests {
                 let text = format!("{before}{full}{after}");
                 let recorded = recordable(&text, max_chars);
                 prop_assert!(recorded.chars().count() <= max_chars);
-                prop_assert!(!recorded.contains(&secret.0), "{}", recorded);
+                prop_assert!(!recorded.contains(secret.as_str()), "{}", recorded);
             }
         }
     }

@@ -78,13 +78,24 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// The scope's text (`*` or `resource:action`) in pieces, so that it can
+    /// be written out without building a string (Validate answers with the
+    /// key's scopes on every call).
+    pub fn text_pieces(&self) -> [&str; 3] {
+        if self.resource == "*" && self.action == "*" {
+            ["*", "", ""]
+        } else {
+            [&self.resource, ":", &self.action]
+        }
+    }
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.resource == "*" && self.action == "*" {
-            f.write_str("*")
-        } else {
-            write!(f, "{}:{}", self.resource, self.action)
-        }
+        self.text_pieces()
+            .into_iter()
+            .try_for_each(|piece| f.write_str(piece))
     }
 }
 

@@ -40,15 +40,19 @@ pub fn api_key(key: ApiKey) -> pb::ApiKey {
             LimitSource::Tier(_) => Vec::new(),
             LimitSource::Own(limits) => limits.iter().map(rate_limit).collect(),
         },
-        quota: key.quota.map(|q| pb::UsageQuota {
-            remaining: q.remaining,
-            refill_amount: q.refill_amount,
-            refill_interval: match q.refill_interval {
-                None => pb::RefillInterval::Unspecified,
-                Some(RefillInterval::Daily) => pb::RefillInterval::Daily,
-                Some(RefillInterval::Monthly) => pb::RefillInterval::Monthly,
-            } as i32,
-        }),
+        quota: key.quota.as_ref().map(usage_quota),
+    }
+}
+
+pub fn usage_quota(quota: &Quota) -> pb::UsageQuota {
+    pb::UsageQuota {
+        remaining: quota.remaining,
+        refill_amount: quota.refill_amount,
+        refill_interval: match quota.refill_interval {
+            None => pb::RefillInterval::Unspecified,
+            Some(RefillInterval::Daily) => pb::RefillInterval::Daily,
+            Some(RefillInterval::Monthly) => pb::RefillInterval::Monthly,
+        } as i32,
     }
 }
 
@@ -250,7 +254,7 @@ pub fn root_key(key: RootKey) -> pb::RootKey {
     }
 }
 
-fn environment(environment: Environment) -> pb::Environment {
+pub fn environment(environment: Environment) -> pb::Environment {
     match environment {
         Environment::Live => pb::Environment::Live,
         Environment::Test => pb::Environment::Test,

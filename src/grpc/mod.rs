@@ -23,6 +23,7 @@ mod key_service;
 mod rate_limit_service;
 mod root_key_service;
 mod service_credential;
+mod validate_reply;
 mod validation_service;
 
 pub use audit_service::AuditApi;
@@ -31,7 +32,7 @@ pub use key_service::{KeyApi, parse_create, parse_update};
 pub use rate_limit_service::{RateLimitApi, parse_check};
 pub use root_key_service::RootKeyApi;
 pub use service_credential::{DataPlaneGuard, ServiceCredential};
-pub use validation_service::ValidationApi;
+pub use validation_service::{ValidationApi, ValidationServer};
 
 /// Code generated from `proto/apikeyd/v1`.
 #[allow(clippy::all, clippy::pedantic)]

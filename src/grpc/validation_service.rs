@@ -1,12 +1,25 @@
 //! `apikeyd.v1.ValidationService`: the hot path. A bad key is an answer
 //! (OK, `valid = false`, a code); only a bad request is a gRPC error.
+//!
+//! Served by [`ValidationServer`], written here rather than generated: the
+//! generated server answers with a `pb::ValidateResponse`, a copy of the
+//! key's record per call, where this one answers with a [`ValidateReply`]
+//! that writes the cached record itself onto the wire.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 
+use ::metrics::Counter;
+
+use tonic::codegen::{Body, BoxFuture, StdError};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
 
-use super::pb::{self, validation_service_server::ValidationService};
-use super::{convert, deadline};
+use super::deadline;
+use super::pb::{self, validation_service_server::SERVICE_NAME};
+use super::validate_reply::ValidateReply;
 use crate::authority::{KeyAuthority, ValidationRequest};
 use crate::domain::key_format::{MAX_PRESENTED_KEY_LEN, recordable};
 use crate::domain::limit::MAX_LIMIT;
@@ -15,17 +28,19 @@ use crate::error::Error;
 use crate::ratelimit::usage::{
     MAX_ENDPOINT_CHARS, MAX_IP_CHARS, MAX_METHOD_CHARS, MAX_USER_AGENT_CHARS, RequestContext,
 };
+use crate::telemetry::metrics;
+
+const VALIDATE_PATH: &str = "/apikeyd.v1.ValidationService/Validate";
 
 pub struct ValidationApi {
     pub authority: Arc<KeyAuthority>,
 }
 
-#[tonic::async_trait]
-impl ValidationService for ValidationApi {
+impl ValidationApi {
     async fn validate(
         &self,
         request: Request<pb::ValidateRequest>,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
+    ) -> Result<Response<ValidateReply>, Status> {
         let answer_by = deadline::answer_by(request.metadata());
         let req = request.into_inner();
         if req.key.len() > MAX_PRESENTED_KEY_LEN {
@@ -60,22 +75,93 @@ impl ValidationService for ValidationApi {
             ValidationCode::Malformed if req.key.is_empty() => "Missing API key",
             code => code.message(),
         };
-        Ok(Response::new(pb::ValidateResponse {
-            valid: verdict.code == ValidationCode::Valid,
-            code: convert::validation_code(verdict.code) as i32,
-            message: message.to_owned(),
-            api_key: verdict.api_key.map(convert::api_key),
-            rate_limit: verdict.rate_limit.as_ref().map(convert::rate_limit_status),
-        }))
+        Ok(Response::new(ValidateReply::new(
+            verdict.code,
+            message,
+            verdict.api_key,
+            verdict.quota_balance,
+            verdict.rate_limit.as_ref(),
+        )))
     }
 }
 
-/// `apikeyd_validations_total{code}`, with the label a literal: the
-/// registry is then asked with a key built at compile time, not one
-/// allocated on every call.
+/// The service as tonic serves it: the generated server's routing and
+/// limits, around [`ValidationApi::validate`].
+#[derive(Clone)]
+pub struct ValidationServer {
+    api: Arc<ValidationApi>,
+    max_decoding_message_size: usize,
+}
+
+impl ValidationServer {
+    pub fn new(api: ValidationApi, max_decoding_message_size: usize) -> Self {
+        ValidationServer {
+            api: Arc::new(api),
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl NamedService for ValidationServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for ValidationServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != VALIDATE_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = ValidateMethod(self.api.clone());
+        let max_decoding_message_size = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(ProstCodec::<ValidateReply, pb::ValidateRequest>::default())
+                .apply_max_message_size_config(Some(max_decoding_message_size), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+struct ValidateMethod(Arc<ValidationApi>);
+
+impl UnaryService<pb::ValidateRequest> for ValidateMethod {
+    type Response = ValidateReply;
+    type Future = BoxFuture<Response<ValidateReply>, Status>;
+
+    fn call(&mut self, request: Request<pb::ValidateRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.validate(request).await })
+    }
+}
+
+/// `apikeyd_validations_total{code}`, from handles registered once.
 fn count_validation(code: ValidationCode) {
+    static COUNTERS: LazyLock<Vec<Counter>> = LazyLock::new(|| {
+        metrics::registered(|| {
+            ValidationCode::ALL
+                .into_iter()
+                .map(validation_counter)
+                .collect()
+        })
+    });
+    COUNTERS[code as usize].increment(1);
+}
+
+/// The counter of `code`, with the label a literal.
+fn validation_counter(code: ValidationCode) -> Counter {
     use ValidationCode::*;
-    let counter = match code {
+    match code {
         Valid => ::metrics::counter!("apikeyd_validations_total", "code" => "valid"),
         Malformed => ::metrics::counter!("apikeyd_validations_total", "code" => "malformed"),
         NotFound => ::metrics::counter!("apikeyd_validations_total", "code" => "not_found"),
@@ -89,8 +175,7 @@ fn count_validation(code: ValidationCode) {
         UsageExceeded => {
             ::metrics::counter!("apikeyd_validations_total", "code" => "usage_exceeded")
         }
-    };
-    counter.increment(1);
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +221,9 @@ mod tests {
             ValidationCode::UsageExceeded,
         ];
         let recorder = Labels::default();
-        ::metrics::with_local_recorder(&recorder, || codes.into_iter().for_each(count_validation));
+        ::metrics::with_local_recorder(&recorder, || {
+            codes.into_iter().map(validation_counter).for_each(drop)
+        });
         let expected: Vec<String> = codes
             .iter()
             .map(|c| format!("code={}", c.as_str()))

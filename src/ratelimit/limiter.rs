@@ -18,9 +18,10 @@
 //!   counted when its answer comes.
 
 use std::fmt::Display;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use ::metrics::Counter;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -38,6 +39,7 @@ use crate::domain::import::UsageHistory;
 use crate::domain::limit::Subject;
 use crate::domain::{ApiKey, KeyId, Limit, Quota, ValidationCode};
 use crate::error::{Error, Result};
+use crate::telemetry::metrics;
 
 /// How often usage gathered in the background is written.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -474,7 +476,7 @@ impl RateLimiter {
                 biased;
                 answer = asked => match answer {
                     Ok(outcome) => {
-                        count_decision(&outcome, "store");
+                        count_decision(&outcome, DecidedBy::Store);
                         return Ok((outcome, DecidedBy::Store));
                     }
                     Err(error) if error.means_unreachable() => self.outage_began(&error),
@@ -494,7 +496,7 @@ impl RateLimiter {
         }
         self.count_policy_decision();
         let outcome = self.by_policy(&decision);
-        count_decision(&outcome, "policy");
+        count_decision(&outcome, DecidedBy::Policy);
         Ok((outcome, DecidedBy::Policy))
     }
 
@@ -605,15 +607,34 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// `apikeyd_rate_limit_decisions_total`, by verdict and by who decided.
-fn count_decision(outcome: &Outcome, decided_by: &'static str) {
+/// `apikeyd_rate_limit_decisions_total{verdict, decided_by}`, from handles
+/// registered once.
+fn count_decision(outcome: &Outcome, decided_by: DecidedBy) {
+    static COUNTERS: LazyLock<[[Counter; 2]; 4]> = LazyLock::new(|| {
+        let by = |verdict: &'static str| {
+            [
+                ::metrics::counter!("apikeyd_rate_limit_decisions_total",
+                    "verdict" => verdict, "decided_by" => "store"),
+                ::metrics::counter!("apikeyd_rate_limit_decisions_total",
+                    "verdict" => verdict, "decided_by" => "policy"),
+            ]
+        };
+        metrics::registered(|| {
+            [
+                by("admitted"),
+                by("rate_limited"),
+                by("quota_exceeded"),
+                by("not_charged"),
+            ]
+        })
+    });
     let verdict = match outcome.verdict {
-        Verdict::Admitted => "admitted",
-        Verdict::RateLimited => "rate_limited",
-        Verdict::QuotaExceeded => "quota_exceeded",
-        Verdict::NotCharged => "not_charged",
+        Verdict::Admitted => 0,
+        Verdict::RateLimited => 1,
+        Verdict::QuotaExceeded => 2,
+        Verdict::NotCharged => 3,
     };
-    ::metrics::counter!("apikeyd_rate_limit_decisions_total", "verdict" => verdict, "decided_by" => decided_by)
-        .increment(1);
+    COUNTERS[verdict][decided_by as usize].increment(1);
 }
 
 #[cfg(test)]

@@ -4,6 +4,11 @@
 //! suits a single replica.
 
 use std::collections::{HashMap, VecDeque};
+
+/// The maps of a Validate's decision (several lookups per call): foldhash,
+/// seeded per process, hashes a short key in a fraction of SipHash's time.
+/// Their keys are storage names the limiter builds, not a caller's choice.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,12 +30,12 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     /// Limit state by storage key, with when it may be forgotten.
-    limits: HashMap<String, (LimitState, i64)>,
+    limits: FastMap<String, (LimitState, i64)>,
     /// Quota balances; they never expire.
-    quotas: HashMap<String, QuotaState>,
+    quotas: FastMap<String, QuotaState>,
     /// Usage by key (its usage base): found with one lookup of a name the
     /// decision already holds, so counting a validation allocates nothing.
-    usage: HashMap<String, KeyUsageState>,
+    usage: FastMap<String, KeyUsageState>,
     last_sweep_us: i64,
 }
 
@@ -38,7 +43,7 @@ struct State {
 #[derive(Default)]
 struct KeyUsageState {
     /// Validations by code per bucket, with the bucket's expiry.
-    buckets: HashMap<(Granularity, i64), (HashMap<ValidationCode, u64>, i64)>,
+    buckets: FastMap<(Granularity, i64), (FastMap<ValidationCode, u64>, i64)>,
     /// Newest first.
     log: VecDeque<RecentRequest>,
     log_expires: i64,
