@@ -74,6 +74,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Open (the default): the inner service's own future, with no state
+        // of ours around it on every data-plane call.
+        if matches!(self.guard, DataPlaneGuard::Open) {
+            return Box::pin(self.inner.call(request));
+        }
         // The service polled ready is the one that must take the call.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);

@@ -12,9 +12,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use bytes::{Buf, BufMut};
-use prost::encoding::{
-    self, DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len,
-};
+use prost::encoding::{self, DecodeContext, WireType, encode_varint, encoded_len_varint, key_len};
 
 use super::{convert, pb};
 use crate::domain::{ApiKey, LimitSource, ValidationCode};
@@ -90,12 +88,12 @@ where
         }
         put_str(3, self.message, buf);
         if let Some(answer) = &self.api_key {
-            encode_key(4, WireType::LengthDelimited, buf);
-            encode_varint(answer.len as u64, buf);
+            put_key(4, WireType::LengthDelimited, buf);
+            put_varint(answer.len as u64, buf);
             encode_api_key(&answer.record, answer.quota.as_ref(), buf);
         }
         if let Some(status) = &self.rate_limit {
-            encoding::message::encode(5, status, buf);
+            put_message(5, status, buf);
         }
     }
 
@@ -144,8 +142,8 @@ fn encode_api_key(key: &ApiKey, quota: Option<&pb::UsageQuota>, buf: &mut impl B
     put_str(4, &key.prefix, buf);
     for scope in key.scopes.iter() {
         let pieces = scope.text_pieces();
-        encode_key(5, WireType::LengthDelimited, buf);
-        encode_varint(pieces.iter().map(|p| p.len()).sum::<usize>() as u64, buf);
+        put_key(5, WireType::LengthDelimited, buf);
+        put_varint(pieces.iter().map(|p| p.len()).sum::<usize>() as u64, buf);
         pieces.iter().for_each(|p| buf.put_slice(p.as_bytes()));
     }
     let environment = convert::environment(key.environment) as i32;
@@ -153,16 +151,16 @@ fn encode_api_key(key: &ApiKey, quota: Option<&pb::UsageQuota>, buf: &mut impl B
         encoding::int32::encode(6, &environment, buf);
     }
     for (name, value) in &key.metadata {
-        encode_key(7, WireType::LengthDelimited, buf);
-        encode_varint((str_len(1, name) + str_len(2, value)) as u64, buf);
+        put_key(7, WireType::LengthDelimited, buf);
+        put_varint((str_len(1, name) + str_len(2, value)) as u64, buf);
         put_str(1, name, buf);
         put_str(2, value, buf);
     }
     if key.enabled {
         encoding::bool::encode(8, &key.enabled, buf);
     }
-    encoding::message::encode(9, &convert::timestamp(key.created_at), buf);
-    encoding::message::encode(10, &convert::timestamp(key.updated_at), buf);
+    put_message(9, &convert::timestamp(key.created_at), buf);
+    put_message(10, &convert::timestamp(key.updated_at), buf);
     let optional_times = [
         (11, key.expires_at),
         (12, key.last_used_at),
@@ -170,17 +168,17 @@ fn encode_api_key(key: &ApiKey, quota: Option<&pb::UsageQuota>, buf: &mut impl B
     ];
     for (tag, at) in optional_times {
         if let Some(at) = at {
-            encoding::message::encode(tag, &convert::timestamp(at), buf);
+            put_message(tag, &convert::timestamp(at), buf);
         }
     }
     match &key.limits {
         LimitSource::Tier(name) => put_str(14, name, buf),
         LimitSource::Own(limits) => limits
             .iter()
-            .for_each(|limit| encoding::message::encode(15, &convert::rate_limit(limit), buf)),
+            .for_each(|limit| put_message(15, &convert::rate_limit(limit), buf)),
     }
     if let Some(quota) = quota {
-        encoding::message::encode(16, quota, buf);
+        put_message(16, quota, buf);
     }
 }
 
@@ -245,9 +243,29 @@ fn api_key_len(key: &ApiKey, quota: Option<&pb::UsageQuota>) -> usize {
 /// A proto3 string field: left out when empty.
 fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(value.len() as u64, buf);
+        put_key(tag, WireType::LengthDelimited, buf);
+        put_varint(value.len() as u64, buf);
         buf.put_slice(value.as_bytes());
+    }
+}
+
+/// A message field: its key, its length, its fields.
+fn put_message(tag: u32, message: &impl prost::Message, buf: &mut impl BufMut) {
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(message.encoded_len() as u64, buf);
+    message.encode_raw(buf);
+}
+
+fn put_key(tag: u32, wire_type: WireType, buf: &mut impl BufMut) {
+    put_varint(u64::from(tag << 3 | wire_type as u32), buf);
+}
+
+/// A varint, with the one-byte case (every key but field 16's, and most
+/// lengths here) written inline.
+fn put_varint(value: u64, buf: &mut impl BufMut) {
+    match u8::try_from(value) {
+        Ok(byte) if byte < 0x80 => buf.put_u8(byte),
+        _ => encode_varint(value, buf),
     }
 }
 

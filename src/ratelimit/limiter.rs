@@ -460,9 +460,16 @@ impl RateLimiter {
     /// begins while this decision waits). A late answer is an error.
     async fn decide(
         &self,
-        decision: Decision,
+        mut decision: Decision,
         answer_by: Option<Instant>,
     ) -> Result<(Outcome, DecidedBy)> {
+        let in_process = self
+            .store_span("decide")
+            .in_scope(|| self.store.decide_in_process(&mut decision));
+        if let Some(outcome) = in_process {
+            count_decision(&outcome, DecidedBy::Store);
+            return Ok((outcome, DecidedBy::Store));
+        }
         let decision = Arc::new(decision);
         if !self.in_outage() {
             let started = Instant::now();

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::algorithms::{LimitState, evaluate};
 use super::imported_usage::ImportedUsage;
 use super::store::{Decision, LimitStatus, Outcome, RateLimitStore, StoreError, Verdict, verdict};
-use super::usage::{Granularity, KeyUsage, RecentRequest, UsageBucket};
+use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use crate::domain::ValidationCode;
 use crate::domain::quota::{QuotaState, add_to_balance};
 
@@ -82,7 +82,14 @@ impl State {
         self.usage.retain(|_, usage| usage.sweep(now));
     }
 
-    fn decide(&mut self, decision: &Decision, now: i64) -> Outcome {
+    /// `context` is the usage record's context when the caller gave it up
+    /// (else it is copied from the decision into the recent-requests log).
+    fn decide(
+        &mut self,
+        decision: &Decision,
+        context: Option<RequestContext>,
+        now: i64,
+    ) -> Outcome {
         self.sweep(now);
         let evaluations: Vec<_> = decision
             .limits
@@ -154,7 +161,7 @@ impl State {
                 state.count(granularity, secs / granularity.seconds(), code, expires);
             }
             state.log.push_front(RecentRequest {
-                context: usage.context.clone(),
+                context: context.unwrap_or_else(|| usage.context.clone()),
                 code,
                 at_ms: now / 1000,
             });
@@ -175,7 +182,16 @@ impl State {
 impl RateLimitStore for MemoryStore {
     async fn decide(&self, decision: Arc<Decision>) -> Result<Outcome, StoreError> {
         let mut state = self.state.lock().expect("limiter lock poisoned");
-        Ok(state.decide(&decision, now_us()))
+        Ok(state.decide(&decision, None, now_us()))
+    }
+
+    fn decide_in_process(&self, decision: &mut Decision) -> Option<Outcome> {
+        let context = decision
+            .usage
+            .as_mut()
+            .map(|u| std::mem::take(&mut u.context));
+        let mut state = self.state.lock().expect("limiter lock poisoned");
+        Some(state.decide(decision, context, now_us()))
     }
 
     async fn usage(

@@ -242,6 +242,15 @@ pub trait RateLimitStore: Send + Sync {
 
     /// Whether the store is remote and may fail (and so has a health entry).
     fn is_remote(&self) -> bool;
+
+    /// Decides at once, for a store in this process that cannot fail: no
+    /// future, no shared copy of the decision, no wait to bound; the store
+    /// may take what it keeps (the usage record's context) out of the
+    /// decision. `None` for a store that must be asked with
+    /// [`RateLimitStore::decide`].
+    fn decide_in_process(&self, _decision: &mut Decision) -> Option<Outcome> {
+        None
+    }
 }
 
 /// Turns a decision's per-limit results (one per `charges`, in order) into
