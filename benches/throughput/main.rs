@@ -47,6 +47,7 @@ Options (each also an environment variable):
   --cold-calls N       calls of one cold key, from the first  APIKEYD_BENCH_COLD_CALLS    (20000)
   --replica-keys N     keys a fresh replica validates once    APIKEYD_BENCH_REPLICA_KEYS  (1000; 10000 with --scale)
   --replica-in-flight N  their Validates in flight            APIKEYD_BENCH_REPLICA_IN_FLIGHT (64)
+  --rounds N           interleaved empty/admitted pairs       APIKEYD_BENCH_ROUNDS        (3)
   --scale              add the scale figures                  APIKEYD_BENCH_SCALE=1
   --scale-only         only the scale figures                 APIKEYD_BENCH_SCALE=only
 PostgreSQL: APIKEYD_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:5432/test);
@@ -84,6 +85,10 @@ struct Options {
     cold_calls: u64,
     replica_keys: usize,
     replica_in_flight: usize,
+    /// Pairs of (empty RPC, warm admitted Validate) run back to back after
+    /// the single pass: the judged ratio is their median, which drift on a
+    /// shared machine moves far less than one pass's ratio.
+    rounds: usize,
     main_part: bool,
     scale_part: bool,
     postgres_url: String,
@@ -131,6 +136,7 @@ impl Options {
             "--cold-calls",
             "--replica-keys",
             "--replica-in-flight",
+            "--rounds",
             "--scale",
             "--scale-only",
         ];
@@ -162,6 +168,7 @@ impl Options {
                 as usize,
             replica_in_flight: setting("--replica-in-flight", "APIKEYD_BENCH_REPLICA_IN_FLIGHT")?
                 .unwrap_or(64) as usize,
+            rounds: setting("--rounds", "APIKEYD_BENCH_ROUNDS")?.unwrap_or(3) as usize,
             main_part: !scale_only,
             scale_part,
             postgres_url: std::env::var("APIKEYD_TEST_POSTGRES_URL")
@@ -406,6 +413,8 @@ struct DeploymentFigures {
     admitted: Row,
     over_limit: Row,
     seed: Option<Row>,
+    /// admitted / empty of each interleaved pair.
+    paired_ratios: Vec<Result<f64, String>>,
 }
 
 /// Where a scenario's answers are counted.
@@ -696,10 +705,11 @@ async fn on_server(
     print_row(&malformed, Some(&empty));
 
     // A warm key under one limit it never reaches, then one over its limit.
-    server::expect_code(&channel, &admitted, pb::ValidationCode::Valid).await?;
+    let admitted_key = admitted;
+    server::expect_code(&channel, &admitted_key, pb::ValidationCode::Valid).await?;
     let admitted = target.timed(
         "Validate, warm key, admitted (one limit)",
-        &[validate_call(&admitted)],
+        &[validate_call(&admitted_key)],
         pace,
         "valid",
     )?;
@@ -714,6 +724,31 @@ async fn on_server(
     )?;
     print_row(&over_limit, Some(&empty));
 
+    // Interleaved pairs: each ratio from two runs seconds apart.
+    let health_calls = [GrpcCall::new(
+        &format!("/{HEALTH_CHECK}"),
+        &health_request(),
+    )];
+    let admitted_calls = [validate_call(&admitted_key)];
+    let mut paired_ratios = Vec::new();
+    for round in 1..=options.rounds {
+        let pair_empty = target.timed(
+            &format!("pair {round}: empty RPC"),
+            &health_calls,
+            pace,
+            GRPC_OK,
+        )?;
+        print_row(&pair_empty, None);
+        let pair_admitted = target.timed(
+            &format!("pair {round}: Validate, warm admitted"),
+            &admitted_calls,
+            pace,
+            "valid",
+        )?;
+        print_row(&pair_admitted, Some(&pair_empty));
+        paired_ratios.push(ratio(&pair_admitted, &pair_empty));
+    }
+
     let seed = match database {
         Some(database) => Some(seed_design(h2load, database, pace, &empty).await?),
         None => None,
@@ -724,6 +759,7 @@ async fn on_server(
             admitted,
             over_limit,
             seed,
+            paired_ratios,
         },
         apikeyd,
     ))
@@ -846,15 +882,42 @@ fn ratio(numerator: &Row, denominator: &Row) -> Result<f64, String> {
     Ok(numerator.verified_rate()? / denominator.verified_rate()?)
 }
 
+/// The median of the interleaved pairs' ratios (the single pass's when
+/// there were none), with the pairs' spread in its name.
+fn paired_ratio(figures: &DeploymentFigures, what: &str) -> (String, Result<f64, String>) {
+    let ratios: Result<Vec<f64>, String> = figures.paired_ratios.iter().cloned().collect();
+    match ratios {
+        Ok(mut ratios) if !ratios.is_empty() => {
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            let spread = format!("{:.2}-{:.2}", ratios[0], ratios[ratios.len() - 1]);
+            (
+                format!("{what}, median of {} pairs ({spread})", ratios.len()),
+                Ok(median),
+            )
+        }
+        Ok(_) => (what.to_owned(), ratio(&figures.admitted, &figures.empty)),
+        Err(e) => (what.to_owned(), Err(e)),
+    }
+}
+
 fn print_targets(figures: &Figures) {
     let mut lines = Vec::new();
     if let Some(embedded) = &figures.embedded {
+        let (name, value) = paired_ratio(embedded, "admitted / empty, embedded");
         lines.push(Judged {
-            name: "warm admitted Validate / empty RPC, embedded".to_owned(),
-            value: ratio(&embedded.admitted, &embedded.empty),
+            name,
+            value,
             unit: "",
             target: "≥ 0.8",
             met: Some(|v| v >= 0.8),
+        });
+        lines.push(Judged {
+            name: "  the single pass's".to_owned(),
+            value: ratio(&embedded.admitted, &embedded.empty),
+            unit: "",
+            target: "reported",
+            met: None,
         });
         lines.push(Judged {
             name: "over-limit Validate / admitted Validate, embedded".to_owned(),
@@ -865,12 +928,20 @@ fn print_targets(figures: &Figures) {
         });
     }
     if let Some(redis) = &figures.redis {
+        let (name, value) = paired_ratio(redis, "admitted / empty, Redis limit");
         lines.push(Judged {
-            name: "warm admitted Validate / empty RPC, Redis limit".to_owned(),
-            value: ratio(&redis.admitted, &redis.empty),
+            name,
+            value,
             unit: "",
             target: "≥ 0.5",
             met: Some(|v| v >= 0.5),
+        });
+        lines.push(Judged {
+            name: "  the single pass's".to_owned(),
+            value: ratio(&redis.admitted, &redis.empty),
+            unit: "",
+            target: "reported",
+            met: None,
         });
         if let Some(seed) = &redis.seed {
             lines.push(Judged {
