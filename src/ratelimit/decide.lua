@@ -61,7 +61,8 @@ local function fixed_window(key, limit, w, cost)
   local idx = idiv(now, w)
   local s = redis.call('HMGET', key, 'w', 'c')
   local count = 0
-  if tonumber(s[1]) == idx then count = tonumber(s[2]) end
+  local same_window = tonumber(s[1]) == idx
+  if same_window then count = tonumber(s[2]) end
   local allowed = count + cost <= limit
   local after = count
   if allowed then after = count + cost end
@@ -70,7 +71,9 @@ local function fixed_window(key, limit, w, cost)
   if not allowed then retry = reset - now end
   local commit = function()
     redis.call('HSET', key, 'w', idx, 'c', after)
-    redis.call('PEXPIRE', key, ceil_ms(reset - now))
+    -- Within one window the deadline is the same instant, set by the
+    -- window's first write (HSET keeps a key's TTL).
+    if not same_window then redis.call('PEXPIRE', key, ceil_ms(reset - now)) end
   end
   return allowed, math.max(limit - after, 0), reset, retry, commit
 end
@@ -111,7 +114,9 @@ local function sliding_window(key, limit, w, cost)
   end
   local commit = function()
     redis.call('HSET', key, 'w', idx, 'c', after, 'p', prev)
-    redis.call('PEXPIRE', key, ceil_ms(start + 2 * w - now))
+    -- Within one window the deadline is the same instant, set by the
+    -- window's first write (HSET keeps a key's TTL).
+    if stored ~= idx then redis.call('PEXPIRE', key, ceil_ms(start + 2 * w - now)) end
   end
   return allowed, math.max(limit - weighted - after, 0), reset, retry, commit
 end

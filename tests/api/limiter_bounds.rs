@@ -189,3 +189,44 @@ async fn decide_lua_divides_products_beyond_two_to_the_53_exactly() {
         "plain doubles were exact on every triple: the test guards nothing"
     );
 }
+
+/// decide.lua sets a counter's expiry once per window (the first write of a
+/// window; later ones keep it): however many decisions a window holds, every
+/// key the script wrote still expires, at the window's end or earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counter_expires_however_many_decisions_its_window_holds() {
+    let app = spawn_limited_app(Limiter::Redis).await;
+    let window_ms = 3_600_000;
+    for algorithm in ALGORITHMS {
+        let id = unique("ip");
+        for _ in 0..5 {
+            let answer = app
+                .check(check_request("ttl", &id, 100, window_ms, algorithm, 1))
+                .await;
+            assert!(answer.allowed, "{algorithm:?}");
+        }
+    }
+    let mut connection = redis_connection(app.redis_url.as_deref().unwrap());
+    // The counters of namespace "ttl" (the server keeps other keys, such as
+    // its invalidation stream, under the same prefix).
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{}:{{n:ttl:*", app.prefix))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        ALGORITHMS.len(),
+        "one counter per algorithm: {keys:?}"
+    );
+    for key in keys {
+        let ttl_ms: i64 = ::redis::cmd("PTTL")
+            .arg(&key)
+            .query(&mut connection)
+            .unwrap();
+        // A sliding window's state lives for two windows.
+        assert!(
+            ttl_ms > 0 && ttl_ms <= 2 * window_ms as i64,
+            "{key} expires in {ttl_ms} ms"
+        );
+    }
+}
