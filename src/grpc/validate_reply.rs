@@ -292,14 +292,6 @@ mod tests {
     use crate::domain::key_settings::parse_scopes;
     use crate::domain::{Algorithm, Environment, KeyId, Limit, Quota, RefillInterval, ScopeSet};
 
-    fn limit(limit: u32, window_ms: u64, algorithm: Algorithm) -> Limit {
-        Limit {
-            limit,
-            window_ms,
-            algorithm,
-        }
-    }
-
     fn record() -> ApiKey {
         let at = |secs| Utc.timestamp_opt(secs, 123_456_000).unwrap();
         ApiKey {
@@ -322,8 +314,16 @@ mod tests {
             last_used_at: Some(at(1_700_000_200)),
             revoked_at: None,
             limits: LimitSource::Own(vec![
-                limit(100, 60_000, Algorithm::SlidingWindow),
-                limit(5_000, 3_600_000, Algorithm::TokenBucket),
+                Limit {
+                    limit: 100,
+                    window_ms: 60_000,
+                    algorithm: Algorithm::SlidingWindow,
+                },
+                Limit {
+                    limit: 5_000,
+                    window_ms: 3_600_000,
+                    algorithm: Algorithm::TokenBucket,
+                },
             ]),
             quota: Some(Quota {
                 remaining: 10,
@@ -381,7 +381,11 @@ mod tests {
     fn a_valid_answer_decodes_as_the_generated_message() {
         let key = record();
         let status = LimitStatus {
-            limit: limit(100, 60_000, Algorithm::SlidingWindow),
+            limit: Limit {
+                limit: 100,
+                window_ms: 60_000,
+                algorithm: Algorithm::SlidingWindow,
+            },
             allowed: true,
             remaining: 99,
             reset_at_us: 1_700_000_060_000_000,
