@@ -415,6 +415,8 @@ struct DeploymentFigures {
     seed: Option<Row>,
     /// admitted / empty of each interleaved pair.
     paired_ratios: Vec<Result<f64, String>>,
+    /// The admitted runs' req/s of the pairs.
+    paired_admitted: Vec<Result<f64, String>>,
 }
 
 /// Where a scenario's answers are counted.
@@ -731,6 +733,7 @@ async fn on_server(
     )];
     let admitted_calls = [validate_call(&admitted_key)];
     let mut paired_ratios = Vec::new();
+    let mut paired_admitted = Vec::new();
     for round in 1..=options.rounds {
         let pair_empty = target.timed(
             &format!("pair {round}: empty RPC"),
@@ -747,6 +750,7 @@ async fn on_server(
         )?;
         print_row(&pair_admitted, Some(&pair_empty));
         paired_ratios.push(ratio(&pair_admitted, &pair_empty));
+        paired_admitted.push(pair_admitted.verified_rate());
     }
 
     let seed = match database {
@@ -760,6 +764,7 @@ async fn on_server(
             over_limit,
             seed,
             paired_ratios,
+            paired_admitted,
         },
         apikeyd,
     ))
@@ -885,20 +890,36 @@ fn ratio(numerator: &Row, denominator: &Row) -> Result<f64, String> {
 /// The median of the interleaved pairs' ratios (the single pass's when
 /// there were none), with the pairs' spread in its name.
 fn paired_ratio(figures: &DeploymentFigures, what: &str) -> (String, Result<f64, String>) {
-    let ratios: Result<Vec<f64>, String> = figures.paired_ratios.iter().cloned().collect();
-    match ratios {
-        Ok(mut ratios) if !ratios.is_empty() => {
-            ratios.sort_by(f64::total_cmp);
-            let median = ratios[ratios.len() / 2];
+    match sorted(&figures.paired_ratios) {
+        Ok(ratios) if !ratios.is_empty() => {
             let spread = format!("{:.2}-{:.2}", ratios[0], ratios[ratios.len() - 1]);
             (
                 format!("{what}, median of {} pairs ({spread})", ratios.len()),
-                Ok(median),
+                Ok(ratios[ratios.len() / 2]),
             )
         }
         Ok(_) => (what.to_owned(), ratio(&figures.admitted, &figures.empty)),
         Err(e) => (what.to_owned(), Err(e)),
     }
+}
+
+/// The admitted rate against the seed design's: the median of the pairs'
+/// admitted runs (the single pass's when there were none).
+fn seed_ratio(figures: &DeploymentFigures, seed: &Row) -> Result<f64, String> {
+    let admitted = match sorted(&figures.paired_admitted)? {
+        rates if rates.is_empty() => figures.admitted.verified_rate()?,
+        rates => rates[rates.len() / 2],
+    };
+    Ok(admitted / seed.verified_rate()?)
+}
+
+fn sorted(values: &[Result<f64, String>]) -> Result<Vec<f64>, String> {
+    let mut values = values
+        .iter()
+        .cloned()
+        .collect::<Result<Vec<f64>, String>>()?;
+    values.sort_by(f64::total_cmp);
+    Ok(values)
 }
 
 fn print_targets(figures: &Figures) {
@@ -945,8 +966,9 @@ fn print_targets(figures: &Figures) {
         });
         if let Some(seed) = &redis.seed {
             lines.push(Judged {
-                name: "warm admitted Validate, Redis limit / seed design".to_owned(),
-                value: ratio(&redis.admitted, seed),
+                name: "warm admitted Validate, Redis limit / seed design (median of pairs)"
+                    .to_owned(),
+                value: seed_ratio(redis, seed),
                 unit: "",
                 target: "≥ 10",
                 met: Some(|v| v >= 10.0),
