@@ -168,14 +168,7 @@ async fn tell_replicas(settings: &Settings, change: Invalidation) -> anyhow::Res
     let Some(target) = settings.redis.target()? else {
         return Ok(());
     };
-    let bus = Arc::new(
-        InvalidationBus::connect(
-            &target,
-            &settings.redis.key_prefix,
-            settings.redis.timeout(),
-        )
-        .with_context(|| format!("invalid Redis URL {target}"))?,
-    );
+    let bus = InvalidationBus::over(&target, &settings.redis)?;
     bus.publish(change);
     let publisher = bus.spawn_publisher();
     bus.finish(publisher, REPLICA_NOTICE_WAIT).await;

@@ -136,14 +136,7 @@ impl Importer {
             .context("cannot migrate apikeyd's database")?;
         let bus = match settings.redis.target()? {
             Some(target) => {
-                let bus = Arc::new(
-                    InvalidationBus::connect(
-                        &target,
-                        &settings.redis.key_prefix,
-                        settings.redis.timeout(),
-                    )
-                    .with_context(|| format!("invalid Redis URL {target}"))?,
-                );
+                let bus = InvalidationBus::over(&target, &settings.redis)?;
                 let publisher = bus.spawn_publisher();
                 Some((bus, publisher))
             }

@@ -35,6 +35,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use anyhow::Context;
+
+use crate::config::RedisSettings;
 use crate::config::redis_target::RedisTarget;
 use crate::domain::KeyId;
 use follower::{Follower, Heartbeat};
@@ -102,6 +105,16 @@ pub struct InvalidationBus {
 }
 
 impl InvalidationBus {
+    /// The bus over `target`, with the key prefix and timeout of `settings`
+    /// (the Redis settings that named `target`): what the server and the
+    /// commands that change keys outside it (`root-key revoke`, `import`)
+    /// connect to.
+    pub fn over(target: &RedisTarget, settings: &RedisSettings) -> anyhow::Result<Arc<Self>> {
+        let bus = Self::connect(target, &settings.key_prefix, settings.timeout())
+            .with_context(|| format!("invalid Redis URL {target}"))?;
+        Ok(Arc::new(bus))
+    }
+
     /// `urls` and `cluster` as in `--redis-url` and `--redis-cluster`;
     /// `timeout` is `--redis-timeout-ms`. Connects when first needed.
     pub fn connect(

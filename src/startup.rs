@@ -168,14 +168,7 @@ impl Application {
         // sharing a PostgreSQL do not, so their entries stay short-lived.
         let redis = settings.redis.target()?;
         let invalidation_bus = match &redis {
-            Some(target) => Some(Arc::new(
-                InvalidationBus::connect(
-                    target,
-                    &settings.redis.key_prefix,
-                    settings.redis.timeout(),
-                )
-                .with_context(|| format!("invalid Redis URL {target}"))?,
-            )),
+            Some(target) => Some(InvalidationBus::over(target, &settings.redis)?),
             None => {
                 key_cache.set_invalidations_flowing(database.single_process());
                 None
