@@ -24,7 +24,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{ServerProcess, fresh_postgres_database};
-use crate::limiter_harness::{free_port, shared_redis_url, unique};
+use crate::limiter_harness::{RedisServer, free_port, shared_redis_url, unique};
 
 /// Where Debian puts PostgreSQL 15's server binaries (`APIKEYD_TEST_PG_BIN` overrides).
 fn pg_bin(tool: &str) -> PathBuf {
@@ -588,4 +588,41 @@ pub async fn wait_for_health_within(
         || async { health(channel, service).await == status },
     )
     .await
+}
+
+/// A server process on a Redis of the test's own (to stop and restart),
+/// under a Redis failure policy and timeout, with its bootstrap root key.
+pub struct ServerOnOwnRedis {
+    pub redis: RedisServer,
+    pub server: ServerProcess,
+    pub root_key: String,
+    pub channel: Channel,
+    /// Holds the server's data directory for as long as the test runs.
+    pub data_dir: TempDir,
+}
+
+pub async fn server_on_own_redis(policy: &str, timeout_ms: &str) -> ServerOnOwnRedis {
+    let redis = RedisServer::start(false);
+    let data_dir = tempfile::tempdir().unwrap();
+    let redis_url = redis.url();
+    let server = ServerProcess::start(
+        data_dir.path(),
+        &[
+            ("APIKEYD_REDIS_URL", redis_url.as_str()),
+            ("APIKEYD_REDIS_TIMEOUT_MS", timeout_ms),
+            ("APIKEYD_REDIS_FAILURE_POLICY", policy),
+        ],
+    );
+    let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let channel = crate::helpers::connect(server.addr).await;
+    ServerOnOwnRedis {
+        redis,
+        server,
+        root_key,
+        channel,
+        data_dir,
+    }
 }

@@ -27,11 +27,11 @@ use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::fault_harness::{
-    PostgresServer, ReplicaSet, Tally, Tmpfs, eventually, health, wait_for_health,
-    wait_for_health_within, with_failover,
+    PostgresServer, ReplicaSet, ServerOnOwnRedis, Tally, Tmpfs, eventually, health,
+    server_on_own_redis, wait_for_health, wait_for_health_within, with_failover,
 };
 use crate::helpers::{ServerProcess, connect, create_request, measuring_alone, with_bearer};
-use crate::limiter_harness::{RedisServer, check_request, millis, rate_limit, unique};
+use crate::limiter_harness::{check_request, millis, rate_limit, unique};
 
 /// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
 const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
@@ -128,19 +128,13 @@ struct Observed {
 }
 
 async fn redis_killed_under_load(policy: &'static str) {
-    let mut redis = RedisServer::start(false);
-    let data_dir = tempfile::tempdir().unwrap();
-    let redis_url = redis.url();
-    let server = ServerProcess::start(
-        data_dir.path(),
-        &[
-            ("APIKEYD_REDIS_URL", redis_url.as_str()),
-            ("APIKEYD_REDIS_TIMEOUT_MS", "2000"),
-            ("APIKEYD_REDIS_FAILURE_POLICY", policy),
-        ],
-    );
-    let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key")).unwrap();
-    let channel = connect(server.addr).await;
+    let ServerOnOwnRedis {
+        mut redis,
+        server,
+        root_key,
+        channel,
+        data_dir: _data_dir,
+    } = server_on_own_redis(policy, "2000").await;
     let mut request = create_request("owner", &["*"]);
     const KEY_LIMIT: u32 = 1_000_000_000;
     request.rate_limits = vec![rate_limit(
@@ -149,7 +143,7 @@ async fn redis_killed_under_load(policy: &'static str) {
         RateLimitAlgorithm::FixedWindow,
     )];
     let key = KeyServiceClient::new(channel.clone())
-        .create_key(with_bearer(request, root_key.trim()))
+        .create_key(with_bearer(request, &root_key))
         .await
         .unwrap()
         .into_inner()

@@ -12,27 +12,21 @@ use apikeyd::grpc::pb::{self, RateLimitAlgorithm, ValidationCode};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::fault_harness::{health, wait_for_health};
-use crate::helpers::{ServerProcess, connect, create_request, with_bearer};
-use crate::limiter_harness::{RedisServer, check_request, rate_limit};
+use crate::fault_harness::{ServerOnOwnRedis, health, server_on_own_redis, wait_for_health};
+use crate::helpers::{create_request, with_bearer};
+use crate::limiter_harness::{check_request, rate_limit};
 
 /// The longest window (30 days, epoch-aligned): a test never straddles its boundary.
 const LONG_WINDOW_MS: u64 = 30 * 86_400_000;
 
 async fn survives_a_redis_outage(policy: &str) {
-    let mut redis = RedisServer::start(false);
-    let data_dir = tempfile::tempdir().unwrap();
-    let redis_url = redis.url();
-    let server = ServerProcess::start(
-        data_dir.path(),
-        &[
-            ("APIKEYD_REDIS_URL", redis_url.as_str()),
-            ("APIKEYD_REDIS_TIMEOUT_MS", "50"),
-            ("APIKEYD_REDIS_FAILURE_POLICY", policy),
-        ],
-    );
-    let root_key = std::fs::read_to_string(data_dir.path().join("bootstrap-root-key")).unwrap();
-    let channel = connect(server.addr).await;
+    let ServerOnOwnRedis {
+        mut redis,
+        server,
+        root_key,
+        channel,
+        data_dir: _data_dir,
+    } = server_on_own_redis(policy, "50").await;
     let mut keys = KeyServiceClient::new(channel.clone());
     let mut validation = ValidationServiceClient::new(channel.clone());
     let mut limits = RateLimitServiceClient::new(channel.clone());
@@ -43,7 +37,7 @@ async fn survives_a_redis_outage(policy: &str) {
         RateLimitAlgorithm::FixedWindow,
     )];
     let key = keys
-        .create_key(with_bearer(request, root_key.trim()))
+        .create_key(with_bearer(request, &root_key))
         .await
         .unwrap()
         .into_inner()
