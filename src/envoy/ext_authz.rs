@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::grpc::deadline;
 use crate::ratelimit::LimitStatus;
 use crate::ratelimit::usage::RequestContext;
+use crate::telemetry::metrics;
 
 /// The headers a key may come in, in the order they are read.
 const API_KEY_HEADER: &str = "x-api-key";
@@ -91,8 +92,7 @@ impl Authorization for ExtAuthzApi {
                 },
             )
             .await?;
-        ::metrics::counter!("apikeyd_validations_total", "code" => verdict.code.as_str())
-            .increment(1);
+        metrics::count_validation(verdict.code);
         let now_us = chrono::Utc::now().timestamp_micros();
         let limit = verdict.rate_limit.as_ref();
         let response = match (verdict.code, &verdict.api_key, &presented) {

@@ -7,10 +7,8 @@
 //! that writes the cached record itself onto the wire.
 
 use std::convert::Infallible;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use ::metrics::Counter;
 
 use tonic::codegen::{Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
@@ -70,7 +68,7 @@ impl ValidationApi {
             answer_by,
         };
         let verdict = self.authority.validate(&req.key, request).await?;
-        count_validation(verdict.code);
+        metrics::count_validation(verdict.code);
         let message = match verdict.code {
             ValidationCode::Malformed if req.key.is_empty() => "Missing API key",
             code => code.message(),
@@ -145,82 +143,5 @@ impl UnaryService<Box<pb::ValidateRequest>> for ValidateMethod {
     fn call(&mut self, request: Request<Box<pb::ValidateRequest>>) -> Self::Future {
         let api = self.0.clone();
         Box::pin(async move { api.validate(request).await })
-    }
-}
-
-/// `apikeyd_validations_total{code}`, from handles registered once.
-fn count_validation(code: ValidationCode) {
-    static COUNTERS: LazyLock<Vec<Counter>> = LazyLock::new(|| {
-        metrics::registered(|| {
-            ValidationCode::ALL
-                .into_iter()
-                .map(validation_counter)
-                .collect()
-        })
-    });
-    COUNTERS[code as usize].increment(1);
-}
-
-/// The counter of `code`, with the label a literal.
-fn validation_counter(code: ValidationCode) -> Counter {
-    use ValidationCode::*;
-    match code {
-        Valid => ::metrics::counter!("apikeyd_validations_total", "code" => "valid"),
-        Malformed => ::metrics::counter!("apikeyd_validations_total", "code" => "malformed"),
-        NotFound => ::metrics::counter!("apikeyd_validations_total", "code" => "not_found"),
-        Revoked => ::metrics::counter!("apikeyd_validations_total", "code" => "revoked"),
-        Disabled => ::metrics::counter!("apikeyd_validations_total", "code" => "disabled"),
-        Expired => ::metrics::counter!("apikeyd_validations_total", "code" => "expired"),
-        InsufficientScope => {
-            ::metrics::counter!("apikeyd_validations_total", "code" => "insufficient_scope")
-        }
-        RateLimited => ::metrics::counter!("apikeyd_validations_total", "code" => "rate_limited"),
-        UsageExceeded => {
-            ::metrics::counter!("apikeyd_validations_total", "code" => "usage_exceeded")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use ::metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
-
-    use super::*;
-
-    /// Remembers the labels of every counter asked for.
-    #[derive(Default)]
-    struct Labels(Mutex<Vec<String>>);
-
-    impl Recorder for Labels {
-        fn describe_counter(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let labels = key.labels().map(|l| format!("{}={}", l.key(), l.value()));
-            self.0.lock().unwrap().extend(labels);
-            Counter::noop()
-        }
-        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::noop()
-        }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::noop()
-        }
-    }
-
-    #[test]
-    fn each_code_is_counted_under_its_stored_name() {
-        let codes = ValidationCode::ALL;
-        let recorder = Labels::default();
-        ::metrics::with_local_recorder(&recorder, || {
-            codes.into_iter().map(validation_counter).for_each(drop)
-        });
-        let expected: Vec<String> = codes
-            .iter()
-            .map(|c| format!("code={}", c.as_str()))
-            .collect();
-        assert_eq!(*recorder.0.lock().unwrap(), expected);
     }
 }

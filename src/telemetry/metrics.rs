@@ -29,12 +29,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ::metrics::SharedString;
+use ::metrics::{Counter, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::ValidationCode;
 
 /// Latency buckets, in seconds: from a warm Validate (tens of µs) to a
 /// database timeout.
@@ -370,9 +372,82 @@ pub fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
+/// `apikeyd_validations_total{code}`, from handles registered once (for
+/// Validate and for Envoy's ext_authz alike).
+pub fn count_validation(code: ValidationCode) {
+    static COUNTERS: LazyLock<Vec<Counter>> = LazyLock::new(|| {
+        registered(|| {
+            ValidationCode::ALL
+                .into_iter()
+                .map(validation_counter)
+                .collect()
+        })
+    });
+    COUNTERS[code as usize].increment(1);
+}
+
+/// The counter of `code`, with the label a literal.
+fn validation_counter(code: ValidationCode) -> Counter {
+    use ValidationCode::*;
+    match code {
+        Valid => ::metrics::counter!("apikeyd_validations_total", "code" => "valid"),
+        Malformed => ::metrics::counter!("apikeyd_validations_total", "code" => "malformed"),
+        NotFound => ::metrics::counter!("apikeyd_validations_total", "code" => "not_found"),
+        Revoked => ::metrics::counter!("apikeyd_validations_total", "code" => "revoked"),
+        Disabled => ::metrics::counter!("apikeyd_validations_total", "code" => "disabled"),
+        Expired => ::metrics::counter!("apikeyd_validations_total", "code" => "expired"),
+        InsufficientScope => {
+            ::metrics::counter!("apikeyd_validations_total", "code" => "insufficient_scope")
+        }
+        RateLimited => ::metrics::counter!("apikeyd_validations_total", "code" => "rate_limited"),
+        UsageExceeded => {
+            ::metrics::counter!("apikeyd_validations_total", "code" => "usage_exceeded")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Mutex;
+
+    use ::metrics::{Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
+
+    /// Remembers the labels of every counter asked for.
+    #[derive(Default)]
+    struct Labels(Mutex<Vec<String>>);
+
+    impl Recorder for Labels {
+        fn describe_counter(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels = key.labels().map(|l| format!("{}={}", l.key(), l.value()));
+            self.0.lock().unwrap().extend(labels);
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn each_code_is_counted_under_its_stored_name() {
+        let codes = ValidationCode::ALL;
+        let recorder = Labels::default();
+        ::metrics::with_local_recorder(&recorder, || {
+            codes.into_iter().map(validation_counter).for_each(drop)
+        });
+        let expected: Vec<String> = codes
+            .iter()
+            .map(|c| format!("code={}", c.as_str()))
+            .collect();
+        assert_eq!(*recorder.0.lock().unwrap(), expected);
+    }
 
     /// Every `rpc` of every `service` in `proto/`, as `package.Service/Method`,
     /// read from the text: an account of the contract that owes nothing to
