@@ -12,16 +12,24 @@
 -- KEYS: per decision, one per limit, then its quota key if it has a quota.
 -- All keys share one cluster slot.
 --
--- ARGV: the number of decisions, then per decision: the quota's cost, charge
---   (1 or 0: peek only), number of limits n, then n x (algorithm "s"|"f"|"t",
---   limit, window in microseconds, the limit's own cost, enforcement "e"
---   (over it refuses) | "s" (never refuses) | "c" (refuses when every "c"
---   limit is over)), then has_quota, version, seed, refill_amount,
+-- ARGV[1]: every number of the batch, each a little-endian signed 64-bit
+--   integer (one string rather than a dozen arguments a decision: Redis parses
+--   and Lua interns one string, not hundreds): the number of decisions, then
+--   per decision: the quota's cost, charge (1 or 0: peek only), number of
+--   limits n, then n x (algorithm 0 sliding | 1 fixed | 2 token bucket, limit,
+--   window in microseconds, the limit's own cost, enforcement 0 (over it
+--   refuses) | 1 shadow (never refuses) | 2 collective (refuses when every
+--   collective limit is over)), then has_quota, version, seed, refill_amount,
 --   refill_interval (0 none, 1 day, 2 month), amount to add to the balance
 --   (UpdateKey's add_to_quota; 0 otherwise).
--- Returns per decision: verdict (0 admitted, 1 rate limited, 2 quota exceeded,
---   3 not charged), now in microseconds, quota balance (-1 without a quota),
---   then n x (allowed, remaining, reset_at us, retry_after us).
+-- Returns one string of little-endian signed 64-bit integers, per decision:
+--   verdict (0 admitted, 1 rate limited, 2 quota exceeded, 3 not charged), now
+--   in microseconds, quota balance (-1 without a quota), then n x (allowed,
+--   remaining, reset_at us, retry_after us).
+--
+-- A number that can pass 14 digits (a quota version, a balance, a token
+-- bucket's instant) is written through string.format('%d'): Lua's own
+-- conversion keeps 14 significant digits, and a version has 16.
 
 local MAX_QUOTA = 1000000000000
 
@@ -143,7 +151,7 @@ local function token_bucket(key, limit, w, cost)
   return allowed, left(level), level, retry, commit
 end
 
-local algorithms = { s = sliding_window, f = fixed_window, t = token_bucket }
+local algorithms = { [0] = sliding_window, [1] = fixed_window, [2] = token_bucket }
 
 -- Days and months since the Unix epoch, from the civil calendar (UTC).
 local function period_index(interval)
@@ -162,31 +170,31 @@ local function period_index(interval)
   return y * 12 + m - 1
 end
 
-local a = 2
+local args = ARGV[1]
+local pos = 1
+local batch
+batch, pos = struct.unpack('<i8', args, pos)
 local k = 1
 local out = {}
 
-for _ = 1, tonumber(ARGV[1]) do
-  local cost = tonumber(ARGV[a])
-  local charge = ARGV[a + 1] == '1'
-  local n = tonumber(ARGV[a + 2])
-  a = a + 3
+for _ = 1, batch do
+  local cost, charge, n
+  cost, charge, n, pos = struct.unpack('<i8i8i8', args, pos)
 
   local verdict = 0
-  if not charge then verdict = 3 end
+  if charge ~= 1 then verdict = 3 end
   local results = {}
   local commits = {}
   local collective, collective_over = 0, 0
   for i = 1, n do
-    local alg, limit, w = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    local own_cost, enforcement = tonumber(ARGV[a + 3]), ARGV[a + 4]
-    a = a + 5
+    local alg, limit, w, own_cost, enforcement
+    alg, limit, w, own_cost, enforcement, pos = struct.unpack('<i8i8i8i8i8', args, pos)
     local allowed, remaining, reset, retry, commit = algorithms[alg](KEYS[k], limit, w, own_cost)
     k = k + 1
-    if enforcement == 'c' then
+    if enforcement == 2 then
       collective = collective + 1
       if not allowed then collective_over = collective_over + 1 end
-    elseif enforcement == 'e' and not allowed and verdict == 0 then
+    elseif enforcement == 0 and not allowed and verdict == 0 then
       verdict = 1
     end
     commits[i] = commit
@@ -195,31 +203,33 @@ for _ = 1, tonumber(ARGV[1]) do
   if verdict == 0 and collective > 0 and collective_over == collective then verdict = 1 end
 
   local balance = -1
-  if ARGV[a] == '1' then
+  local has_quota, version, seed, refill, interval, add
+  has_quota, version, seed, refill, interval, add, pos =
+    struct.unpack('<i8i8i8i8i8i8', args, pos)
+  if has_quota == 1 then
     local qkey = KEYS[k]
     k = k + 1
-    local version, seed = ARGV[a + 1], tonumber(ARGV[a + 2])
-    local refill, interval = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
     local q = redis.call('HMGET', qkey, 'v', 'r', 'p')
     local p = 0
     if interval > 0 then p = period_index(interval) end
+    local same_version = tonumber(q[1]) == version
     local stored = tonumber(q[2])
     balance = stored
-    if q[1] ~= version or balance == nil then
+    if not same_version or balance == nil then
       balance = seed
     elseif interval > 0 and tonumber(q[3]) ~= p then
       balance = refill
     end
-    balance = math.min(math.max(balance + tonumber(ARGV[a + 5]), 0), MAX_QUOTA)
+    balance = math.min(math.max(balance + add, 0), MAX_QUOTA)
     if verdict == 0 then
       if balance < cost then verdict = 2 else balance = balance - cost end
     end
     -- A denial that changed nothing writes nothing.
-    if q[1] ~= version or stored ~= balance or tonumber(q[3]) ~= p then
-      redis.call('HSET', qkey, 'v', version, 'r', balance, 'p', p)
+    if not same_version or stored ~= balance or tonumber(q[3]) ~= p then
+      redis.call('HSET', qkey, 'v', string.format('%d', version),
+        'r', string.format('%d', balance), 'p', p)
     end
   end
-  a = a + 6
 
   if verdict == 0 then
     -- A shadow or collective limit that is over is not charged.
@@ -228,11 +238,10 @@ for _ = 1, tonumber(ARGV[1]) do
     end
   end
 
-  out[#out + 1] = verdict
-  out[#out + 1] = now
-  out[#out + 1] = balance
+  out[#out + 1] = struct.pack('<i8i8i8', verdict, now, balance)
   for i = 1, n do
-    for j = 1, 4 do out[#out + 1] = results[i][j] end
+    local r = results[i]
+    out[#out + 1] = struct.pack('<i8i8i8i8', r[1], r[2], r[3], r[4])
   end
 end
-return out
+return table.concat(out)

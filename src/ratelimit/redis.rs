@@ -6,7 +6,9 @@
 //! each, and every replica shares one count and one clock (the server's
 //! `TIME`).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
+
+use ::metrics::{Counter, Histogram};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -18,12 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::{Lanes, slot_of_key};
 use super::imported_usage::ImportedUsage;
 use super::store::{
-    Decision, LimitStatus, Outcome, ProbeResult, RateLimitStore, StoreError, Verdict, verdict,
+    Decision, Enforcement, LimitStatus, Outcome, ProbeResult, RateLimitStore, StoreError, Verdict,
+    verdict,
 };
 use super::usage::{Granularity, KeyUsage, RecentRequest, RequestContext, UsageBucket};
 use super::usage_buffer::UsageBuffer;
 use crate::config::redis_target::RedisTarget;
-use crate::domain::{RefillInterval, ValidationCode};
+use crate::domain::{Algorithm, RefillInterval, ValidationCode};
 
 const DECIDE: &str = include_str!("decide.lua");
 const USAGE: &str = include_str!("usage.lua");
@@ -52,6 +55,30 @@ struct Shared {
     /// Decisions waiting for their slot's next `EVALSHA`.
     lanes: Lanes<Waiting>,
 }
+
+/// The series every decision sent to Redis updates, registered once
+/// ([`crate::telemetry::metrics::registered`]).
+struct DecideMetrics {
+    /// A decision's wait for its batch to leave.
+    queue: Histogram,
+    /// A decision's wait for its batch's answer.
+    redis: Histogram,
+    /// A batch's round trip.
+    round_trip: Histogram,
+    errors: Counter,
+}
+
+static DECIDE_METRICS: LazyLock<DecideMetrics> = LazyLock::new(|| {
+    crate::telemetry::metrics::registered(|| DecideMetrics {
+        queue: ::metrics::histogram!(
+            "apikeyd_rate_limit_decision_duration_seconds", "stage" => "queue"),
+        redis: ::metrics::histogram!(
+            "apikeyd_rate_limit_decision_duration_seconds", "stage" => "redis"),
+        round_trip: ::metrics::histogram!(
+            "apikeyd_redis_duration_seconds", "operation" => "decide"),
+        errors: ::metrics::counter!("apikeyd_redis_errors_total", "operation" => "decide"),
+    })
+});
 
 /// A decision waiting in its lane, and where its answer goes.
 struct Waiting {
@@ -208,37 +235,36 @@ impl Shared {
     /// own task, so a waiter that stopped waiting still gets its decision
     /// (and usage) recorded.
     async fn send_batch(&self, batch: Vec<Waiting>) {
+        let metrics = &*DECIDE_METRICS;
         let sent_at = Instant::now();
         for waiting in &batch {
-            ::metrics::histogram!("apikeyd_rate_limit_decision_duration_seconds", "stage" => "queue")
-                .record(sent_at - waiting.queued_at);
+            metrics.queue.record(sent_at - waiting.queued_at);
         }
         let mut invocation = self.decide.prepare_invoke();
-        invocation.arg(batch.len());
+        let mut numbers = Vec::with_capacity(8 * (1 + 16 * batch.len()));
+        numbers.extend_from_slice(&(batch.len() as i64).to_le_bytes());
         for waiting in &batch {
-            encode(&mut invocation, &waiting.decision);
+            encode(&mut invocation, &mut numbers, &waiting.decision);
         }
-        let reply: Result<Vec<i64>, StoreError> = async {
+        invocation.arg(numbers);
+        let reply: Result<Vec<u8>, StoreError> = async {
             let mut connection = self.target.connection().await?;
             Ok(invocation.invoke_async(&mut connection).await?)
         }
         .await;
         let redis_time = sent_at.elapsed();
-        ::metrics::histogram!("apikeyd_redis_duration_seconds", "operation" => "decide")
-            .record(redis_time);
+        metrics.round_trip.record(redis_time);
         let decisions: Vec<&Decision> = batch.iter().map(|w| &*w.decision).collect();
         let outcomes = reply.and_then(|reply| parse_outcomes(&decisions, &reply));
         let outcomes = match outcomes {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(error) => {
-                ::metrics::counter!("apikeyd_redis_errors_total", "operation" => "decide")
-                    .increment(1);
+                metrics.errors.increment(1);
                 vec![Err(error); batch.len()]
             }
         };
         for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-            ::metrics::histogram!("apikeyd_rate_limit_decision_duration_seconds", "stage" => "redis")
-                .record(redis_time);
+            metrics.redis.record(redis_time);
             if let (Ok(outcome), Some(usage)) = (&outcome, &waiting.decision.usage) {
                 // A denial records its own code, as decide.lua would.
                 self.buffer.add(usage, outcome.verdict.code(usage.code));
@@ -248,35 +274,50 @@ impl Shared {
     }
 }
 
-/// A decision's part of `decide.lua`'s keys and arguments.
-fn encode(invocation: &mut ScriptInvocation<'_>, decision: &Decision) {
-    invocation
-        .arg(decision.cost)
-        .arg(u8::from(decision.charge))
-        .arg(decision.limits.len());
+/// A decision's part of `decide.lua`'s keys, and its numbers appended to
+/// the batch's one argument (see the script's header).
+fn encode(invocation: &mut ScriptInvocation<'_>, numbers: &mut Vec<u8>, decision: &Decision) {
+    let mut put = |n: i64| numbers.extend_from_slice(&n.to_le_bytes());
+    put(i64::from(decision.cost));
+    put(i64::from(decision.charge));
+    put(decision.limits.len() as i64);
     for charge in &decision.limits {
-        invocation
-            .key(&charge.key)
-            .arg(charge.limit.algorithm.code())
-            .arg(charge.limit.limit)
-            .arg(charge.limit.window_us())
-            .arg(charge.cost)
-            .arg(charge.enforcement.code());
+        invocation.key(&charge.key);
+        put(algorithm_number(charge.limit.algorithm));
+        put(i64::from(charge.limit.limit));
+        put(charge.limit.window_us());
+        put(i64::from(charge.cost));
+        put(enforcement_number(charge.enforcement));
     }
     match &decision.quota {
         Some(check) => {
-            invocation
-                .key(&check.key)
-                .arg(1)
-                .arg(check.quota.version)
-                .arg(check.quota.remaining)
-                .arg(check.quota.refill_amount)
-                .arg(RefillInterval::code(check.quota.refill_interval))
-                .arg(check.add);
+            invocation.key(&check.key);
+            put(1);
+            put(check.quota.version);
+            put(check.quota.remaining);
+            put(check.quota.refill_amount);
+            put(i64::from(RefillInterval::code(check.quota.refill_interval)));
+            put(check.add);
         }
-        None => {
-            invocation.arg(&[0, 0, 0, 0, 0, 0]);
-        }
+        None => (0..6).for_each(|_| put(0)),
+    }
+}
+
+/// An algorithm's number in `decide.lua`'s arguments.
+fn algorithm_number(algorithm: Algorithm) -> i64 {
+    match algorithm {
+        Algorithm::SlidingWindow => 0,
+        Algorithm::FixedWindow => 1,
+        Algorithm::TokenBucket => 2,
+    }
+}
+
+/// An enforcement's number in `decide.lua`'s arguments.
+fn enforcement_number(enforcement: Enforcement) -> i64 {
+    match enforcement {
+        Enforcement::Enforced => 0,
+        Enforcement::Shadow => 1,
+        Enforcement::Collective => 2,
     }
 }
 
@@ -519,17 +560,22 @@ fn probe(
     });
 }
 
-/// Splits a batch's reply into one outcome per decision, in order.
-fn parse_outcomes(decisions: &[&Decision], reply: &[i64]) -> Result<Vec<Outcome>, StoreError> {
+/// Splits a batch's reply (little-endian 64-bit integers) into one outcome
+/// per decision, in order.
+fn parse_outcomes(decisions: &[&Decision], reply: &[u8]) -> Result<Vec<Outcome>, StoreError> {
     let expected: usize = decisions.iter().map(|d| 3 + 4 * d.limits.len()).sum();
-    if reply.len() != expected {
+    if reply.len() != 8 * expected {
         return Err(StoreError::BadReply(format!(
-            "{} numbers for {} decisions (expected {expected})",
+            "{} bytes for {} decisions (expected {expected} numbers of 8 bytes)",
             reply.len(),
             decisions.len()
         )));
     }
-    let mut rest = reply;
+    let reply: Vec<i64> = reply
+        .chunks_exact(8)
+        .map(|n| i64::from_le_bytes(n.try_into().expect("chunks of 8")))
+        .collect();
+    let mut rest = &reply[..];
     let mut outcomes = Vec::with_capacity(decisions.len());
     for decision in decisions {
         let (own, after) = rest.split_at(3 + 4 * decision.limits.len());

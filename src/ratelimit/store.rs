@@ -82,17 +82,6 @@ pub enum Enforcement {
     Collective,
 }
 
-impl Enforcement {
-    /// Its letter in `decide.lua`'s arguments.
-    pub fn code(self) -> &'static str {
-        match self {
-            Enforcement::Enforced => "e",
-            Enforcement::Shadow => "s",
-            Enforcement::Collective => "c",
-        }
-    }
-}
-
 /// A quota to read, adjust or take from.
 #[derive(Clone, Debug)]
 pub struct QuotaCheck {
