@@ -30,11 +30,13 @@
 mod generations;
 
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use ::metrics::Counter;
 
 use crate::domain::{ApiKey, KeyId, LegacyDigest, LimitSource, ScopeSet};
 use crate::error::{Error, Result};
@@ -116,6 +118,19 @@ struct Freshness {
 /// The caches' hasher: foldhash, seeded per process, hashes an id in a
 /// fraction of SipHash's time (each warm Validate hashes four times).
 type Hasher = foldhash::fast::RandomState;
+
+/// `apikeyd_key_cache_total{result}`, registered once: bumped on every
+/// Validate ([`crate::telemetry::metrics::registered`]).
+static LOOKUPS: LazyLock<[Counter; 2]> = LazyLock::new(|| {
+    crate::telemetry::metrics::registered(|| {
+        [
+            ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit"),
+            ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss"),
+        ]
+    })
+});
+const HIT: usize = 0;
+const MISS: usize = 1;
 
 pub struct KeyCache {
     entries: moka::future::Cache<KeyId, Arc<CachedLookup>, Hasher>,
@@ -258,11 +273,11 @@ impl KeyCache {
         let previous = self.entries.get(id).await;
         if let Some(cached) = &previous {
             if self.serves(&cached.freshness, Space::Key, id) {
-                ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit").increment(1);
+                LOOKUPS[HIT].increment(1);
                 return Ok(cached.clone());
             }
         }
-        ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss").increment(1);
+        LOOKUPS[MISS].increment(1);
         // Boxed: a load's state is kilobytes, and inline it would be copied
         // on every call, hits included.
         Box::pin(self.load_key(id, load, previous)).await

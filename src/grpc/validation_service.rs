@@ -19,7 +19,7 @@ use super::deadline;
 use super::pb::{self, validation_service_server::SERVICE_NAME};
 use super::validate_reply::ValidateReply;
 use crate::authority::{KeyAuthority, ValidationRequest};
-use crate::domain::key_format::{MAX_PRESENTED_KEY_LEN, recordable};
+use crate::domain::key_format::{MAX_PRESENTED_KEY_LEN, into_recordable};
 use crate::domain::limit::MAX_LIMIT;
 use crate::domain::{ValidationCode, key_settings};
 use crate::error::Error;
@@ -58,12 +58,12 @@ impl ValidationApi {
         let request = ValidationRequest {
             required: &required,
             cost: req.cost.max(1),
-            // `recordable` truncates to the same bounds.
+            // `into_recordable` truncates to the same bounds.
             context: RequestContext {
-                endpoint: recordable(&context.endpoint, MAX_ENDPOINT_CHARS),
-                method: recordable(&context.method, MAX_METHOD_CHARS),
-                ip: recordable(&context.ip, MAX_IP_CHARS),
-                user_agent: recordable(&context.user_agent, MAX_USER_AGENT_CHARS),
+                endpoint: into_recordable(context.endpoint, MAX_ENDPOINT_CHARS),
+                method: into_recordable(context.method, MAX_METHOD_CHARS),
+                ip: into_recordable(context.ip, MAX_IP_CHARS),
+                user_agent: into_recordable(context.user_agent, MAX_USER_AGENT_CHARS),
             },
             answer_by,
         };
