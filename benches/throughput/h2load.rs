@@ -8,9 +8,13 @@
 //! status alone, and a gRPC error is HTTP 200 with `grpc-status` in the
 //! trailers: the caller checks what the server answered ([`crate::answers`]).
 //!
-//! Latency percentiles come from h2load's `--log-file` (one line per
-//! request: start time, HTTP status, microseconds to the end of the
-//! response).
+//! Every run reports h2load's own summary: requests, req/s, and the mean
+//! and longest time for a request. A median latency needs h2load's
+//! `--log-file` (one line per request: start time, HTTP status, microseconds
+//! to the end of the response), asked for by [`Shape::per_request_log`]:
+//! throughput runs go without it, as writing it is work the load generator
+//! does on the server's two cores per request (with it, admitted/empty
+//! swung 0.70-0.95 between runs; without, 0.81-0.85).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +76,9 @@ pub struct Shape {
     pub connections: usize,
     pub streams_per_connection: usize,
     pub length: Length,
+    /// h2load writes a line per request (`--log-file`), for a median;
+    /// for latency runs, not throughput runs (see the module's doc).
+    pub per_request_log: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -117,8 +124,12 @@ pub struct Measured {
     /// `done` per second, as h2load reports it (from its start to its last
     /// response).
     pub per_second: f64,
-    pub p50: Duration,
-    pub p99: Duration,
+    /// h2load's mean and longest time for a request.
+    pub mean: Duration,
+    pub max: Duration,
+    /// The median time for a request, from the per-request log when the
+    /// shape asked for one.
+    pub p50: Option<Duration>,
 }
 
 impl H2load {
@@ -164,11 +175,10 @@ impl H2load {
         for (name, _) in &call.headers {
             line.extend(["-H".to_owned(), format!("'{name}: <root key>'")]);
         }
-        line.extend([
-            "--log-file".to_owned(),
-            "<log>".to_owned(),
-            format!("http://{target}{}", call.path),
-        ]);
+        if shape.per_request_log {
+            line.extend(["--log-file".to_owned(), "<log>".to_owned()]);
+        }
+        line.push(format!("http://{target}{}", call.path));
         line.join(" ")
     }
 
@@ -211,6 +221,7 @@ impl H2load {
         }
         let mut outcomes = Vec::with_capacity(running.len());
         for (child, log) in running {
+            let log = shape.per_request_log.then_some(log);
             let output = child.wait_with_output().context("h2load")?;
             let summary = String::from_utf8_lossy(&output.stdout);
             if !output.status.success() {
@@ -221,7 +232,7 @@ impl H2load {
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
-            outcomes.push(parse(&summary, &log)?);
+            outcomes.push(parse(&summary, log.as_deref())?);
         }
         Ok(add_up(outcomes))
     }
@@ -247,9 +258,10 @@ impl H2load {
         for (name, value) in &call.headers {
             command.arg("-H").arg(format!("{name}: {value}"));
         }
+        if shape.per_request_log {
+            command.arg("--log-file").arg(&log);
+        }
         let child = command
-            .arg("--log-file")
-            .arg(&log)
             .arg(format!("http://{target}{}", call.path))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -259,12 +271,14 @@ impl H2load {
     }
 }
 
-/// One h2load's summary and its request latencies.
+/// One h2load's summary and, with a log, its request latencies.
 struct Outcome {
     done: u64,
     failed: u64,
     per_second: f64,
-    latencies: Vec<Duration>,
+    mean: Duration,
+    max: Duration,
+    latencies: Option<Vec<Duration>>,
 }
 
 /// The runs of h2loads side by side as one: their responses over the
@@ -277,15 +291,25 @@ fn add_up(outcomes: Vec<Outcome>) -> Measured {
         .filter(|o| o.per_second > 0.0)
         .map(|o| o.done as f64 / o.per_second)
         .fold(0.0, f64::max);
-    let mut latencies: Vec<Duration> = outcomes.into_iter().flat_map(|o| o.latencies).collect();
-    latencies.sort_unstable();
-    let at = |quantile: f64| -> Duration {
-        if latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
+    let mean = if done > 0 {
+        let total: f64 = outcomes
+            .iter()
+            .map(|o| o.mean.as_secs_f64() * o.done as f64)
+            .sum();
+        Duration::from_secs_f64(total / done as f64)
+    } else {
+        Duration::ZERO
     };
+    let max = outcomes.iter().map(|o| o.max).max().unwrap_or_default();
+    let logged: Option<Vec<Vec<Duration>>> = outcomes.into_iter().map(|o| o.latencies).collect();
+    let p50 = logged.map(|logs| {
+        let mut latencies: Vec<Duration> = logs.into_iter().flatten().collect();
+        latencies.sort_unstable();
+        latencies
+            .get(latencies.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or_default()
+    });
     Measured {
         done,
         failed,
@@ -294,8 +318,9 @@ fn add_up(outcomes: Vec<Outcome>) -> Measured {
         } else {
             0.0
         },
-        p50: at(0.50),
-        p99: at(0.99),
+        mean,
+        max,
+        p50,
     }
 }
 
@@ -321,8 +346,8 @@ fn apt_get(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads h2load's summary lines and its request log.
-fn parse(summary: &str, log: &Path) -> anyhow::Result<Outcome> {
+/// Reads h2load's summary lines and, when there is one, its request log.
+fn parse(summary: &str, log: Option<&Path>) -> anyhow::Result<Outcome> {
     // finished in 4.02s, 2657.00 req/s, 98.69KB/s
     let finished = line_after(summary, "finished in ")?;
     let per_second: f64 = finished
@@ -332,40 +357,82 @@ fn parse(summary: &str, log: &Path) -> anyhow::Result<Outcome> {
         .parse()?;
     // requests: 7971 total, 7971 started, 7971 done, 7971 succeeded, 0 failed, 0 errored, 0 timeout
     let requests = line_after(summary, "requests: ")?;
-    let count = |what: &str| -> anyhow::Result<u64> {
-        requests
-            .split(", ")
+    let count = |line: &str, what: &str| -> anyhow::Result<u64> {
+        line.split(", ")
             .find_map(|part| part.strip_suffix(what))
-            .with_context(|| format!("a '{what}' count in {requests:?}"))?
+            .with_context(|| format!("a '{what}' count in {line:?}"))?
             .trim()
             .parse()
-            .with_context(|| format!("a '{what}' count in {requests:?}"))
+            .with_context(|| format!("a '{what}' count in {line:?}"))
     };
-    let done = count(" done")?;
-    let mut failed = count(" failed")? + count(" errored")? + count(" timeout")?;
+    let done = count(requests, " done")?;
+    // status codes: 7971 2xx, 0 3xx, 0 4xx, 0 5xx
+    let statuses = line_after(summary, "status codes: ")?;
+    let failed = count(requests, " failed")?
+        + count(requests, " errored")?
+        + count(requests, " timeout")?
+        + count(statuses, " 3xx")?
+        + count(statuses, " 4xx")?
+        + count(statuses, " 5xx")?;
+    // time for request:   123us   4.56ms   789us   12us   90.00%  (min, max, mean, sd, +/- sd)
+    let times = line_after(summary, "time for request:")?;
+    let mut columns = times.split_whitespace().map(h2load_duration);
+    let mut column = |what: &str| {
+        columns
+            .next()
+            .with_context(|| format!("a {what} in {times:?}"))?
+            .with_context(|| format!("a {what} in {times:?}"))
+    };
+    let _min = column("minimum")?;
+    let max = column("maximum")?;
+    let mean = column("mean")?;
+    let latencies = match log {
+        Some(log) => Some(read_log(log)?),
+        None => None,
+    };
+    Ok(Outcome {
+        done,
+        failed,
+        per_second,
+        mean,
+        max,
+        latencies,
+    })
+}
+
+/// The time each request took, from h2load's `--log-file`.
+fn read_log(log: &Path) -> anyhow::Result<Vec<Duration>> {
     let mut latencies = Vec::new();
     for line in std::fs::read_to_string(log)
         .with_context(|| format!("h2load's request log {}", log.display()))?
         .lines()
     {
-        let mut columns = line.split('\t');
-        let status = columns.nth(1).context("an HTTP status column")?;
-        let micros: u64 = columns
-            .next()
+        let micros: u64 = line
+            .split('\t')
+            .nth(2)
             .context("a duration column")?
             .trim()
             .parse()?;
-        if status != "200" {
-            failed += 1;
-        }
         latencies.push(Duration::from_micros(micros));
     }
-    Ok(Outcome {
-        done,
-        failed,
-        per_second,
-        latencies,
-    })
+    Ok(latencies)
+}
+
+/// A duration as h2load prints one: `850us`, `1.25ms`, `2.00s`.
+fn h2load_duration(text: &str) -> anyhow::Result<Duration> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        anyhow::bail!("{text:?} is not a duration");
+    };
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration"))?;
+    Ok(Duration::from_secs_f64(value * scale))
 }
 
 fn line_after<'a>(summary: &'a str, prefix: &str) -> anyhow::Result<&'a str> {

@@ -328,6 +328,7 @@ fn one_at_a_time() -> Shape {
         connections: 1,
         streams_per_connection: 1,
         length: Length::Requests(REPEATS as u64),
+        per_request_log: true,
     }
 }
 
@@ -352,7 +353,9 @@ fn median_latency(
         measured.done,
         checked.answers
     );
-    Ok(measured.p50)
+    measured
+        .p50
+        .context("a one-at-a-time run logs each request")
 }
 
 fn ms(duration: Duration) -> f64 {
