@@ -65,12 +65,48 @@ end
 
 local function ceil_ms(us) return idiv(us + 999, 1000) end
 
+-- Every key is read at most once per call and written at most once, at the
+-- end (flush): the decisions on one key that arrived together (a busy key's
+-- batch) share one read and one write, and each still sees what the ones
+-- before it charged. A counter is a hash (w: window index, c: count, p: the
+-- previous window's count, sliding only); a token bucket a string (its
+-- theoretical arrival time); a quota a hash (v: version, r: balance,
+-- p: refill period).
+local states = {}
+local written = {}
+
+local function counter_state(key)
+  local st = states[key]
+  if st == nil then
+    local s = redis.call('HMGET', key, 'w', 'c', 'p')
+    local w = tonumber(s[1])
+    st = { w = w, c = tonumber(s[2]), p = tonumber(s[3]), stored_w = w }
+    states[key] = st
+  end
+  return st
+end
+
+local function bucket_state(key)
+  local st = states[key]
+  if st == nil then
+    st = { tat = tonumber(redis.call('GET', key)) }
+    states[key] = st
+  end
+  return st
+end
+
+local function mark_written(key, st)
+  if not st.dirty then
+    st.dirty = true
+    written[#written + 1] = key
+  end
+end
+
 local function fixed_window(key, limit, w, cost)
   local idx = idiv(now, w)
-  local s = redis.call('HMGET', key, 'w', 'c')
+  local st = counter_state(key)
   local count = 0
-  local same_window = tonumber(s[1]) == idx
-  if same_window then count = tonumber(s[2]) end
+  if st.w == idx then count = st.c end
   local allowed = count + cost <= limit
   local after = count
   if allowed then after = count + cost end
@@ -78,10 +114,8 @@ local function fixed_window(key, limit, w, cost)
   local retry = 0
   if not allowed then retry = reset - now end
   local commit = function()
-    redis.call('HSET', key, 'w', idx, 'c', after)
-    -- Within one window the deadline is the same instant, set by the
-    -- window's first write (HSET keeps a key's TTL).
-    if not same_window then redis.call('PEXPIRE', key, ceil_ms(reset - now)) end
+    st.w, st.c, st.ttl_ms = idx, after, ceil_ms(reset - now)
+    mark_written(key, st)
   end
   return allowed, math.max(limit - after, 0), reset, retry, commit
 end
@@ -90,13 +124,12 @@ local function sliding_window(key, limit, w, cost)
   local idx = idiv(now, w)
   local start = idx * w
   local elapsed = now - start
-  local s = redis.call('HMGET', key, 'w', 'c', 'p')
-  local stored = tonumber(s[1])
+  local st = counter_state(key)
   local cur, prev = 0, 0
-  if stored == idx then
-    cur, prev = tonumber(s[2]), tonumber(s[3])
-  elseif stored == idx - 1 then
-    prev = tonumber(s[2])
+  if st.w == idx then
+    cur, prev = st.c, st.p or 0
+  elseif st.w == idx - 1 then
+    prev = st.c
   end
   local weighted, inexact = muldiv(prev, w - elapsed, w)
   if inexact then weighted = weighted + 1 end
@@ -121,10 +154,9 @@ local function sliding_window(key, limit, w, cost)
     end
   end
   local commit = function()
-    redis.call('HSET', key, 'w', idx, 'c', after, 'p', prev)
-    -- Within one window the deadline is the same instant, set by the
-    -- window's first write (HSET keeps a key's TTL).
-    if stored ~= idx then redis.call('PEXPIRE', key, ceil_ms(start + 2 * w - now)) end
+    st.w, st.c, st.p, st.ttl_ms = idx, after, prev, ceil_ms(start + 2 * w - now)
+    st.sliding = true
+    mark_written(key, st)
   end
   return allowed, math.max(limit - weighted - after, 0), reset, retry, commit
 end
@@ -132,7 +164,8 @@ end
 local function token_bucket(key, limit, w, cost)
   local period = idiv(w + limit - 1, limit)
   local capacity = period * limit
-  local tat = tonumber(redis.call('GET', key)) or now
+  local st = bucket_state(key)
+  local tat = st.tat or now
   if tat < now then tat = now end
   local function left(level) return idiv(math.max(capacity - (level - now), 0), period) end
   if cost > limit then
@@ -146,9 +179,33 @@ local function token_bucket(key, limit, w, cost)
   local retry = 0
   if not allowed then retry = new_tat - capacity - now end
   local commit = function()
-    redis.call('SET', key, string.format('%d', new_tat), 'PX', ceil_ms(new_tat - now) + 1)
+    st.tat = new_tat
+    st.bucket = true
+    mark_written(key, st)
   end
   return allowed, left(level), level, retry, commit
+end
+
+-- Writes what the call changed, each key once.
+local function flush()
+  for _, key in ipairs(written) do
+    local st = states[key]
+    if st.bucket then
+      redis.call('SET', key, string.format('%d', st.tat), 'PX', ceil_ms(st.tat - now) + 1)
+    elseif st.quota then
+      redis.call('HSET', key, 'v', string.format('%d', st.v),
+        'r', string.format('%d', st.r), 'p', st.p)
+    else
+      if st.sliding then
+        redis.call('HSET', key, 'w', st.w, 'c', st.c, 'p', st.p)
+      else
+        redis.call('HSET', key, 'w', st.w, 'c', st.c)
+      end
+      -- Within one window the deadline is the same instant, set by the
+      -- window's first write (HSET keeps a key's TTL).
+      if st.stored_w ~= st.w then redis.call('PEXPIRE', key, st.ttl_ms) end
+    end
+  end
 end
 
 local algorithms = { [0] = sliding_window, [1] = fixed_window, [2] = token_bucket }
@@ -209,15 +266,19 @@ for _ = 1, batch do
   if has_quota == 1 then
     local qkey = KEYS[k]
     k = k + 1
-    local q = redis.call('HMGET', qkey, 'v', 'r', 'p')
+    local st = states[qkey]
+    if st == nil then
+      local q = redis.call('HMGET', qkey, 'v', 'r', 'p')
+      st = { v = tonumber(q[1]), r = tonumber(q[2]), p = tonumber(q[3]), quota = true }
+      states[qkey] = st
+    end
     local p = 0
     if interval > 0 then p = period_index(interval) end
-    local same_version = tonumber(q[1]) == version
-    local stored = tonumber(q[2])
-    balance = stored
+    local same_version = st.v == version
+    balance = st.r
     if not same_version or balance == nil then
       balance = seed
-    elseif interval > 0 and tonumber(q[3]) ~= p then
+    elseif interval > 0 and st.p ~= p then
       balance = refill
     end
     balance = math.min(math.max(balance + add, 0), MAX_QUOTA)
@@ -225,9 +286,9 @@ for _ = 1, batch do
       if balance < cost then verdict = 2 else balance = balance - cost end
     end
     -- A denial that changed nothing writes nothing.
-    if not same_version or stored ~= balance or tonumber(q[3]) ~= p then
-      redis.call('HSET', qkey, 'v', string.format('%d', version),
-        'r', string.format('%d', balance), 'p', p)
+    if not same_version or st.r ~= balance or st.p ~= p then
+      st.v, st.r, st.p = version, balance, p
+      mark_written(qkey, st)
     end
   end
 
@@ -244,4 +305,5 @@ for _ = 1, batch do
     out[#out + 1] = struct.pack('<i8i8i8i8', r[1], r[2], r[3], r[4])
   end
 end
+flush()
 return table.concat(out)
