@@ -52,6 +52,13 @@ end
 -- ten bits of b at a time, so no intermediate reaches 2^53. Callers use it
 -- only where the quotient is below 2^42.
 local function muldiv(a, b, d)
+  local ab = a * b
+  -- A product below 2^53 is exact as a double (and one at or above it
+  -- rounds to at least 2^53): one division, not five.
+  if ab < 9007199254740992 then
+    local q = idiv(ab, d)
+    return q, ab - q * d > 0
+  end
   local q, r = 0, 0
   for shift = 40, 0, -10 do
     local chunk = floor(b / 2 ^ shift) % 1024

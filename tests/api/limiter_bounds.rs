@@ -157,6 +157,15 @@ async fn decide_lua_divides_products_beyond_two_to_the_53_exactly() {
         // And arbitrary ones (quotients below 2^42).
         let d = 1 + next((1 << 42) - 1);
         triples.push((next(1 << 30), next(d + 1), d));
+        // Products below 2^53, which take the one-division path.
+        let d = 1 + next((1 << 42) - 1);
+        triples.push((next(1 << 20), next((1 << 32).min(d + 1)), d));
+    }
+    // Either side of 2^53, where the paths meet (quotients below 2^42).
+    for b in [(1 << 30) - 1, 1 << 30, (1 << 30) + 1] {
+        for d in [4_099, 1_000_003, (1 << 42) - 1] {
+            triples.push((1 << 23, b, d));
+        }
     }
     let mut connection = redis_connection(&shared_redis_url());
     let mut naive_errors = 0;
