@@ -13,8 +13,9 @@
 //! `--log-file` (one line per request: start time, HTTP status, microseconds
 //! to the end of the response), asked for by [`Shape::per_request_log`]:
 //! throughput runs go without it, as writing it is work the load generator
-//! does on the server's two cores per request (with it, admitted/empty
-//! swung 0.70-0.95 between runs; without, 0.81-0.85).
+//! does on the server's two cores per request (with it, one server's
+//! admitted/empty read 0.70, 0.78 and 0.95 in three runs a minute apart;
+//! the runs beside them without it, 0.81-0.85).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
