@@ -37,6 +37,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local floor = math.floor
+local max = math.max
+local unpack_ints, pack_ints = struct.unpack, struct.pack
 
 -- floor(a / b) for integers 0 <= a, 0 < b, a + b < 2^53. The double quotient
 -- may round to the next integer; the remainder tells.
@@ -120,11 +122,7 @@ local function fixed_window(key, limit, w, cost)
   local reset = (idx + 1) * w
   local retry = 0
   if not allowed then retry = reset - now end
-  local commit = function()
-    st.w, st.c, st.ttl_ms = idx, after, ceil_ms(reset - now)
-    mark_written(key, st)
-  end
-  return allowed, math.max(limit - after, 0), reset, retry, commit
+  return allowed, max(limit - after, 0), reset, retry, st, idx, after, nil, reset - now
 end
 
 local function sliding_window(key, limit, w, cost)
@@ -160,12 +158,8 @@ local function sliding_window(key, limit, w, cost)
       retry = start + 2 * w - now
     end
   end
-  local commit = function()
-    st.w, st.c, st.p, st.ttl_ms = idx, after, prev, ceil_ms(start + 2 * w - now)
-    st.sliding = true
-    mark_written(key, st)
-  end
-  return allowed, math.max(limit - weighted - after, 0), reset, retry, commit
+  return allowed, max(limit - weighted - after, 0), reset, retry, st, idx, after, prev,
+    start + 2 * w - now
 end
 
 local function token_bucket(key, limit, w, cost)
@@ -174,10 +168,10 @@ local function token_bucket(key, limit, w, cost)
   local st = bucket_state(key)
   local tat = st.tat or now
   if tat < now then tat = now end
-  local function left(level) return idiv(math.max(capacity - (level - now), 0), period) end
+  local function left(level) return idiv(max(capacity - (level - now), 0), period) end
   if cost > limit then
     -- Never admitted; cost * period could leave the exact range.
-    return false, left(tat), tat, math.max(tat - now, period), function() end
+    return false, left(tat), tat, max(tat - now, period), st
   end
   local new_tat = tat + cost * period
   local allowed = new_tat - now <= capacity
@@ -185,12 +179,20 @@ local function token_bucket(key, limit, w, cost)
   if allowed then level = new_tat end
   local retry = 0
   if not allowed then retry = new_tat - capacity - now end
-  local commit = function()
-    st.tat = new_tat
-    st.bucket = true
-    mark_written(key, st)
+  return allowed, left(level), level, retry, st, new_tat
+end
+
+-- Charges a limit: its state takes what its algorithm computed (the window
+-- index, count and previous count of a counter, with the time left until
+-- it expires; a token bucket's new arrival time), written at the flush.
+local function charge_limit(key, alg, st, a, b, c, ttl_us)
+  if alg == 2 then
+    st.tat, st.bucket = a, true
+  else
+    st.w, st.c, st.ttl_ms = a, b, ceil_ms(ttl_us)
+    if alg == 0 then st.p, st.sliding = c, true end
   end
-  return allowed, left(level), level, retry, commit
+  mark_written(key, st)
 end
 
 -- Writes what the call changed, each key once.
@@ -237,23 +239,27 @@ end
 local args = ARGV[1]
 local pos = 1
 local batch
-batch, pos = struct.unpack('<i8', args, pos)
+batch, pos = unpack_ints('<i8', args, pos)
 local k = 1
 local out = {}
+-- Each limit's result and what charging it writes, for the decision at
+-- hand (reused by the next: no tables or closures per decision).
+local r_allowed, r_remaining, r_reset, r_retry = {}, {}, {}, {}
+local c_key, c_alg, c_state, c_a, c_b, c_c, c_ttl = {}, {}, {}, {}, {}, {}, {}
 
 for _ = 1, batch do
   local cost, charge, n
-  cost, charge, n, pos = struct.unpack('<i8i8i8', args, pos)
+  cost, charge, n, pos = unpack_ints('<i8i8i8', args, pos)
 
   local verdict = 0
   if charge ~= 1 then verdict = 3 end
-  local results = {}
-  local commits = {}
   local collective, collective_over = 0, 0
   for i = 1, n do
     local alg, limit, w, own_cost, enforcement
-    alg, limit, w, own_cost, enforcement, pos = struct.unpack('<i8i8i8i8i8', args, pos)
-    local allowed, remaining, reset, retry, commit = algorithms[alg](KEYS[k], limit, w, own_cost)
+    alg, limit, w, own_cost, enforcement, pos = unpack_ints('<i8i8i8i8i8', args, pos)
+    local key = KEYS[k]
+    local allowed, remaining, reset, retry, st, a, b, c, ttl =
+      algorithms[alg](key, limit, w, own_cost)
     k = k + 1
     if enforcement == 2 then
       collective = collective + 1
@@ -261,15 +267,15 @@ for _ = 1, batch do
     elseif enforcement == 0 and not allowed and verdict == 0 then
       verdict = 1
     end
-    commits[i] = commit
-    results[i] = { allowed and 1 or 0, remaining, reset, retry }
+    r_allowed[i], r_remaining[i], r_reset[i], r_retry[i] = allowed, remaining, reset, retry
+    c_key[i], c_alg[i], c_state[i], c_a[i], c_b[i], c_c[i], c_ttl[i] = key, alg, st, a, b, c, ttl
   end
   if verdict == 0 and collective > 0 and collective_over == collective then verdict = 1 end
 
   local balance = -1
   local has_quota, version, seed, refill, interval, add
   has_quota, version, seed, refill, interval, add, pos =
-    struct.unpack('<i8i8i8i8i8i8', args, pos)
+    unpack_ints('<i8i8i8i8i8i8', args, pos)
   if has_quota == 1 then
     local qkey = KEYS[k]
     k = k + 1
@@ -288,7 +294,7 @@ for _ = 1, batch do
     elseif interval > 0 and st.p ~= p then
       balance = refill
     end
-    balance = math.min(math.max(balance + add, 0), MAX_QUOTA)
+    balance = math.min(max(balance + add, 0), MAX_QUOTA)
     if verdict == 0 then
       if balance < cost then verdict = 2 else balance = balance - cost end
     end
@@ -302,14 +308,21 @@ for _ = 1, batch do
   if verdict == 0 then
     -- A shadow or collective limit that is over is not charged.
     for i = 1, n do
-      if results[i][1] == 1 then commits[i]() end
+      if r_allowed[i] then
+        charge_limit(c_key[i], c_alg[i], c_state[i], c_a[i], c_b[i], c_c[i], c_ttl[i])
+      end
     end
   end
 
-  out[#out + 1] = struct.pack('<i8i8i8', verdict, now, balance)
-  for i = 1, n do
-    local r = results[i]
-    out[#out + 1] = struct.pack('<i8i8i8i8', r[1], r[2], r[3], r[4])
+  if n == 1 then
+    out[#out + 1] = pack_ints('<i8i8i8i8i8i8i8', verdict, now, balance,
+      r_allowed[1] and 1 or 0, r_remaining[1], r_reset[1], r_retry[1])
+  else
+    out[#out + 1] = pack_ints('<i8i8i8', verdict, now, balance)
+    for i = 1, n do
+      out[#out + 1] = pack_ints('<i8i8i8i8', r_allowed[i] and 1 or 0, r_remaining[i],
+        r_reset[i], r_retry[i])
+    end
   end
 end
 flush()
