@@ -14,13 +14,14 @@ use std::sync::Mutex;
 /// Items queued per lane. A lane present in the map has a sender working
 /// through it; a lane absent has none.
 pub struct Lanes<T> {
-    waiting: Mutex<HashMap<u16, Vec<T>>>,
+    /// foldhash: a lookup per decision.
+    waiting: Mutex<HashMap<u16, Vec<T>, foldhash::fast::RandomState>>,
 }
 
 impl<T> Default for Lanes<T> {
     fn default() -> Self {
         Lanes {
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -56,7 +57,7 @@ impl<T> Lanes<T> {
         Some(queued.get_mut().drain(..take).collect())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Vec<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Vec<T>, foldhash::fast::RandomState>> {
         self.waiting.lock().expect("lanes lock poisoned")
     }
 }

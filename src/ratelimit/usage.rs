@@ -14,12 +14,32 @@ pub const MAX_BUCKETS: i64 = 1_000;
 
 /// The request a caller authenticated, as recorded: over-long strings are
 /// truncated rather than refused, because usage is a record, not a gate.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestContext {
     pub endpoint: String,
     pub method: String,
     pub ip: String,
     pub user_agent: String,
+}
+
+/// `clone_from` reuses the strings' buffers: a recent-requests log that is
+/// full overwrites its oldest entry on every call, with no allocation.
+impl Clone for RequestContext {
+    fn clone(&self) -> Self {
+        RequestContext {
+            endpoint: self.endpoint.clone(),
+            method: self.method.clone(),
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.endpoint.clone_from(&source.endpoint);
+        self.method.clone_from(&source.method);
+        self.ip.clone_from(&source.ip);
+        self.user_agent.clone_from(&source.user_agent);
+    }
 }
 
 impl RequestContext {
