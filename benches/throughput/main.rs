@@ -1085,7 +1085,12 @@ fn print_targets(figures: &Figures) {
             Ok(value) => println!(
                 "{:<62} {:>12}   {:<10} {}",
                 line.name,
-                format!("{value:.2}{}", line.unit),
+                // Ratios to three places: 0.997 against "≥ 1" must not read 1.00.
+                if line.unit.is_empty() {
+                    format!("{value:.3}")
+                } else {
+                    format!("{value:.2}{}", line.unit)
+                },
                 line.target,
                 match line.met {
                     None => "",
