@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Keyspace;
+use super::denials::DenialMemo;
 use super::imported_usage::ImportedUsage;
 use super::store::{
     Decision, Enforcement, LimitCharge, LimitStatus, Outcome, QuotaCheck, RateLimitStore,
@@ -83,6 +84,8 @@ pub struct RateLimiter {
     /// True while the store answers; health, and decisions waiting for an
     /// answer, follow it.
     reachable: watch::Sender<bool>,
+    /// Keys the store refused, until their wait is over.
+    denials: DenialMemo,
 }
 
 struct Outage {
@@ -147,6 +150,7 @@ impl RateLimiter {
             settings,
             outage: Mutex::new(None),
             reachable: watch::Sender::new(true),
+            denials: DenialMemo::default(),
         }
     }
 
@@ -188,6 +192,38 @@ impl RateLimiter {
                 quota_balance: None,
             });
         }
+        // A key without a quota that the store refused a moment ago is
+        // refused again without asking it (see `denials`).
+        let rememberable = key.quota.is_none();
+        if rememberable {
+            let recalled = self.denials.recall(
+                &key.id,
+                call.own_limits,
+                call.owner_limits,
+                call.cost,
+                Instant::now(),
+            );
+            if let Some(status) = recalled {
+                let usage = usage.map(|record| UsageRecord {
+                    code: ValidationCode::RateLimited,
+                    ..record
+                });
+                let record = Decision {
+                    limits: Vec::new(),
+                    cost: call.cost,
+                    charge: false,
+                    quota: None,
+                    usage,
+                };
+                let _ = self.decide(record, call.answer_by).await;
+                REMEMBERED.increment(1);
+                return Ok(KeyVerdict {
+                    code: ValidationCode::RateLimited,
+                    rate_limit: Some(status),
+                    quota_balance: None,
+                });
+            }
+        }
         let own = call.own_limits.iter().map(|l| {
             LimitCharge::enforced(self.keyspace.key_limit(owner, &key.id, l), *l, call.cost)
         });
@@ -206,8 +242,21 @@ impl RateLimiter {
             }),
             usage,
         };
+        let sent = Instant::now();
         let (outcome, decided_by) = self.decide(decision, call.answer_by).await?;
         let code = outcome.verdict.code(ValidationCode::Valid);
+        if rememberable && decided_by == DecidedBy::Store && code == ValidationCode::RateLimited {
+            if let Some(refusing) = tightest(&outcome.limits) {
+                self.denials.remember(
+                    &key.id,
+                    call.own_limits,
+                    call.owner_limits,
+                    call.cost,
+                    refusing,
+                    sent,
+                );
+            }
+        }
         let known = decided_by == DecidedBy::Store || code != ValidationCode::Valid;
         Ok(KeyVerdict {
             code,
@@ -616,6 +665,11 @@ fn millis(duration: Duration) -> u64 {
 /// `apikeyd_rate_limit_decisions_total`, by verdict and by who decided.
 /// `apikeyd_rate_limit_decisions_total{verdict, decided_by}`, from handles
 /// registered once.
+/// `apikeyd_rate_limit_denials_remembered_total`, registered once.
+static REMEMBERED: LazyLock<Counter> = LazyLock::new(|| {
+    metrics::registered(|| ::metrics::counter!("apikeyd_rate_limit_denials_remembered_total"))
+});
+
 fn count_decision(outcome: &Outcome, decided_by: DecidedBy) {
     static COUNTERS: LazyLock<[[Counter; 2]; 4]> = LazyLock::new(|| {
         let by = |verdict: &'static str| {

@@ -11,6 +11,7 @@
 //! - [`store`]: the one-round-trip storage interface, implemented by
 //!   [`redis`] (`decide.lua`, single node or cluster) and [`memory`].
 //! - [`batch`]: decisions that arrive together share one `EVALSHA`.
+//! - [`denials`]: a key's rate-limit denial, remembered until it could end.
 //!
 //! Storage keys are named by [`Keyspace`]: `<prefix>:{<tag>}:<rest>`, where
 //! the tag is what one decision shares (a key's owner, a CheckRateLimit
@@ -19,6 +20,7 @@
 
 pub mod algorithms;
 pub mod batch;
+pub mod denials;
 pub mod imported_usage;
 pub mod limiter;
 pub mod memory;

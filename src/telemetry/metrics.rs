@@ -13,6 +13,7 @@
 //! | `apikeyd_db_duration_seconds` | histogram | `operation` |
 //! | `apikeyd_db_errors_total` | counter | `operation` |
 //! | `apikeyd_rate_limit_decisions_total` | counter | `verdict`, `decided_by` (`store`, `policy`) |
+//! | `apikeyd_rate_limit_denials_remembered_total` | counter | |
 //! | `apikeyd_rate_limit_decision_duration_seconds` | histogram | `stage` (`queue`, `redis`) |
 //! | `apikeyd_rate_limit_unanswered_total` | counter | |
 //! | `apikeyd_redis_duration_seconds` | histogram | `operation` |
@@ -119,6 +120,10 @@ fn describe() {
     describe_counter!(
         "apikeyd_rate_limit_decisions_total",
         "Limit and quota decisions, by verdict and by who decided (the store, or the failure policy during an outage)"
+    );
+    describe_counter!(
+        "apikeyd_rate_limit_denials_remembered_total",
+        "Validate calls refused by a rate-limit denial the store made earlier and that cannot have ended yet (the store was not asked)"
     );
     describe_histogram!(
         "apikeyd_rate_limit_decision_duration_seconds",

@@ -371,3 +371,120 @@ async fn a_validate_without_limits_costs_no_round_trip_and_its_usage_still_arriv
         .await
         .expect("the test finished within 2 minutes");
 }
+
+/// A key over its limit is refused again without a round trip until its
+/// wait is over (the denial is remembered); the refusals are still counted
+/// as usage, and raising the key's limit ends the remembered denial at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_limit_is_refused_again_without_a_round_trip() {
+    const REFUSED_AGAIN: usize = 20;
+    let test = async {
+        let (redis, app) = server_with_own_redis().await;
+        let mut request = crate::helpers::create_request("owner", &["*"]);
+        request.rate_limits = vec![rate_limit(2, 3_600_000, RateLimitAlgorithm::SlidingWindow)];
+        let created = app
+            .keys
+            .clone()
+            .create_key(app.authed(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let (key, id) = (created.key, created.api_key.unwrap().id);
+        let validate = || {
+            let mut client = app.validation.clone();
+            let key = key.clone();
+            async move {
+                client
+                    .validate(pb::ValidateRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+            }
+        };
+        assert!(validate().await.valid);
+        assert!(validate().await.valid);
+        let first_refusal = validate().await;
+        assert_eq!(first_refusal.code(), pb::ValidationCode::RateLimited);
+        let first_wait = first_refusal.rate_limit.unwrap().retry_after.unwrap();
+
+        let mut answers = Vec::new();
+        let sent = commands_sent_during(&redis, async {
+            for _ in 0..REFUSED_AGAIN {
+                answers.push(validate().await);
+            }
+        })
+        .await;
+
+        let decisions: Vec<&String> = sent
+            .iter()
+            .filter(|l| !by_script(l) && l.to_lowercase().contains("\"evalsha\""))
+            .filter(|l| !l.contains(":usage\""))
+            .collect();
+        assert!(
+            decisions.is_empty(),
+            "a remembered denial asks Redis nothing: {decisions:#?}"
+        );
+        for answer in &answers {
+            assert_eq!(answer.code(), pb::ValidationCode::RateLimited);
+            let status = answer.rate_limit.as_ref().expect("the refusing limit");
+            assert_eq!(status.limit, 2);
+            let wait = status.retry_after.unwrap();
+            assert!(
+                (wait.seconds, wait.nanos) <= (first_wait.seconds, first_wait.nanos)
+                    && (wait.seconds, wait.nanos) > (0, 0),
+                "the wait counts down: {wait:?} after {first_wait:?}"
+            );
+        }
+
+        let usage = app
+            .keys
+            .clone()
+            .get_key_usage(app.authed(pb::GetKeyUsageRequest {
+                id: id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let refused: u64 = usage
+            .buckets
+            .iter()
+            .flat_map(|b| &b.counts)
+            .filter(|c| c.code() == pb::ValidationCode::RateLimited)
+            .map(|c| c.count)
+            .sum();
+        assert_eq!(
+            refused,
+            REFUSED_AGAIN as u64 + 1,
+            "every refusal is counted"
+        );
+
+        app.keys
+            .clone()
+            .update_key(app.authed(pb::UpdateKeyRequest {
+                id,
+                limits: Some(pb::update_key_request::Limits::RateLimits(
+                    pb::RateLimitList {
+                        rate_limits: vec![rate_limit(
+                            100,
+                            3_600_000,
+                            RateLimitAlgorithm::SlidingWindow,
+                        )],
+                    },
+                )),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        assert!(
+            validate().await.valid,
+            "a raised limit ends the remembered denial"
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .expect("the test finished within 2 minutes");
+}
