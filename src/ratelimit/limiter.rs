@@ -164,6 +164,24 @@ impl RateLimiter {
         self.reachable.subscribe()
     }
 
+    /// Records a validation that charges nothing, under its usage code. No
+    /// store waits on it, and it is dropped in an outage.
+    async fn record_usage_only(
+        &self,
+        usage: Option<UsageRecord>,
+        cost: u32,
+        answer_by: Option<Instant>,
+    ) {
+        let record = Decision {
+            limits: Vec::new(),
+            cost,
+            charge: false,
+            quota: None,
+            usage,
+        };
+        let _ = self.decide(record, answer_by).await;
+    }
+
     /// Validate's part: a key refused by an earlier check only has its usage
     /// recorded; a good one is charged against every limit and its quota,
     /// all or nothing, in one decision that also records its usage.
@@ -177,15 +195,8 @@ impl RateLimiter {
             retention: self.settings.retention,
         });
         if call.judged != ValidationCode::Valid {
-            let record = Decision {
-                limits: Vec::new(),
-                cost: call.cost,
-                charge: false,
-                quota: None,
-                usage,
-            };
-            // Usage only: no store waits on it, and it is dropped in an outage.
-            let _ = self.decide(record, call.answer_by).await;
+            self.record_usage_only(usage, call.cost, call.answer_by)
+                .await;
             return Ok(KeyVerdict {
                 code: call.judged,
                 rate_limit: None,
@@ -208,14 +219,8 @@ impl RateLimiter {
                     code: ValidationCode::RateLimited,
                     ..record
                 });
-                let record = Decision {
-                    limits: Vec::new(),
-                    cost: call.cost,
-                    charge: false,
-                    quota: None,
-                    usage,
-                };
-                let _ = self.decide(record, call.answer_by).await;
+                self.record_usage_only(usage, call.cost, call.answer_by)
+                    .await;
                 REMEMBERED.increment(1);
                 return Ok(KeyVerdict {
                     code: ValidationCode::RateLimited,

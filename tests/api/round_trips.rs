@@ -33,6 +33,49 @@ async fn server_with_own_redis() -> (RedisServer, TestApp) {
     (redis, app)
 }
 
+/// Issues a key for `request`: the full key and its id.
+async fn issue(app: &TestApp, request: pb::CreateKeyRequest) -> (String, String) {
+    let created = app
+        .keys
+        .clone()
+        .create_key(app.authed(request))
+        .await
+        .unwrap()
+        .into_inner();
+    (created.key, created.api_key.unwrap().id)
+}
+
+/// The usage of key `id`.
+async fn usage_of(app: &TestApp, id: &str) -> pb::GetKeyUsageResponse {
+    app.keys
+        .clone()
+        .get_key_usage(app.authed(pb::GetKeyUsageRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Validates `key`, sending `context`.
+async fn validate(
+    app: &TestApp,
+    key: &str,
+    context: Option<pb::RequestContext>,
+) -> pb::ValidateResponse {
+    app.validation
+        .clone()
+        .validate(pb::ValidateRequest {
+            key: key.to_owned(),
+            context,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
     let test = async {
@@ -56,49 +99,19 @@ async fn a_validate_with_limits_quota_and_usage_is_one_round_trip() {
             refill_amount: 1_000,
             refill_interval: pb::RefillInterval::Monthly as i32,
         });
-        let created = app
-            .keys
-            .clone()
-            .create_key(app.authed(request))
-            .await
-            .unwrap()
-            .into_inner();
-        let (key, id) = (created.key, created.api_key.unwrap().id);
-        let validate = || {
-            let mut client = app.validation.clone();
-            let key = key.clone();
-            async move {
-                client
-                    .validate(pb::ValidateRequest {
-                        key,
-                        context: Some(pb::RequestContext {
-                            endpoint: "/v1/posts".into(),
-                            method: "GET".into(),
-                            ip: "192.0.2.1".into(),
-                            user_agent: "bench".into(),
-                        }),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-            }
+        let (key, id) = issue(&app, request).await;
+        let context = pb::RequestContext {
+            endpoint: "/v1/posts".into(),
+            method: "GET".into(),
+            ip: "192.0.2.1".into(),
+            user_agent: "bench".into(),
         };
+        let validate = || validate(&app, &key, Some(context.clone()));
         // The first call loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD,
         // EVALSHA); reading usage flushes what was gathered (and loads that
         // script too).
         assert!(validate().await.valid);
-        let read_usage = || async {
-            app.keys
-                .clone()
-                .get_key_usage(app.authed(pb::GetKeyUsageRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-        };
+        let read_usage = || usage_of(&app, &id);
         read_usage().await;
 
         let sent = commands_sent_during(&redis, async {
@@ -382,28 +395,8 @@ async fn a_key_over_its_limit_is_refused_again_without_a_round_trip() {
         let (redis, app) = server_with_own_redis().await;
         let mut request = crate::helpers::create_request("owner", &["*"]);
         request.rate_limits = vec![rate_limit(2, 3_600_000, RateLimitAlgorithm::SlidingWindow)];
-        let created = app
-            .keys
-            .clone()
-            .create_key(app.authed(request))
-            .await
-            .unwrap()
-            .into_inner();
-        let (key, id) = (created.key, created.api_key.unwrap().id);
-        let validate = || {
-            let mut client = app.validation.clone();
-            let key = key.clone();
-            async move {
-                client
-                    .validate(pb::ValidateRequest {
-                        key,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-            }
-        };
+        let (key, id) = issue(&app, request).await;
+        let validate = || validate(&app, &key, None);
         assert!(validate().await.valid);
         assert!(validate().await.valid);
         let first_refusal = validate().await;
@@ -439,16 +432,7 @@ async fn a_key_over_its_limit_is_refused_again_without_a_round_trip() {
             );
         }
 
-        let usage = app
-            .keys
-            .clone()
-            .get_key_usage(app.authed(pb::GetKeyUsageRequest {
-                id: id.clone(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let usage = usage_of(&app, &id).await;
         let refused: u64 = usage
             .buckets
             .iter()
