@@ -22,15 +22,23 @@ use tokio::time::Instant;
 use super::store::LimitStatus;
 use crate::domain::{KeyId, Limit};
 
-/// Keys with a remembered denial at most; past it, the expired ones are
-/// dropped, and if none was, nothing more is remembered until some are.
-const MAX_KEYS: usize = 65_536;
+/// Keys with a remembered denial at most, per shard; past it, the expired
+/// ones are dropped, and if none was, nothing more is remembered in that
+/// shard until some are.
+const MAX_KEYS_PER_SHARD: usize = 4_096;
+/// Shards, so that Validate calls of different keys rarely take one lock.
+const SHARDS: usize = 16;
 
 #[derive(Default)]
 pub struct DenialMemo {
+    shards: [Shard; SHARDS],
+}
+
+#[derive(Default)]
+struct Shard {
     denials: Mutex<HashMap<KeyId, Denial, foldhash::fast::RandomState>>,
     /// How many are held, read without the lock: most keys are never
-    /// denied, and an empty memo costs a Validate one atomic load.
+    /// denied, and a shard without denials costs a Validate one atomic load.
     held: AtomicUsize,
 }
 
@@ -55,14 +63,21 @@ impl DenialMemo {
         cost: u32,
         now: Instant,
     ) -> Option<LimitStatus> {
-        if self.held.load(Ordering::Relaxed) == 0 {
+        let shard = self.shard(id);
+        if shard.held.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let denials = self.denials.lock().expect("denial memo lock poisoned");
+        let mut denials = shard.lock();
         let denial = denials.get(id)?;
+        if now >= denial.until {
+            // Over: forgotten, so that the shard empties again.
+            denials.remove(id);
+            shard.held.store(denials.len(), Ordering::Relaxed);
+            return None;
+        }
         let same_limits = denial.limits.len() == own.len() + owner.len()
             && own.iter().chain(owner).eq(denial.limits.iter());
-        if now >= denial.until || cost < denial.cost || !same_limits {
+        if cost < denial.cost || !same_limits {
             return None;
         }
         let left = denial.until - now;
@@ -88,11 +103,12 @@ impl DenialMemo {
             return;
         };
         let until = sent + std::time::Duration::from_micros(wait);
-        let mut denials = self.denials.lock().expect("denial memo lock poisoned");
-        if denials.len() >= MAX_KEYS && !denials.contains_key(id) {
+        let shard = self.shard(id);
+        let mut denials = shard.lock();
+        if denials.len() >= MAX_KEYS_PER_SHARD && !denials.contains_key(id) {
             let now = Instant::now();
             denials.retain(|_, denial| denial.until > now);
-            if denials.len() >= MAX_KEYS {
+            if denials.len() >= MAX_KEYS_PER_SHARD {
                 return;
             }
         }
@@ -105,7 +121,20 @@ impl DenialMemo {
                 limits: own.iter().chain(owner).copied().collect(),
             },
         );
-        self.held.store(denials.len(), Ordering::Relaxed);
+        shard.held.store(denials.len(), Ordering::Relaxed);
+    }
+
+    /// Key ids are random base62: their first character spreads them.
+    fn shard(&self, id: &KeyId) -> &Shard {
+        &self.shards[usize::from(id.as_str().as_bytes()[0]) % SHARDS]
+    }
+}
+
+impl Shard {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<KeyId, Denial, foldhash::fast::RandomState>> {
+        self.denials.lock().expect("denial memo lock poisoned")
     }
 }
 
@@ -156,6 +185,11 @@ mod tests {
             memo.recall(&id(), &[limit(10)], &[], 1, Instant::now())
                 .is_none(),
             "the wait is over: the store decides again"
+        );
+        assert_eq!(
+            memo.shard(&id()).held.load(Ordering::Relaxed),
+            0,
+            "and the denial is forgotten"
         );
     }
 

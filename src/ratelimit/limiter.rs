@@ -667,14 +667,13 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// `apikeyd_rate_limit_decisions_total`, by verdict and by who decided.
-/// `apikeyd_rate_limit_decisions_total{verdict, decided_by}`, from handles
-/// registered once.
 /// `apikeyd_rate_limit_denials_remembered_total`, registered once.
 static REMEMBERED: LazyLock<Counter> = LazyLock::new(|| {
     metrics::registered(|| ::metrics::counter!("apikeyd_rate_limit_denials_remembered_total"))
 });
 
+/// `apikeyd_rate_limit_decisions_total{verdict, decided_by}`, from handles
+/// registered once.
 fn count_decision(outcome: &Outcome, decided_by: DecidedBy) {
     static COUNTERS: LazyLock<[[Counter; 2]; 4]> = LazyLock::new(|| {
         let by = |verdict: &'static str| {
