@@ -927,6 +927,52 @@ fn median_of_rounds(
     }
 }
 
+/// A deployment's ratios as judged: admitted / empty against
+/// `admitted_target` (with the single pass's beside it), and over-limit /
+/// admitted against 1, each the median of the rounds.
+fn ratio_lines(
+    figures: &DeploymentFigures,
+    deployment: &str,
+    admitted_target: &'static str,
+    admitted_met: fn(f64) -> bool,
+) -> [Judged; 3] {
+    let single = ratio(&figures.admitted, &figures.empty);
+    let (name, value) = median_of_rounds(
+        figures,
+        &format!("admitted / empty, {deployment}"),
+        |r| r.admitted_per_empty.clone(),
+        single.clone(),
+    );
+    let admitted = Judged {
+        name,
+        value,
+        unit: "",
+        target: admitted_target,
+        met: Some(admitted_met),
+    };
+    let single_pass = Judged {
+        name: "  the single pass's".to_owned(),
+        value: single,
+        unit: "",
+        target: "reported",
+        met: None,
+    };
+    let (name, value) = median_of_rounds(
+        figures,
+        &format!("over-limit / admitted, {deployment}"),
+        |r| r.over_limit_per_admitted.clone(),
+        ratio(&figures.over_limit, &figures.admitted),
+    );
+    let over_limit = Judged {
+        name,
+        value,
+        unit: "",
+        target: "≥ 1",
+        met: Some(|v| v >= 1.0),
+    };
+    [admitted, single_pass, over_limit]
+}
+
 /// The admitted rate against the seed design's: the median of the rounds'
 /// admitted runs (the single pass's when there were none).
 fn seed_ratio(figures: &DeploymentFigures, seed: &Row) -> Result<f64, String> {
@@ -951,61 +997,10 @@ fn sorted(values: &[Result<f64, String>]) -> Result<Vec<f64>, String> {
 fn print_targets(figures: &Figures) {
     let mut lines = Vec::new();
     if let Some(embedded) = &figures.embedded {
-        let (name, value) = median_of_rounds(
-            embedded,
-            "admitted / empty, embedded",
-            |r| r.admitted_per_empty.clone(),
-            ratio(&embedded.admitted, &embedded.empty),
-        );
-        lines.push(Judged {
-            name,
-            value,
-            unit: "",
-            target: "≥ 0.8",
-            met: Some(|v| v >= 0.8),
-        });
-        lines.push(Judged {
-            name: "  the single pass's".to_owned(),
-            value: ratio(&embedded.admitted, &embedded.empty),
-            unit: "",
-            target: "reported",
-            met: None,
-        });
-        let (name, value) = median_of_rounds(
-            embedded,
-            "over-limit / admitted, embedded",
-            |r| r.over_limit_per_admitted.clone(),
-            ratio(&embedded.over_limit, &embedded.admitted),
-        );
-        lines.push(Judged {
-            name,
-            value,
-            unit: "",
-            target: "≥ 1",
-            met: Some(|v| v >= 1.0),
-        });
+        lines.extend(ratio_lines(embedded, "embedded", "≥ 0.8", |v| v >= 0.8));
     }
     if let Some(redis) = &figures.redis {
-        let (name, value) = median_of_rounds(
-            redis,
-            "admitted / empty, Redis limit",
-            |r| r.admitted_per_empty.clone(),
-            ratio(&redis.admitted, &redis.empty),
-        );
-        lines.push(Judged {
-            name,
-            value,
-            unit: "",
-            target: "≥ 0.5",
-            met: Some(|v| v >= 0.5),
-        });
-        lines.push(Judged {
-            name: "  the single pass's".to_owned(),
-            value: ratio(&redis.admitted, &redis.empty),
-            unit: "",
-            target: "reported",
-            met: None,
-        });
+        lines.extend(ratio_lines(redis, "Redis limit", "≥ 0.5", |v| v >= 0.5));
         if let Some(seed) = &redis.seed {
             lines.push(Judged {
                 name: "warm admitted Validate, Redis limit / seed design (median of rounds)"
@@ -1016,19 +1011,6 @@ fn print_targets(figures: &Figures) {
                 met: Some(|v| v >= 10.0),
             });
         }
-        let (name, value) = median_of_rounds(
-            redis,
-            "over-limit / admitted, Redis",
-            |r| r.over_limit_per_admitted.clone(),
-            ratio(&redis.over_limit, &redis.admitted),
-        );
-        lines.push(Judged {
-            name,
-            value,
-            unit: "",
-            target: "≥ 1",
-            met: Some(|v| v >= 1.0),
-        });
     }
     if let Some(replica) = &figures.replica {
         let wrong = replica.outcome.answers().unexpected("valid");
