@@ -575,14 +575,29 @@ impl KeyAuthority {
 
     /// The limiter's part of Validate, for a key found with the right
     /// secret: its own limits and its owner's shared ones, resolved from
-    /// tiers, its quota and the request go to the limiter in one call.
-    /// Answers the code, the tightest limit and the quota's live balance.
+    /// tiers, its quota and the request go to the limiter in one call; a key
+    /// its own limit refused a moment ago is refused again before its
+    /// owner's limits are looked up. Answers the code, the tightest limit
+    /// and the quota's live balance.
     async fn count(
         &self,
         key: &ApiKey,
         judged: ValidationCode,
         request: ValidationRequest<'_>,
     ) -> Result<(ValidationCode, Option<LimitStatus>, Option<i64>)> {
+        let mut call = KeyCall {
+            key,
+            own_limits: self.tiers.resolve(&key.limits),
+            owner_limits: &[],
+            judged,
+            cost: request.cost,
+            context: request.context,
+            answer_by: request.answer_by,
+        };
+        if let Some(refusal) = self.limiter.remembered_refusal(&call) {
+            let verdict = self.limiter.refuse_again(call, refusal).await;
+            return Ok((verdict.code, verdict.rate_limit, None));
+        }
         let owner_limits = if judged == ValidationCode::Valid {
             let owner = key.owner_id.as_str();
             Some(
@@ -595,21 +610,13 @@ impl KeyAuthority {
         } else {
             None
         };
-        let verdict = self
-            .limiter
-            .validate(KeyCall {
-                key,
-                own_limits: self.tiers.resolve(&key.limits),
-                owner_limits: owner_limits
-                    .as_ref()
-                    .and_then(|cached| cached.limits.as_ref())
-                    .map_or(&[], |shared| self.tiers.resolve(shared)),
-                judged,
-                cost: request.cost,
-                context: request.context,
-                answer_by: request.answer_by,
-            })
-            .await?;
+        if let Some(shared) = owner_limits
+            .as_ref()
+            .and_then(|cached| cached.limits.as_ref())
+        {
+            call.owner_limits = self.tiers.resolve(shared);
+        }
+        let verdict = self.limiter.validate(call).await?;
         let quota_balance = verdict.quota_balance.filter(|_| key.quota.is_some());
         Ok((verdict.code, verdict.rate_limit, quota_balance))
     }

@@ -3,15 +3,18 @@
 //! Redis round trip, no counter to evaluate), which makes a denial cheaper
 //! than an admission, as an abuse guard's answer should be.
 //!
-//! Remembering is exact. The store said that until `until` every limit that
+//! Remembering is exact. The store said that until `until` the limit that
 //! refused the key leaves no room for `cost`; counters only grow until their
-//! window moves (other replicas can only add to them), so each such limit
-//! keeps refusing that cost, and any larger one, at least that long. A
-//! denial is remembered only when the store decided it, for a key without a
-//! quota (a quota can be topped up elsewhere), and is used only while the
-//! key's and its owner's limits are the ones it was decided under (an
-//! `UpdateKey` or `SetOwnerLimits` ends it at once). `until` is measured
-//! from when the decision was sent, so it can only end early, never late.
+//! window moves (other replicas can only add to them), so that limit keeps
+//! refusing that cost, and any larger one, at least that long. A request is
+//! charged only if every limit admits it, so while the refusing limit is
+//! still one of the key's (or its owner's, if it was theirs), no change to
+//! the others can lift the refusal; an `UpdateKey` or `SetOwnerLimits` that
+//! changes or removes that limit ends it at once. Which is why a refusal by
+//! the key's own limit is recalled before its owner's limits are looked up.
+//! A denial is remembered only when the store decided it, for a key without
+//! a quota (a quota can be topped up elsewhere). `until` is measured from
+//! when the decision was sent, so it can only end early, never late.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +24,15 @@ use tokio::time::Instant;
 
 use super::store::LimitStatus;
 use crate::domain::{KeyId, Limit};
+
+/// Whose limit refused a key: it is recalled only while that list still holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// One of the key's own limits.
+    Key,
+    /// One of the limits its owner shares with its other keys.
+    Owner,
+}
 
 /// Keys with a remembered denial at most, per shard; past it, the expired
 /// ones are dropped, and if none was, nothing more is remembered in that
@@ -48,18 +60,19 @@ struct Denial {
     cost: u32,
     /// The refusing limit that ends last, as the store reported it.
     status: LimitStatus,
-    /// The key's own limits, then its owner's, it was decided under.
-    limits: Box<[Limit]>,
+    refused_by: RefusedBy,
 }
 
 impl DenialMemo {
     /// The denial remembered for `id` at `now` for a request of `cost`
-    /// under these limits: the refusing limit, its wait counted to now.
+    /// under the key's `own` limits and its `owner`'s (`None`: not looked up
+    /// yet, so only a refusal by the key's own limit is recalled): the
+    /// refusing limit, its wait counted to now.
     pub fn recall(
         &self,
         id: &KeyId,
         own: &[Limit],
-        owner: &[Limit],
+        owner: Option<&[Limit]>,
         cost: u32,
         now: Instant,
     ) -> Option<LimitStatus> {
@@ -75,9 +88,12 @@ impl DenialMemo {
             shard.held.store(denials.len(), Ordering::Relaxed);
             return None;
         }
-        let same_limits = denial.limits.len() == own.len() + owner.len()
-            && own.iter().chain(owner).eq(denial.limits.iter());
-        if cost < denial.cost || !same_limits {
+        let refusing = &denial.status.limit;
+        let in_force = match denial.refused_by {
+            RefusedBy::Key => own.contains(refusing),
+            RefusedBy::Owner => owner.is_some_and(|owner| owner.contains(refusing)),
+        };
+        if cost < denial.cost || !in_force {
             return None;
         }
         let left = denial.until - now;
@@ -87,16 +103,15 @@ impl DenialMemo {
         })
     }
 
-    /// Remembers that the store refused `id` a request of `cost` under
-    /// these limits, `status` being the refusing limit that ends last, for
-    /// a decision sent at `sent`.
+    /// Remembers that the store refused `id` a request of `cost`, `status`
+    /// being the refusing limit that ends last, `refused_by` whose it is,
+    /// for a decision sent at `sent`.
     pub fn remember(
         &self,
         id: &KeyId,
-        own: &[Limit],
-        owner: &[Limit],
         cost: u32,
         status: LimitStatus,
+        refused_by: RefusedBy,
         sent: Instant,
     ) {
         let Ok(wait) = u64::try_from(status.retry_after_us) else {
@@ -118,7 +133,7 @@ impl DenialMemo {
                 until,
                 cost,
                 status,
-                limits: own.iter().chain(owner).copied().collect(),
+                refused_by,
             },
         );
         shard.held.store(denials.len(), Ordering::Relaxed);
@@ -171,18 +186,18 @@ mod tests {
     async fn a_denial_is_recalled_until_its_wait_is_over_and_counts_down() {
         let memo = DenialMemo::default();
         let sent = Instant::now();
-        memo.remember(&id(), &[limit(10)], &[], 1, refused(2_000_000), sent);
+        memo.remember(&id(), 1, refused(2_000_000), RefusedBy::Key, sent);
 
         tokio::time::advance(Duration::from_millis(500)).await;
         let recalled = memo
-            .recall(&id(), &[limit(10)], &[], 1, Instant::now())
+            .recall(&id(), &[limit(10)], None, 1, Instant::now())
             .expect("still refused");
         assert_eq!(recalled.retry_after_us, 1_500_000);
         assert!(!recalled.allowed);
 
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert!(
-            memo.recall(&id(), &[limit(10)], &[], 1, Instant::now())
+            memo.recall(&id(), &[limit(10)], None, 1, Instant::now())
                 .is_none(),
             "the wait is over: the store decides again"
         );
@@ -194,35 +209,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn other_limits_or_a_smaller_cost_are_decided_anew() {
+    async fn a_smaller_cost_or_a_changed_refusing_limit_is_decided_anew() {
         let memo = DenialMemo::default();
         let now = Instant::now();
-        memo.remember(
-            &id(),
-            &[limit(10)],
-            &[limit(50)],
-            3,
-            refused(9_000_000),
-            now,
-        );
+        memo.remember(&id(), 3, refused(9_000_000), RefusedBy::Key, now);
 
         assert!(
-            memo.recall(&id(), &[limit(10)], &[limit(50)], 5, now)
-                .is_some(),
+            memo.recall(&id(), &[limit(10)], None, 5, now).is_some(),
             "a larger cost is refused as long"
         );
+        assert!(memo.recall(&id(), &[limit(10)], None, 2, now).is_none());
         assert!(
-            memo.recall(&id(), &[limit(10)], &[limit(50)], 2, now)
-                .is_none()
+            memo.recall(&id(), &[limit(20)], None, 3, now).is_none(),
+            "the key's refusing limit changed"
         );
         assert!(
-            memo.recall(&id(), &[limit(20)], &[limit(50)], 3, now)
+            memo.recall(&id(), &[limit(5), limit(10)], Some(&[limit(1)]), 3, now)
+                .is_some(),
+            "other limits, the key's or its owner's, cannot lift the refusal"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_by_the_owners_limit_needs_the_owners_limits() {
+        let memo = DenialMemo::default();
+        let now = Instant::now();
+        memo.remember(&id(), 1, refused(9_000_000), RefusedBy::Owner, now);
+
+        assert!(
+            memo.recall(&id(), &[], None, 1, now).is_none(),
+            "not known before the owner's limits are looked up"
+        );
+        assert!(
+            memo.recall(&id(), &[], Some(&[limit(10)]), 1, now)
+                .is_some()
+        );
+        assert!(
+            memo.recall(&id(), &[limit(10)], Some(&[limit(30)]), 1, now)
                 .is_none(),
-            "the key's limit changed"
+            "the owner's refusing limit changed; the key's own equal one never refused"
         );
         assert!(
-            memo.recall(&id(), &[limit(10)], &[], 3, now).is_none(),
-            "its owner's limits changed"
+            memo.recall(&id(), &[], Some(&[limit(10)]), 1, now)
+                .is_some(),
+            "a recall that does not hold forgets nothing"
         );
     }
 }

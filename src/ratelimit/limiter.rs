@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Keyspace;
-use super::denials::DenialMemo;
+use super::denials::{DenialMemo, RefusedBy};
 use super::imported_usage::ImportedUsage;
 use super::store::{
     Decision, Enforcement, LimitCharge, LimitStatus, Outcome, QuotaCheck, RateLimitStore,
@@ -182,20 +182,56 @@ impl RateLimiter {
         let _ = self.decide(record, answer_by).await;
     }
 
+    /// A refusal of a good key by one of its own limits that the store made
+    /// a moment ago and that still holds for this call. Validate asks before
+    /// it looks up the owner's limits, since no change to those can lift it
+    /// (see `denials`); answer it with [`Self::refuse_again`].
+    pub fn remembered_refusal(&self, call: &KeyCall<'_>) -> Option<LimitStatus> {
+        if call.judged != ValidationCode::Valid || call.key.quota.is_some() {
+            return None;
+        }
+        self.denials.recall(
+            &call.key.id,
+            call.own_limits,
+            None,
+            call.cost,
+            Instant::now(),
+        )
+    }
+
+    /// Validate's answer for a key whose refusal is remembered: refused
+    /// without asking the store, and its usage recorded as refused.
+    pub async fn refuse_again(&self, call: KeyCall<'_>, status: LimitStatus) -> KeyVerdict {
+        let usage = self.usage_of(call.key, ValidationCode::RateLimited, call.context);
+        self.record_usage_only(Some(usage), call.cost, call.answer_by)
+            .await;
+        REMEMBERED.increment(1);
+        KeyVerdict {
+            code: ValidationCode::RateLimited,
+            rate_limit: Some(status),
+            quota_balance: None,
+        }
+    }
+
+    /// What Validate records of a call of `key`, under `code`.
+    fn usage_of(&self, key: &ApiKey, code: ValidationCode, context: RequestContext) -> UsageRecord {
+        UsageRecord {
+            base: self.keyspace.usage_base(&key.owner_id, &key.id),
+            code,
+            context,
+            retention: self.settings.retention,
+        }
+    }
+
     /// Validate's part: a key refused by an earlier check only has its usage
     /// recorded; a good one is charged against every limit and its quota,
     /// all or nothing, in one decision that also records its usage.
     pub async fn validate(&self, call: KeyCall<'_>) -> Result<KeyVerdict> {
         let key = call.key;
         let owner = key.owner_id.as_str();
-        let usage = Some(UsageRecord {
-            base: self.keyspace.usage_base(owner, &key.id),
-            code: call.judged,
-            context: call.context,
-            retention: self.settings.retention,
-        });
         if call.judged != ValidationCode::Valid {
-            self.record_usage_only(usage, call.cost, call.answer_by)
+            let usage = self.usage_of(key, call.judged, call.context);
+            self.record_usage_only(Some(usage), call.cost, call.answer_by)
                 .await;
             return Ok(KeyVerdict {
                 code: call.judged,
@@ -210,25 +246,15 @@ impl RateLimiter {
             let recalled = self.denials.recall(
                 &key.id,
                 call.own_limits,
-                call.owner_limits,
+                Some(call.owner_limits),
                 call.cost,
                 Instant::now(),
             );
             if let Some(status) = recalled {
-                let usage = usage.map(|record| UsageRecord {
-                    code: ValidationCode::RateLimited,
-                    ..record
-                });
-                self.record_usage_only(usage, call.cost, call.answer_by)
-                    .await;
-                REMEMBERED.increment(1);
-                return Ok(KeyVerdict {
-                    code: ValidationCode::RateLimited,
-                    rate_limit: Some(status),
-                    quota_balance: None,
-                });
+                return Ok(self.refuse_again(call, status).await);
             }
         }
+        let usage = Some(self.usage_of(key, ValidationCode::Valid, call.context));
         let own = call.own_limits.iter().map(|l| {
             LimitCharge::enforced(self.keyspace.key_limit(owner, &key.id, l), *l, call.cost)
         });
@@ -251,15 +277,14 @@ impl RateLimiter {
         let (outcome, decided_by) = self.decide(decision, call.answer_by).await?;
         let code = outcome.verdict.code(ValidationCode::Valid);
         if rememberable && decided_by == DecidedBy::Store && code == ValidationCode::RateLimited {
-            if let Some(refusing) = tightest(&outcome.limits) {
-                self.denials.remember(
-                    &key.id,
-                    call.own_limits,
-                    call.owner_limits,
-                    call.cost,
-                    refusing,
-                    sent,
-                );
+            if let Some(at) = tightest_at(&outcome.limits) {
+                let refused_by = if at < call.own_limits.len() {
+                    RefusedBy::Key
+                } else {
+                    RefusedBy::Owner
+                };
+                self.denials
+                    .remember(&key.id, call.cost, outcome.limits[at], refused_by, sent);
             }
         }
         let known = decided_by == DecidedBy::Store || code != ValidationCode::Valid;
@@ -653,14 +678,20 @@ impl RateLimiter {
 /// The limit a caller must heed: of the denying ones the one that frees up
 /// last; otherwise the one with the least left (then the latest reset).
 pub fn tightest(limits: &[LimitStatus]) -> Option<LimitStatus> {
-    let denied = limits.iter().filter(|l| !l.allowed);
-    if let Some(worst) = denied.max_by_key(|l| l.retry_after_us) {
-        return Some(*worst);
+    tightest_at(limits).map(|at| limits[at])
+}
+
+/// Where in `limits` the [`tightest`] one is.
+fn tightest_at(limits: &[LimitStatus]) -> Option<usize> {
+    let denied = limits.iter().enumerate().filter(|(_, l)| !l.allowed);
+    if let Some((at, _)) = denied.max_by_key(|(_, l)| l.retry_after_us) {
+        return Some(at);
     }
     limits
         .iter()
-        .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset_at_us)))
-        .copied()
+        .enumerate()
+        .min_by_key(|(_, l)| (l.remaining, std::cmp::Reverse(l.reset_at_us)))
+        .map(|(at, _)| at)
 }
 
 fn millis(duration: Duration) -> u64 {

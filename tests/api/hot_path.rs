@@ -9,6 +9,8 @@ use apikeyd::grpc::pb::validation_service_client::ValidationServiceClient;
 use crate::helpers::{
     ServerProcess, code_of, connect, create_request, sample, sample_or_zero, scrape, with_bearer,
 };
+use crate::limiter_harness::rate_limit;
+use apikeyd::grpc::pb::RateLimitAlgorithm;
 
 const ARGON2_VERIFICATIONS: &str = r#"apikeyd_argon2_duration_seconds_count{operation="verify"}"#;
 const KEY_LOOKUPS: &str = r#"apikeyd_db_duration_seconds_count{operation="find_key"}"#;
@@ -159,5 +161,87 @@ async fn a_cached_key_is_rejected_as_soon_as_it_is_revoked_or_disabled() {
     assert_eq!(
         code_of(&server.validate(&disabled.key).await),
         pb::ValidationCode::Disabled
+    );
+}
+
+/// A key its own limit refused a moment ago is refused again before its
+/// owner's limits are read (no change to those could lift the refusal), so a
+/// denial costs less than an admission; a refusal by the owner's limit ends
+/// as soon as the owner's limits no longer hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_refusal_by_the_keys_own_limit_reads_no_owner_limits() {
+    const OWNER_LOOKUPS: &str = r#"apikeyd_db_duration_seconds_count{operation="owner_limits"}"#;
+    const REMEMBERED: &str = "apikeyd_rate_limit_denials_remembered_total";
+    let server = start(&[]).await;
+    let mut keys = server.keys.clone();
+    let one_per_hour = || rate_limit(1, 3_600_000, RateLimitAlgorithm::SlidingWindow);
+    let set_owner_limits = |owner: &str, rate_limits: Vec<pb::RateLimit>| {
+        with_bearer(
+            pb::SetOwnerLimitsRequest {
+                owner_id: owner.to_owned(),
+                tier: String::new(),
+                rate_limits,
+            },
+            &server.root_key,
+        )
+    };
+
+    let mut request = create_request("own-limit", &["*"]);
+    request.rate_limits = vec![one_per_hour()];
+    let by_own = keys
+        .create_key(with_bearer(request, &server.root_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(server.validate(&by_own.key).await.valid);
+    assert_eq!(
+        code_of(&server.validate(&by_own.key).await),
+        pb::ValidationCode::RateLimited
+    );
+    // Evicts the owner's cached limits: reading them now takes a query.
+    keys.set_owner_limits(set_owner_limits("own-limit", vec![]))
+        .await
+        .unwrap();
+    let (lookups, remembered) = (
+        server.metric(OWNER_LOOKUPS).await,
+        server.metric_or_zero(REMEMBERED).await,
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            code_of(&server.validate(&by_own.key).await),
+            pb::ValidationCode::RateLimited
+        );
+    }
+    assert_eq!(
+        server.metric(OWNER_LOOKUPS).await,
+        lookups,
+        "the owner's limits were not read"
+    );
+    assert_eq!(server.metric(REMEMBERED).await, remembered + 5.0);
+
+    keys.set_owner_limits(set_owner_limits("shared-limit", vec![one_per_hour()]))
+        .await
+        .unwrap();
+    let by_owner = keys
+        .create_key(with_bearer(
+            create_request("shared-limit", &["*"]),
+            &server.root_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(server.validate(&by_owner.key).await.valid);
+    for _ in 0..3 {
+        assert_eq!(
+            code_of(&server.validate(&by_owner.key).await),
+            pb::ValidationCode::RateLimited
+        );
+    }
+    keys.set_owner_limits(set_owner_limits("shared-limit", vec![]))
+        .await
+        .unwrap();
+    assert!(
+        server.validate(&by_owner.key).await.valid,
+        "the owner's refusing limit is gone: the refusal ends"
     );
 }
