@@ -4,11 +4,13 @@
 //! epoch of everything. A load stamps itself before it reads, and an entry
 //! whose stamp no longer matches is never served, so a row read before a
 //! revoke committed cannot outlive the revoke's eviction. Generations live
-//! in a fixed table of counters indexed by a keyed hash: memory stays
-//! bounded however many ids are evicted, and two names sharing a counter
-//! only cost an extra reload.
+//! in a fixed table of counters indexed by a hash seeded per process:
+//! memory stays bounded however many ids are evicted, and two names sharing
+//! a counter only cost an extra reload.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
+
+use foldhash::quality::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters in the table (8 bytes each).
@@ -35,7 +37,10 @@ pub(super) struct Generations {
     slots: Box<[AtomicU64]>,
     /// Bumped by a flush: every stamp taken before it is stale.
     epoch: AtomicU64,
-    /// Keyed per process, so no one can aim evictions at another id's slot.
+    /// Seeded per process, so which names share a counter differs from
+    /// replica to replica. foldhash, not SipHash: every Validate hashes two
+    /// names here, and a shared counter costs only a reload, so a keyed
+    /// PRF's strength buys nothing.
     hasher: RandomState,
 }
 
@@ -44,7 +49,7 @@ impl Default for Generations {
         Generations {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 }
