@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use ::metrics::Counter;
+use crate::telemetry::hot_counter::HotCounter;
 
 use crate::domain::{ApiKey, KeyId, LegacyDigest, LimitSource, ScopeSet};
 use crate::error::{Error, Result};
@@ -121,11 +121,11 @@ type Hasher = foldhash::fast::RandomState;
 
 /// `apikeyd_key_cache_total{result}`, registered once: bumped on every
 /// Validate ([`crate::telemetry::metrics::registered`]).
-static LOOKUPS: LazyLock<[Counter; 2]> = LazyLock::new(|| {
+static LOOKUPS: LazyLock<[HotCounter; 2]> = LazyLock::new(|| {
     crate::telemetry::metrics::registered(|| {
         [
-            ::metrics::counter!("apikeyd_key_cache_total", "result" => "hit"),
-            ::metrics::counter!("apikeyd_key_cache_total", "result" => "miss"),
+            HotCounter::new(::metrics::counter!("apikeyd_key_cache_total", "result" => "hit")),
+            HotCounter::new(::metrics::counter!("apikeyd_key_cache_total", "result" => "miss")),
         ]
     })
 });

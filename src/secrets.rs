@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use ::metrics::Counter;
+use crate::telemetry::hot_counter::HotCounter;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use futures_util::FutureExt;
@@ -260,11 +260,15 @@ impl SecretHasher {
     ) -> Result<SecretCheck> {
         let digest = self.digest(presented.kind, &presented.id, &presented.secret);
         let remembered = verified.holds(&digest);
-        static MEMO: LazyLock<[Counter; 2]> = LazyLock::new(|| {
+        static MEMO: LazyLock<[HotCounter; 2]> = LazyLock::new(|| {
             metrics::registered(|| {
                 [
-                    ::metrics::counter!("apikeyd_secret_memo_total", "result" => "miss"),
-                    ::metrics::counter!("apikeyd_secret_memo_total", "result" => "hit"),
+                    HotCounter::new(
+                        ::metrics::counter!("apikeyd_secret_memo_total", "result" => "miss"),
+                    ),
+                    HotCounter::new(
+                        ::metrics::counter!("apikeyd_secret_memo_total", "result" => "hit"),
+                    ),
                 ]
             })
         });

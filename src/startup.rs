@@ -699,7 +699,7 @@ fn http_routes(
     axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|| async { metrics::prometheus().render() }),
+            axum::routing::get(|| async { metrics::render() }),
         )
         .merge(crate::http::leaked_keys::router(leaks))
         .merge(crate::http::router(api))

@@ -21,7 +21,6 @@ use std::fmt::Display;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use ::metrics::Counter;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -40,6 +39,7 @@ use crate::domain::import::UsageHistory;
 use crate::domain::limit::Subject;
 use crate::domain::{ApiKey, KeyId, Limit, Quota, ValidationCode};
 use crate::error::{Error, Result};
+use crate::telemetry::hot_counter::HotCounter;
 use crate::telemetry::metrics;
 
 /// How often usage gathered in the background is written.
@@ -699,20 +699,24 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// `apikeyd_rate_limit_denials_remembered_total`, registered once.
-static REMEMBERED: LazyLock<Counter> = LazyLock::new(|| {
-    metrics::registered(|| ::metrics::counter!("apikeyd_rate_limit_denials_remembered_total"))
+static REMEMBERED: LazyLock<HotCounter> = LazyLock::new(|| {
+    metrics::registered(|| {
+        HotCounter::new(::metrics::counter!(
+            "apikeyd_rate_limit_denials_remembered_total"
+        ))
+    })
 });
 
-/// `apikeyd_rate_limit_decisions_total{verdict, decided_by}`, from handles
-/// registered once.
+/// `apikeyd_rate_limit_decisions_total{verdict, decided_by}`, from hot
+/// counters registered once.
 fn count_decision(outcome: &Outcome, decided_by: DecidedBy) {
-    static COUNTERS: LazyLock<[[Counter; 2]; 4]> = LazyLock::new(|| {
+    static COUNTERS: LazyLock<[[HotCounter; 2]; 4]> = LazyLock::new(|| {
         let by = |verdict: &'static str| {
             [
-                ::metrics::counter!("apikeyd_rate_limit_decisions_total",
-                    "verdict" => verdict, "decided_by" => "store"),
-                ::metrics::counter!("apikeyd_rate_limit_decisions_total",
-                    "verdict" => verdict, "decided_by" => "policy"),
+                HotCounter::new(::metrics::counter!("apikeyd_rate_limit_decisions_total",
+                    "verdict" => verdict, "decided_by" => "store")),
+                HotCounter::new(::metrics::counter!("apikeyd_rate_limit_decisions_total",
+                    "verdict" => verdict, "decided_by" => "policy")),
             ]
         };
         metrics::registered(|| {

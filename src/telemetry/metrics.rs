@@ -37,6 +37,7 @@ use std::time::Instant;
 use ::metrics::{Counter, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use super::hot_counter::{self, HotCounter};
 use crate::domain::ValidationCode;
 
 /// Latency buckets, in seconds: from a warm Validate (tens of µs) to a
@@ -69,6 +70,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
 pub fn registered<T>(make: impl FnOnce() -> T) -> T {
     prometheus();
     make()
+}
+
+/// The Prometheus text of every metric, the hot path's counters included
+/// ([`hot_counter`]): what `/metrics` answers.
+pub fn render() -> String {
+    hot_counter::flush_all();
+    prometheus().render()
 }
 
 /// Histograms are summarised on render; upkeep keeps their memory bounded
@@ -377,14 +385,14 @@ pub fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
-/// `apikeyd_validations_total{code}`, from handles registered once (for
-/// Validate and for Envoy's ext_authz alike).
+/// `apikeyd_validations_total{code}`, from hot counters registered once
+/// (for Validate and for Envoy's ext_authz alike).
 pub fn count_validation(code: ValidationCode) {
-    static COUNTERS: LazyLock<Vec<Counter>> = LazyLock::new(|| {
+    static COUNTERS: LazyLock<Vec<HotCounter>> = LazyLock::new(|| {
         registered(|| {
             ValidationCode::ALL
                 .into_iter()
-                .map(validation_counter)
+                .map(|code| HotCounter::new(validation_counter(code)))
                 .collect()
         })
     });

@@ -5,6 +5,7 @@
 //! stdout is kept for what commands print, such as a new root key. The log
 //! level comes from `APIKEYD_LOG`, else `RUST_LOG`, else `info`.
 
+pub mod hot_counter;
 pub mod metrics;
 pub mod tracing_context;
 
