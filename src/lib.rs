@@ -39,6 +39,8 @@
 //!   last entry and knowing when it may have missed one; staleness bounds in
 //!   its module doc.
 //! - [`last_used`]: `last_used_at`, batched off the hot path.
+//! - [`per_thread`]: a value per thread on a cache line of its own, for what
+//!   the hot path updates on every call (its counters, last-used times).
 //! - [`leak_report`]: leaked-key reports (GitHub's secret scanning on
 //!   `POST /v1/leaked-keys`, its signing keys and signatures in
 //!   [`leak_report::github`]; `ReportLeakedKeys` for internal scanners): our
@@ -98,6 +100,7 @@ pub mod invalidation;
 pub mod key_cache;
 pub mod last_used;
 pub mod leak_report;
+pub mod per_thread;
 pub mod proto_json;
 pub mod ratelimit;
 pub mod root_keys;

@@ -6,26 +6,23 @@
 //! server each increment pulls that cache line from the other core (about
 //! 100 ns under load, measured with `perf` on this machine kind: the four
 //! counters of a warm `Validate` took a fifth of its own work). A
-//! [`HotCounter`] adds into a slot of the calling thread's own, on a cache
-//! line of its own, and hands the sum to its Prometheus counter when
-//! `/metrics` renders ([`flush_all`]), so every scrape is exact.
+//! [`HotCounter`] adds into the calling thread's own slot ([`PerThread`])
+//! and hands the sum to its Prometheus counter when `/metrics` renders
+//! ([`flush_all`]), so every scrape is exact.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::metrics::Counter;
-use crossbeam_utils::CachePadded;
 
-/// Slots per counter. Threads beyond this share slots: still exact, only
-/// contended again (tokio runs one worker per core).
-const SLOTS: usize = 16;
+use crate::per_thread::PerThread;
 
 /// A counter for the hot path. Create it once, in a `static`: its slots
 /// live as long as the process, so that a render can always reach them.
 pub struct HotCounter(&'static Slots);
 
 struct Slots {
-    adds: [CachePadded<AtomicU64>; SLOTS],
+    adds: PerThread<AtomicU64>,
     /// Where the adds go when `/metrics` renders.
     counter: Counter,
 }
@@ -36,7 +33,7 @@ static ALL: Mutex<Vec<&'static Slots>> = Mutex::new(Vec::new());
 impl HotCounter {
     pub fn new(counter: Counter) -> HotCounter {
         let slots: &'static Slots = Box::leak(Box::new(Slots {
-            adds: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
+            adds: PerThread::default(),
             counter,
         }));
         ALL.lock().expect("hot counter list poisoned").push(slots);
@@ -44,7 +41,7 @@ impl HotCounter {
     }
 
     pub fn increment(&self, n: u64) {
-        self.0.adds[thread_slot()].fetch_add(n, Ordering::Relaxed);
+        self.0.adds.mine().fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -54,22 +51,13 @@ pub fn flush_all() {
     for slots in ALL.lock().expect("hot counter list poisoned").iter() {
         let added: u64 = slots
             .adds
-            .iter()
+            .all()
             .map(|add| add.swap(0, Ordering::AcqRel))
             .sum();
         if added > 0 {
             slots.counter.increment(added);
         }
     }
-}
-
-/// This thread's slot, handed out in turn as threads first count.
-fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-    }
-    SLOT.with(|slot| *slot)
 }
 
 #[cfg(test)]
@@ -79,6 +67,7 @@ mod tests {
     use ::metrics::CounterFn;
 
     use super::*;
+    use crate::per_thread::SLOTS;
 
     /// A stand-in for the exporter's counter, which a unit test cannot read.
     #[derive(Default)]
