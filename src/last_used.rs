@@ -50,12 +50,11 @@ impl LastUsedTracker {
     fn take(&self) -> Vec<(KeyId, DateTime<Utc>)> {
         let mut merged = Pending::default();
         for pending in self.pending.all() {
-            let drained: Vec<_> = pending
-                .lock()
-                .expect("tracker lock poisoned")
-                .drain()
-                .collect();
-            for (id, at) in drained {
+            // Taken whole, not drained: a drained map keeps its capacity,
+            // and after a burst of distinct keys every thread's would hold
+            // megabytes until the process ends.
+            let taken = std::mem::take(&mut *pending.lock().expect("tracker lock poisoned"));
+            for (id, at) in taken {
                 newest(&mut merged, &id, at);
             }
         }
@@ -106,6 +105,23 @@ mod tests {
         assert!(
             tracker.take().is_empty(),
             "a take empties every thread's map"
+        );
+    }
+
+    #[test]
+    fn a_take_hands_back_the_memory_of_a_burst() {
+        let tracker = LastUsedTracker::default();
+        let ids: Vec<KeyId> = (0..10_000)
+            .map(|n| KeyId::parse(&format!("{n:016}")).unwrap())
+            .collect();
+        ids.iter().for_each(|id| tracker.record(id, Utc::now()));
+        assert_eq!(tracker.take().len(), ids.len());
+        assert!(
+            tracker
+                .pending
+                .all()
+                .all(|pending| pending.lock().unwrap().capacity() == 0),
+            "no map keeps room for the burst's keys"
         );
     }
 }
