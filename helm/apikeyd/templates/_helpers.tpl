@@ -127,6 +127,11 @@ a Secret made after install (cert-manager) would hold it up. */}}
   secret:
     secretName: {{ . }}
 {{- end }}
+{{- with .Values.redis.caCert.secretName }}
+- name: redis-ca
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- end }}
 
 {{- define "apikeyd.tlsVolumeMounts" -}}
@@ -138,6 +143,11 @@ a Secret made after install (cert-manager) would hold it up. */}}
 {{- if .Values.tls.clientCa.secretName }}
 - name: client-ca
   mountPath: /etc/apikeyd/client-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.caCert.secretName }}
+- name: redis-ca
+  mountPath: /etc/apikeyd/redis-ca
   readOnly: true
 {{- end }}
 {{- end }}
@@ -173,6 +183,12 @@ grpc:
 {{- end }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail "apikeyd: autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if and $v.redis.caCert.secretName (not (or $v.redis.url $v.redis.existingSecret.name)) }}
+{{- fail "apikeyd: redis.caCert needs Redis (redis.existingSecret.name or redis.url, a rediss:// one)" }}
+{{- end }}
+{{- if and $v.redis.caCert.secretName $v.redis.url (not (hasPrefix "rediss://" $v.redis.url)) }}
+{{- fail "apikeyd: redis.caCert is for TLS to Redis: redis.url must be rediss://" }}
 {{- end }}
 {{- if and $v.tls.clientCa.secretName (not $v.tls.secretName) }}
 {{- fail "apikeyd: tls.clientCa needs tls.secretName too (the server's own certificate)" }}
