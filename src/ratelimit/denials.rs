@@ -64,17 +64,17 @@ struct Denial {
 }
 
 impl DenialMemo {
-    /// The denial remembered for `id` at `now` for a request of `cost`
-    /// under the key's `own` limits and its `owner`'s (`None`: not looked up
-    /// yet, so only a refusal by the key's own limit is recalled): the
-    /// refusing limit, its wait counted to now.
+    /// The denial remembered for `id` now for a request of `cost` under the
+    /// key's `own` limits and its `owner`'s (`None`: not looked up yet, so
+    /// only a refusal by the key's own limit is recalled): the refusing
+    /// limit, its wait counted to now. The clock is read only when the key
+    /// has a denial to recall.
     pub fn recall(
         &self,
         id: &KeyId,
         own: &[Limit],
         owner: Option<&[Limit]>,
         cost: u32,
-        now: Instant,
     ) -> Option<LimitStatus> {
         let shard = self.shard(id);
         if shard.held.load(Ordering::Relaxed) == 0 {
@@ -82,6 +82,7 @@ impl DenialMemo {
         }
         let mut denials = shard.lock();
         let denial = denials.get(id)?;
+        let now = Instant::now();
         if now >= denial.until {
             // Over: forgotten, so that the shard empties again.
             denials.remove(id);
@@ -190,15 +191,14 @@ mod tests {
 
         tokio::time::advance(Duration::from_millis(500)).await;
         let recalled = memo
-            .recall(&id(), &[limit(10)], None, 1, Instant::now())
+            .recall(&id(), &[limit(10)], None, 1)
             .expect("still refused");
         assert_eq!(recalled.retry_after_us, 1_500_000);
         assert!(!recalled.allowed);
 
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert!(
-            memo.recall(&id(), &[limit(10)], None, 1, Instant::now())
-                .is_none(),
+            memo.recall(&id(), &[limit(10)], None, 1).is_none(),
             "the wait is over: the store decides again"
         );
         assert_eq!(
@@ -215,16 +215,16 @@ mod tests {
         memo.remember(&id(), 3, refused(9_000_000), RefusedBy::Key, now);
 
         assert!(
-            memo.recall(&id(), &[limit(10)], None, 5, now).is_some(),
+            memo.recall(&id(), &[limit(10)], None, 5).is_some(),
             "a larger cost is refused as long"
         );
-        assert!(memo.recall(&id(), &[limit(10)], None, 2, now).is_none());
+        assert!(memo.recall(&id(), &[limit(10)], None, 2).is_none());
         assert!(
-            memo.recall(&id(), &[limit(20)], None, 3, now).is_none(),
+            memo.recall(&id(), &[limit(20)], None, 3).is_none(),
             "the key's refusing limit changed"
         );
         assert!(
-            memo.recall(&id(), &[limit(5), limit(10)], Some(&[limit(1)]), 3, now)
+            memo.recall(&id(), &[limit(5), limit(10)], Some(&[limit(1)]), 3)
                 .is_some(),
             "other limits, the key's or its owner's, cannot lift the refusal"
         );
@@ -237,21 +237,17 @@ mod tests {
         memo.remember(&id(), 1, refused(9_000_000), RefusedBy::Owner, now);
 
         assert!(
-            memo.recall(&id(), &[], None, 1, now).is_none(),
+            memo.recall(&id(), &[], None, 1).is_none(),
             "not known before the owner's limits are looked up"
         );
+        assert!(memo.recall(&id(), &[], Some(&[limit(10)]), 1).is_some());
         assert!(
-            memo.recall(&id(), &[], Some(&[limit(10)]), 1, now)
-                .is_some()
-        );
-        assert!(
-            memo.recall(&id(), &[limit(10)], Some(&[limit(30)]), 1, now)
+            memo.recall(&id(), &[limit(10)], Some(&[limit(30)]), 1)
                 .is_none(),
             "the owner's refusing limit changed; the key's own equal one never refused"
         );
         assert!(
-            memo.recall(&id(), &[], Some(&[limit(10)]), 1, now)
-                .is_some(),
+            memo.recall(&id(), &[], Some(&[limit(10)]), 1).is_some(),
             "a recall that does not hold forgets nothing"
         );
     }

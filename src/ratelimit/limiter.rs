@@ -190,13 +190,8 @@ impl RateLimiter {
         if call.judged != ValidationCode::Valid || call.key.quota.is_some() {
             return None;
         }
-        self.denials.recall(
-            &call.key.id,
-            call.own_limits,
-            None,
-            call.cost,
-            Instant::now(),
-        )
+        self.denials
+            .recall(&call.key.id, call.own_limits, None, call.cost)
     }
 
     /// Validate's answer for a key whose refusal is remembered: refused
@@ -243,13 +238,9 @@ impl RateLimiter {
         // refused again without asking it (see `denials`).
         let rememberable = key.quota.is_none();
         if rememberable {
-            let recalled = self.denials.recall(
-                &key.id,
-                call.own_limits,
-                Some(call.owner_limits),
-                call.cost,
-                Instant::now(),
-            );
+            let recalled =
+                self.denials
+                    .recall(&key.id, call.own_limits, Some(call.owner_limits), call.cost);
             if let Some(status) = recalled {
                 return Ok(self.refuse_again(call, status).await);
             }
