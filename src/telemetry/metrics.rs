@@ -34,7 +34,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ::metrics::{Counter, SharedString};
+use ::metrics::{Counter, Histogram, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::hot_counter::{self, HotCounter};
@@ -233,11 +233,48 @@ pub async fn observe_db<T, E>(
 /// start: a new RPC is labelled by its name without anyone listing it, and
 /// any other path is `other`, so a client probing random paths cannot
 /// create unbounded label values.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RpcLabels {
-    /// `/package.Service/Method` to `package.Service/Method`, shared so that
-    /// a label costs a reference count, not an allocation, per call.
-    by_path: Arc<HashMap<String, Arc<str>>>,
+    /// `/package.Service/Method` to that method's series.
+    by_path: Arc<HashMap<String, Arc<MethodSeries>>>,
+    other: Arc<MethodSeries>,
+}
+
+/// One method's series, each registered at its first use (so `/metrics`
+/// lists only what was called) and kept: a call then records through its
+/// handles instead of hashing its labels into the registry, which every
+/// `histogram!` and `counter!` with labels does.
+struct MethodSeries {
+    label: SharedString,
+    duration: OnceLock<Histogram>,
+    /// By `tonic::Code`, 0 to 16.
+    requests: [OnceLock<Counter>; 17],
+}
+
+impl MethodSeries {
+    fn new(label: SharedString) -> Arc<MethodSeries> {
+        Arc::new(MethodSeries {
+            label,
+            duration: OnceLock::new(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        })
+    }
+
+    /// `apikeyd_grpc_request_duration_seconds` and
+    /// `apikeyd_grpc_requests_total` of one call.
+    fn record(&self, code: tonic::Code, elapsed: std::time::Duration) {
+        let method = || self.label.clone();
+        self.duration
+            .get_or_init(|| {
+                ::metrics::histogram!("apikeyd_grpc_request_duration_seconds", "method" => method())
+            })
+            .record(elapsed);
+        self.requests[code as usize]
+            .get_or_init(|| {
+                ::metrics::counter!("apikeyd_grpc_requests_total", "method" => method(), "code" => code_label(code))
+            })
+            .increment(1);
+    }
 }
 
 /// The descriptor sets of every service `startup` serves.
@@ -273,23 +310,26 @@ impl RpcLabels {
                     };
                     for method in &service.method {
                         let label = format!("{qualified}/{}", method.name());
-                        by_path.insert(format!("/{label}"), Arc::from(label));
+                        let series = MethodSeries::new(SharedString::from(label.clone()));
+                        by_path.insert(format!("/{label}"), series);
                     }
                 }
             }
         }
         Ok(RpcLabels {
             by_path: Arc::new(by_path),
+            other: MethodSeries::new(SharedString::const_str(OTHER)),
         })
+    }
+
+    /// The series of a request's `:path`.
+    fn series(&self, path: &str) -> Arc<MethodSeries> {
+        self.by_path.get(path).unwrap_or(&self.other).clone()
     }
 
     /// The label of a request's `:path`.
     pub fn method(&self, path: &str) -> SharedString {
-        self.by_path
-            .get(path)
-            .map_or(SharedString::const_str(OTHER), |label| {
-                SharedString::from(label.clone())
-            })
+        self.series(path).label.clone()
     }
 }
 
@@ -339,7 +379,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = self.labels.method(request.uri().path());
+        let series = self.labels.series(request.uri().path());
         let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -352,10 +392,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-            ::metrics::histogram!("apikeyd_grpc_request_duration_seconds", "method" => method.clone())
-                .record(started.elapsed());
-            ::metrics::counter!("apikeyd_grpc_requests_total", "method" => method, "code" => code_label(code))
-                .increment(1);
+            series.record(code, started.elapsed());
             Ok(response)
         })
     }
@@ -533,6 +570,56 @@ mod tests {
         ] {
             assert_eq!(&*labels.method(&format!("/{rpc}")), rpc);
         }
+    }
+
+    /// Counts registrations: each one is a registry lookup a call would pay.
+    #[derive(Default)]
+    struct Registrations {
+        counters: Mutex<Vec<String>>,
+        histograms: Mutex<u32>,
+    }
+
+    impl Recorder for Registrations {
+        fn describe_counter(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key.labels().map(|l| l.value().to_owned()).collect();
+            self.counters.lock().unwrap().push(labels.join(" "));
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            *self.histograms.lock().unwrap() += 1;
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn a_methods_series_are_registered_at_first_use_and_then_kept() {
+        let labels = RpcLabels::served_contract().unwrap();
+        let recorder = Registrations::default();
+        let validate = labels.series("/apikeyd.v1.ValidationService/Validate");
+        ::metrics::with_local_recorder(&recorder, || {
+            for code in [
+                tonic::Code::Ok,
+                tonic::Code::Ok,
+                tonic::Code::NotFound,
+                tonic::Code::Ok,
+            ] {
+                validate.record(code, std::time::Duration::from_micros(50));
+            }
+        });
+        assert_eq!(
+            *recorder.counters.lock().unwrap(),
+            [
+                "apikeyd.v1.ValidationService/Validate OK",
+                "apikeyd.v1.ValidationService/Validate NOT_FOUND"
+            ]
+        );
+        assert_eq!(*recorder.histograms.lock().unwrap(), 1);
     }
 
     #[test]
