@@ -464,23 +464,32 @@ mod tests {
 
     use ::metrics::{Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString};
 
-    /// Remembers the labels of every counter asked for.
+    /// Remembers every registration: a counter's labels (`key=value`), and
+    /// how many histograms (each registration is a registry lookup a call
+    /// would pay).
     #[derive(Default)]
-    struct Labels(Mutex<Vec<String>>);
+    struct Registrations {
+        counters: Mutex<Vec<String>>,
+        histograms: Mutex<u32>,
+    }
 
-    impl Recorder for Labels {
+    impl Recorder for Registrations {
         fn describe_counter(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
         fn describe_gauge(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
         fn describe_histogram(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
         fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let labels = key.labels().map(|l| format!("{}={}", l.key(), l.value()));
-            self.0.lock().unwrap().extend(labels);
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            self.counters.lock().unwrap().push(labels.join(" "));
             Counter::noop()
         }
         fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
             Gauge::noop()
         }
         fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            *self.histograms.lock().unwrap() += 1;
             Histogram::noop()
         }
     }
@@ -488,7 +497,7 @@ mod tests {
     #[test]
     fn each_code_is_counted_under_its_stored_name() {
         let codes = ValidationCode::ALL;
-        let recorder = Labels::default();
+        let recorder = Registrations::default();
         ::metrics::with_local_recorder(&recorder, || {
             codes.into_iter().map(validation_counter).for_each(drop)
         });
@@ -496,7 +505,7 @@ mod tests {
             .iter()
             .map(|c| format!("code={}", c.as_str()))
             .collect();
-        assert_eq!(*recorder.0.lock().unwrap(), expected);
+        assert_eq!(*recorder.counters.lock().unwrap(), expected);
     }
 
     /// Every `rpc` of every `service` in `proto/`, as `package.Service/Method`,
@@ -572,31 +581,6 @@ mod tests {
         }
     }
 
-    /// Counts registrations: each one is a registry lookup a call would pay.
-    #[derive(Default)]
-    struct Registrations {
-        counters: Mutex<Vec<String>>,
-        histograms: Mutex<u32>,
-    }
-
-    impl Recorder for Registrations {
-        fn describe_counter(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<::metrics::Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let labels: Vec<String> = key.labels().map(|l| l.value().to_owned()).collect();
-            self.counters.lock().unwrap().push(labels.join(" "));
-            Counter::noop()
-        }
-        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::noop()
-        }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            *self.histograms.lock().unwrap() += 1;
-            Histogram::noop()
-        }
-    }
-
     #[test]
     fn a_methods_series_are_registered_at_first_use_and_then_kept() {
         let labels = RpcLabels::served_contract().unwrap();
@@ -615,8 +599,8 @@ mod tests {
         assert_eq!(
             *recorder.counters.lock().unwrap(),
             [
-                "apikeyd.v1.ValidationService/Validate OK",
-                "apikeyd.v1.ValidationService/Validate NOT_FOUND"
+                "method=apikeyd.v1.ValidationService/Validate code=OK",
+                "method=apikeyd.v1.ValidationService/Validate code=NOT_FOUND"
             ]
         );
         assert_eq!(*recorder.histograms.lock().unwrap(), 1);
