@@ -36,11 +36,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::telemetry::hot_counter::HotCounter;
-
 use crate::domain::{ApiKey, KeyId, LegacyDigest, LimitSource, ScopeSet};
 use crate::error::{Error, Result};
 use crate::secrets::VerifiedDigest;
+use crate::telemetry::hot_counter::HotCounter;
 use generations::{Generations, Space, Stamp};
 
 /// What the store said about an id, and when.

@@ -29,7 +29,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::telemetry::hot_counter::HotCounter;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use futures_util::FutureExt;
@@ -42,6 +41,7 @@ use subtle::ConstantTimeEq;
 use crate::argon2_pool::{Argon2Budget, Argon2Pool, Overloaded};
 use crate::domain::{KeyId, KeyKind, PresentedKey, Secret};
 use crate::error::{Error, Result};
+use crate::telemetry::hot_counter::HotCounter;
 use crate::telemetry::metrics;
 
 /// argon2id cost parameters.

@@ -9,9 +9,9 @@
 //! a counter only cost an extra reload.
 
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use foldhash::quality::RandomState;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters in the table (8 bytes each).
 const SLOTS: usize = 8192;

@@ -46,9 +46,11 @@ pub struct DenialMemo {
     shards: [Shard; SHARDS],
 }
 
+type Denials = HashMap<KeyId, Denial, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Shard {
-    denials: Mutex<HashMap<KeyId, Denial, foldhash::fast::RandomState>>,
+    denials: Mutex<Denials>,
     /// How many are held, read without the lock: most keys are never
     /// denied, and a shard without denials costs a Validate one atomic load.
     held: AtomicUsize,
@@ -147,9 +149,7 @@ impl DenialMemo {
 }
 
 impl Shard {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<KeyId, Denial, foldhash::fast::RandomState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Denials> {
         self.denials.lock().expect("denial memo lock poisoned")
     }
 }
