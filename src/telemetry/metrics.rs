@@ -326,11 +326,6 @@ impl RpcLabels {
     fn series(&self, path: &str) -> Arc<MethodSeries> {
         self.by_path.get(path).unwrap_or(&self.other).clone()
     }
-
-    /// The label of a request's `:path`.
-    pub fn method(&self, path: &str) -> SharedString {
-        self.series(path).label.clone()
-    }
 }
 
 /// A tower layer counting and timing every gRPC call by method and status.
@@ -564,7 +559,7 @@ mod tests {
             );
         }
         for rpc in &rpcs {
-            assert_eq!(&*labels.method(&format!("/{rpc}")), rpc.as_str());
+            assert_eq!(&*labels.series(&format!("/{rpc}")).label, rpc.as_str());
         }
     }
 
@@ -577,7 +572,7 @@ mod tests {
             "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ] {
-            assert_eq!(&*labels.method(&format!("/{rpc}")), rpc);
+            assert_eq!(&*labels.series(&format!("/{rpc}")).label, rpc);
         }
     }
 
@@ -617,7 +612,7 @@ mod tests {
             "/",
             "",
         ] {
-            assert_eq!(&*labels.method(path), OTHER, "{path:?}");
+            assert_eq!(&*labels.series(path).label, OTHER, "{path:?}");
         }
     }
 }
